@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func runCheckString(t *testing.T, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = runCheck(args, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+const loopMsg = "Received: from a by b\r\nDelivered-To: user@local.test\r\nSubject: s\r\n\r\nbody\r\n"
+
+func TestCheckCommand(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "msg.eml")
+	if err := os.WriteFile(file, []byte(loopMsg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		stdin      string
+		args       []string
+		wantCode   int
+		wantStdout string
+		wantStderr string // substring
+	}{
+		{"loop from stdin", loopMsg, []string{"-rcpt", "user@local.test"}, 1,
+			"loop: 554 5.4.6 mail forwarding loop for user@local.test\n", ""},
+		{"loop from file, bracketed rcpt", "", []string{"-rcpt", "<User@Local.Test>", file}, 1,
+			"loop: 554 5.4.6 mail forwarding loop for User@Local.Test\n", ""},
+		{"pass", loopMsg, []string{"-rcpt", "other@local.test"}, 0, "pass\n", ""},
+		{"second rcpt matches", loopMsg, []string{"-rcpt", "a@local.test", "-rcpt", "user@local.test"}, 1,
+			"loop: 554 5.4.6 mail forwarding loop for user@local.test\n", ""},
+		{"double-dash flags", loopMsg, []string{"--rcpt=user@local.test"}, 1,
+			"loop: 554 5.4.6 mail forwarding loop for user@local.test\n", ""},
+		{"mbox From_ line skipped", "From nobody Wed Nov 25 10:00:00 2026\n" + loopMsg, []string{"-rcpt", "user@local.test"}, 1,
+			"loop: 554 5.4.6 mail forwarding loop for user@local.test\n", ""},
+		{"no rcpt", loopMsg, nil, 2, "", "at least one -rcpt"},
+		{"bad rcpt says which and why", loopMsg, []string{"-rcpt", "<user@local.test"}, 2, "", `bad -rcpt "<user@local.test"`},
+		{"null rcpt", loopMsg, []string{"-rcpt", "<>"}, 2, "", "null path"},
+		{"missing file", "", []string{"-rcpt", "user@local.test", filepath.Join(dir, "nope")}, 2, "", "cannot read message"},
+		{"two files", "", []string{"-rcpt", "user@local.test", file, file}, 2, "", "one message file at most"},
+		{"unknown flag", "", []string{"-bogus"}, 2, "", "flag provided but not defined"},
+		{"bad limit", loopMsg, []string{"-rcpt", "u@x", "-max-header-bytes", "0"}, 2, "", "must be positive"},
+		{"header too large", "Subject: " + strings.Repeat("x", 200) + "\r\n\r\n", []string{"-rcpt", "u@x", "-max-header-bytes", "100"}, 2, "", "header section too large"},
+		{"empty input", "", []string{"-rcpt", "u@x"}, 0, "pass\n", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runCheckString(t, tc.stdin, tc.args...)
+			if code != tc.wantCode || stdout != tc.wantStdout || !strings.Contains(stderr, tc.wantStderr) {
+				t.Errorf("runCheck(%q) = %d, stdout %q, stderr %q; want %d, %q, stderr containing %q",
+					tc.args, code, stdout, stderr, tc.wantCode, tc.wantStdout, tc.wantStderr)
+			}
+		})
+	}
+}
+
+// TestCheckHeaderLimitBoundary pins the limit at the edge: a section of
+// exactly max bytes is judged, one byte more is refused, and a message cut at
+// the limit inside a body line is still judged when that line cannot be a
+// header.
+func TestCheckHeaderLimitBoundary(t *testing.T) {
+	section := "Delivered-To: user@local.test\r\n"
+	limit := strconv.Itoa(len(section))
+	for _, tc := range []struct {
+		name, msg string
+		want      int
+	}{
+		{"exactly the limit, end of input", section, 1},
+		{"exactly the limit, then a blank line", section + "\r\nbody\r\n", 1},
+		{"limit, then a long body line that is no header", section + "\r\n" + strings.Repeat("b ", 100), 1},
+		{"limit, then a line whose first byte rules out a header", section + ":no header\r\n", 1},
+		{"limit, then an undecided prefix cut by the limit", section + "no header line here\r\n", 2},
+		{"one byte over", section + "X: y\r\n\r\n", 2},
+		{"limit, then a line that could still be a header", section + "Subject: y\r\n", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runCheckString(t, tc.msg, "-rcpt", "user@local.test", "-max-header-bytes", limit)
+			if code != tc.want {
+				t.Errorf("exit %d, want %d (stdout %q, stderr %q)", code, tc.want, stdout, stderr)
+			}
+		})
+	}
+}

@@ -1,0 +1,260 @@
+package loopcheck
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// crlf joins lines into a message with CRLF line ends, as the proxy sees it
+// after dot-unstuffing. The front smtpd always prepends its Received: field.
+func crlf(lines ...string) string {
+	return strings.Join(lines, "\r\n") + "\r\n"
+}
+
+const received = "Received: from client.example (client.example [192.0.2.7])\r\n\tby mx.local.test (Postfix) with ESMTP id 4ABC; Wed, 25 Nov 2026 10:00:00 +0000"
+
+func loop(rcpt string) Verdict { return Verdict{Loop: true, Recipient: rcpt} }
+
+var pass = Verdict{}
+
+// verdictCase is one row of the verdict table. src says where the row comes
+// from: "original" (reference/original.md behaviour table), "postfix"
+// (reference/postfix.md, local(8)'s loop check), or "edge" (our own).
+type verdictCase struct {
+	name  string
+	src   string
+	rcpts []string
+	msg   string
+	want  Verdict
+}
+
+var verdictCases = []verdictCase{
+	// reference/original.md, behaviour table, row by row. SPEC 5: we reject
+	// everything the original rejects except after a non-header line, and
+	// everything it missed that Postfix would bounce.
+	{"normal message", "original", []string{"<user@local.test>"},
+		crlf(received, "From: a@example.org", "To: user@local.test", "Subject: hi", "", "body"), pass},
+	{"equal to recipient", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: user@local.test", "Subject: x", "", "body"), loop("user@local.test")},
+	{"header value upper case", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: USER@LOCAL.TEST", "", "body"), loop("user@local.test")},
+	{"rcpt mixed case", "original", []string{"<UsEr@Local.Test>"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("UsEr@Local.Test")},
+	{"name upper case", "original", []string{"<user@local.test>"},
+		crlf(received, "DELIVERED-TO: user@local.test", "", "body"), loop("user@local.test")},
+	{"no space after colon", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To:user@local.test", "", "body"), loop("user@local.test")},
+	{"space before colon (original missed)", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To : user@local.test", "", "body"), loop("user@local.test")},
+	{"tab before colon", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To\t: user@local.test", "", "body"), loop("user@local.test")},
+	{"folded value", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To:", " user@local.test", "", "body"), loop("user@local.test")},
+	{"folded display name", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: \"Some", " Name\" <user@local.test>", "", "body"), loop("user@local.test")},
+	{"angle brackets", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: <user@local.test>", "", "body"), loop("user@local.test")},
+	{"display name and trailing comment", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: \"Name\" <user@local.test> (fwd)", "", "body"), loop("user@local.test")},
+	{"trailing comment", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: user@local.test (comment)", "", "body"), loop("user@local.test")},
+	{"list, second address matches", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: a@other.example, user@local.test", "", "body"), loop("user@local.test")},
+	{"two recipients, second matches", "original", []string{"<a@local.test>", "<user@local.test>"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"two fields, second matches (original missed)", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: other@local.test", "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"field after other headers", "original", []string{"<user@local.test>"},
+		crlf(received, "From: a@example.org", "Subject: s", "Message-ID: <1@x>", "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"field only in the body", "original", []string{"<user@local.test>"},
+		crlf(received, "Subject: s", "", "Delivered-To: user@local.test"), pass},
+	{"field after a non-header line (Postfix's reading)", "original", []string{"<user@local.test>"},
+		crlf(received, "Subject: s", "this is not a header", "Delivered-To: user@local.test", "", "body"), pass},
+	{"extension on the header side only", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: user+ext@local.test", "", "body"), pass},
+	{"extension on the recipient side only", "original", []string{"<user+ext@local.test>"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), pass},
+	{"empty field", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To:", "Subject: s", "", "body"), pass},
+	{"empty field with spaces", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To:   ", "", "body"), pass},
+	{"trailing dot on the header domain (original missed)", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: user@local.test.", "", "body"), loop("user@local.test")},
+	{"trailing dot on the recipient domain", "edge", []string{"<user@local.test.>"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("user@local.test.")},
+	{"quoted local part in the header (original missed)", "original", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: \"user\"@local.test", "", "body"), loop("user@local.test")},
+	{"quoted local part in the recipient", "edge", []string{"<\"user\"@local.test>"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("\"user\"@local.test")},
+	{"rcpt with ESMTP parameter", "original", []string{"<user@local.test> NOTIFY=NEVER"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"rcpt without brackets", "original", []string{"user@local.test"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"rcpt with spaces inside brackets (original lost it)", "original", []string{"< user@local.test >"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"bare-LF header lines", "original", []string{"<user@local.test>"},
+		"Received: from x\nDelivered-To: user@local.test\nSubject: s\n\nbody\n", loop("user@local.test")},
+
+	// reference/postfix.md: what local(8) bounces must be rejected; what it
+	// does not bounce but an address reading finds is rejected too (superset).
+	{"postfix: exact value", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, "Delivered-To: loopuser@local.test", "", "body"), loop("loopuser@local.test")},
+	{"postfix: whole address case-folded", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, "Delivered-To: LoopUser@LOCAL.test", "", "body"), loop("loopuser@local.test")},
+	{"postfix: name case-insensitive", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, "delivered-to: loopuser@local.test", "", "body"), loop("loopuser@local.test")},
+	{"postfix: whitespace before colon", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, "Delivered-To  : loopuser@local.test", "", "body"), loop("loopuser@local.test")},
+	{"postfix misses, we reject: angle brackets", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, "Delivered-To: <loopuser@local.test>", "", "body"), loop("loopuser@local.test")},
+	{"postfix misses, we reject: comment", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, "Delivered-To: loopuser@local.test (comment)", "", "body"), loop("loopuser@local.test")},
+	{"postfix misses, we reject: value on the continuation line", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, "Delivered-To:", "\tloopuser@local.test", "", "body"), loop("loopuser@local.test")},
+	{"postfix misses, we reject: trailing space", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, "Delivered-To: loopuser@local.test ", "", "body"), loop("loopuser@local.test")},
+	{"postfix: extension kept, both sides", "postfix", []string{"<loopuser+ext@local.test>"},
+		crlf(received, "Delivered-To: loopuser+ext@local.test", "", "body"), loop("loopuser+ext@local.test")},
+	{"postfix: extension differs", "postfix", []string{"<loopuser+a@local.test>"},
+		crlf(received, "Delivered-To: loopuser+b@local.test", "", "body"), pass},
+	{"postfix: quote_822_local form of a recipient needing quotes", "postfix", []string{"<\"loop user\"@local.test>"},
+		crlf(received, "Delivered-To: \"loop user\"@local.test", "", "body"), loop("\"loop user\"@local.test")},
+	{"postfix: stops at the first non-header line", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, ">From nobody", "Delivered-To: loopuser@local.test", "", "body"), pass},
+	{"postfix: many distinct values, match late", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, strings.Repeat("Delivered-To: other@local.test\r\n", 999)+"Delivered-To: loopuser@local.test", "", "body"), loop("loopuser@local.test")},
+
+	// Our own edges.
+	{"no recipients", "edge", nil,
+		crlf(received, "Delivered-To: user@local.test", "", "body"), pass},
+	{"empty message", "edge", []string{"<user@local.test>"}, "", pass},
+	{"header section only, no body, no final line end", "edge", []string{"<user@local.test>"},
+		"Delivered-To: user@local.test", loop("user@local.test")},
+	{"header section only, CRLF at end", "edge", []string{"<user@local.test>"},
+		"Delivered-To: user@local.test\r\n", loop("user@local.test")},
+	{"first recipient in client order wins", "edge", []string{"<a@local.test>", "<b@local.test>"},
+		crlf(received, "Delivered-To: b@local.test", "Delivered-To: a@local.test", "", "body"), loop("a@local.test")},
+	{"recipient spelling kept for the reply", "edge", []string{"<@relay.example:User@Local.TEST.> NOTIFY=FAILURE ORCPT=rfc822;user@local.test"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("User@Local.TEST.")},
+	{"X-Delivered-To is another field", "edge", []string{"<user@local.test>"},
+		crlf(received, "X-Delivered-To: user@local.test", "", "body"), pass},
+	{"Delivered-To-Foo is another field", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To-Foo: user@local.test", "", "body"), pass},
+	{"Original-Delivered-To is another field", "edge", []string{"<user@local.test>"},
+		crlf(received, "Original-Delivered-To: user@local.test", "", "body"), pass},
+	{"name without colon ends the section", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To user@local.test", "Delivered-To: user@local.test", "", "body"), pass},
+	{"leading continuation line is not a header", "edge", []string{"<user@local.test>"},
+		crlf(" Delivered-To: user@local.test", "", "body"), pass},
+	{"different domain", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: user@other.test", "", "body"), pass},
+	{"different local part", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: user2@local.test", "", "body"), pass},
+	{"subdomain is different", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: user@sub.local.test", "", "body"), pass},
+	{"Postmaster recipient, bare local part value", "edge", []string{"<Postmaster>"},
+		crlf(received, "Delivered-To: postmaster", "", "body"), loop("Postmaster")},
+	{"Postmaster recipient, qualified value", "edge", []string{"<Postmaster>"},
+		crlf(received, "Delivered-To: postmaster@local.test", "", "body"), pass},
+	{"qualified recipient, bare local part value", "edge", []string{"<postmaster@local.test>"},
+		crlf(received, "Delivered-To: postmaster", "", "body"), pass},
+	{"source route dropped", "edge", []string{"<@a.example,@b.example:user@local.test>"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"IDNA: A-label recipient, U-label value", "edge", []string{"<user@xn--bcher-kva.example>"},
+		crlf(received, "Delivered-To: user@bücher.example", "", "body"), loop("user@xn--bcher-kva.example")},
+	{"IDNA: U-label recipient, upper-case A-label value", "edge", []string{"<user@bücher.example> SMTPUTF8"},
+		crlf(received, "Delivered-To: user@XN--BCHER-KVA.example", "", "body"), loop("user@bücher.example")},
+	{"IDNA: U-label case folding", "edge", []string{"<user@BÜCHER.example>"},
+		crlf(received, "Delivered-To: user@bücher.example", "", "body"), loop("user@BÜCHER.example")},
+	{"UTF-8 local part, Unicode case folding", "edge", []string{"<ÜSER@local.test>"},
+		crlf(received, "Delivered-To: üser@local.test", "", "body"), loop("ÜSER@local.test")},
+	{"UTF-8 local parts that differ", "edge", []string{"<üser@local.test>"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), pass},
+	{"address literal, IPv4", "edge", []string{"<user@[192.0.2.1]>"},
+		crlf(received, "Delivered-To: user@[192.0.2.1]", "", "body"), loop("user@[192.0.2.1]")},
+	{"address literal, IPv6 spellings", "edge", []string{"<user@[IPv6:2001:DB8:0:0::1]>"},
+		crlf(received, "Delivered-To: user@[ipv6:2001:db8::1]", "", "body"), loop("user@[IPv6:2001:DB8:0:0::1]")},
+	{"address literal differs", "edge", []string{"<user@[192.0.2.1]>"},
+		crlf(received, "Delivered-To: user@[192.0.2.2]", "", "body"), pass},
+	{"group syntax", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: friends: a@x.example, user@local.test;", "", "body"), loop("user@local.test")},
+	{"nested comments", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: (a (nested (deep)) comment) user@local.test (x)", "", "body"), loop("user@local.test")},
+	{"invalid list still yields addr-specs", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: garbage \"unterminated user@local.test <junk", "", "body"), loop("user@local.test")},
+	{"invalid list, brackets unbalanced", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: <<user@local.test", "", "body"), loop("user@local.test")},
+	{"null path value", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: <>", "", "body"), pass},
+	{"8-bit bytes in another field", "edge", []string{"<user@local.test>"},
+		crlf(received, "Subject: \xe4\xf6\xfc raw latin-1", "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"CR inside a line is content", "edge", []string{"<user@local.test>"},
+		crlf(received, "Subject: a\rb", "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"mixed CRLF and LF", "edge", []string{"<user@local.test>"},
+		"Received: from x\r\nSubject: s\nDelivered-To:\r\n user@local.test\n\r\nbody\r\n", loop("user@local.test")},
+	{"blank line with only CR LF ends section", "edge", []string{"<user@local.test>"},
+		"Subject: s\r\n\r\nDelivered-To: user@local.test\r\n", pass},
+	{"line of spaces after a field is a continuation", "edge", []string{"<user@local.test>"},
+		crlf("Subject: s", "   ", "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"long folded value with many addresses", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: "+strings.Repeat("other@local.test,\r\n ", 500)+"user@local.test", "", "body"), loop("user@local.test")},
+	{"many commas", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: "+strings.Repeat(",", 100000)+"user@local.test", "", "body"), loop("user@local.test")},
+	{"deep comment nesting hides nothing after it closes", "edge", []string{"<user@local.test>"},
+		crlf(received, "Delivered-To: "+strings.Repeat("(", 10000)+strings.Repeat(")", 10000)+" user@local.test", "", "body"), loop("user@local.test")},
+	{"duplicate recipients", "edge", []string{"<user@local.test>", "<USER@local.test>"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("user@local.test")},
+	{"unparsable recipient still checked", "edge", []string{"<user@local.test"},
+		crlf(received, "Delivered-To: user@local.test", "", "body"), loop("<user@local.test")},
+}
+
+func TestCheckTable(t *testing.T) {
+	if len(verdictCases) < 60 {
+		t.Fatalf("the verdict table has %d cases; issue 2 asks for at least 60", len(verdictCases))
+	}
+	for _, tc := range verdictCases {
+		t.Run(tc.src+"/"+tc.name, func(t *testing.T) {
+			got := Check(tc.rcpts, []byte(tc.msg))
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("Check(%q) mismatch (-want +got):\n%s", tc.rcpts, diff)
+			}
+			// The same message with LF line ends gives the same verdict:
+			// the proxy normalises bare LF, the check command may not.
+			lf := strings.ReplaceAll(tc.msg, "\r\n", "\n")
+			if got := Check(tc.rcpts, []byte(lf)); got != tc.want {
+				t.Errorf("with LF line ends: got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestCheckReadsOnlyTheHeaderSection(t *testing.T) {
+	// Everything after the header section may be cut off or garbage: the
+	// verdict must not change.
+	head := crlf(received, "Delivered-To: user@local.test", "")
+	for _, tail := range []string{"", "body\r\n", "Delivered-To: x@y\r\n", strings.Repeat("\x00\xff", 1000)} {
+		if got := Check([]string{"<user@local.test>"}, []byte(head+tail)); !got.Loop {
+			t.Errorf("tail %q: got %+v, want a loop", tail[:min(len(tail), 20)], got)
+		}
+		if got := Check([]string{"<x@y>"}, []byte(head+tail)); got.Loop {
+			t.Errorf("tail %q: a body field counted: %+v", tail[:min(len(tail), 20)], got)
+		}
+	}
+}
+
+func TestCheckRecipientsReusable(t *testing.T) {
+	rcpts := []Recipient{NewRecipient("<a@local.test>"), NewRecipient("<b@local.test> NOTIFY=NEVER")}
+	if got, want := rcpts[1].Mailbox, "b@local.test"; got != want {
+		t.Errorf("Mailbox = %q, want %q", got, want)
+	}
+	m1 := []byte(crlf("Delivered-To: b@local.test", "", "x"))
+	m2 := []byte(crlf("Delivered-To: c@local.test", "", "x"))
+	if got := CheckRecipients(rcpts, m1); got != loop("b@local.test") {
+		t.Errorf("first message: %+v", got)
+	}
+	if got := CheckRecipients(rcpts, m2); got != pass {
+		t.Errorf("second message: %+v", got)
+	}
+}
