@@ -1,0 +1,184 @@
+package core
+
+import "bytes"
+
+// The DATA framer, in two halves.
+//
+// The decoder reads the client's message data the way RFC 5321 4.5.2 does,
+// with one extension that Postfix also makes (smtpd_forbid_bare_newline =
+// normalize): a bare LF ends a content line too. It never ends the data:
+// the end of data is CRLF "." CRLF only. Precisely:
+//
+//   - A line ends at LF. When a CR stands directly before the LF, the pair is
+//     the line end (CRLF); otherwise the LF alone is (a bare LF). Any other
+//     CR is a content byte: "X\r\r\n" is the content line "X\r".
+//   - Only a line that follows a CRLF (or opens the data) is read for the
+//     dot: "." CRLF there is the end of data; any other leading dot is
+//     removed (dot-unstuffing). ".\rX" is the content "\rX".
+//   - The one exception, from SPEC section 4: a line that is exactly "."
+//     ended by a bare LF is the content line ".", so that a client's
+//     "\n.\n" or "\r\n.\n" can never be taken for an end of data by anyone.
+//   - A line that follows a bare LF is content as written, leading dot
+//     included: in RFC 5321's reading it is not a line start at all.
+//
+// The decoder carries O(1) state across chunks, so a content line of any
+// length streams through in pieces and is never held whole.
+//
+// The encoder writes content lines to the upstream canonically: every line
+// ends in CRLF and every line that begins with "." gets one more, so the
+// only end of data the upstream can see is the one the proxy writes.
+
+// tokKind is what the decoder found.
+type tokKind uint8
+
+const (
+	tokNone    tokKind = iota // nothing yet; all input consumed
+	tokContent                // content bytes of the current line
+	tokLineEnd                // the current content line ended
+	tokEnd                    // end of data (CRLF "." CRLF)
+)
+
+type token struct {
+	kind    tokKind
+	content []byte // tokContent: the bytes; valid until the input changes
+	bareLF  bool   // tokLineEnd: the line ended in LF without CR
+}
+
+type decState uint8
+
+const (
+	decBOL   decState = iota // start of a line that follows CRLF: dot-sensitive
+	decDot                   // a dot at decBOL, undecided
+	decDotCR                 // ".\r" at decBOL, undecided
+	decMid                   // inside a line (or at the start of a line after a bare LF)
+	decCR                    // a CR inside a line, undecided
+	decDone                  // after the end of data
+)
+
+var (
+	contentDot = []byte{'.'}
+	contentCR  = []byte{'\r'}
+)
+
+// decoder reads client message data; the zero value is at the start of
+// the data, right after the DATA command's line end.
+type decoder struct {
+	st decState
+}
+
+// done reports whether the end of data has been read.
+func (d *decoder) done() bool { return d.st == decDone }
+
+// next reads from p until it has a token. It returns the token and the
+// number of bytes of p consumed; a tokContent may report bytes held over
+// from an earlier call (a CR or dot) and then consume nothing. After
+// tokEnd it consumes nothing more.
+func (d *decoder) next(p []byte) (tok token, n int) {
+	for n < len(p) {
+		c := p[n]
+		switch d.st {
+		case decBOL:
+			if c == '.' {
+				d.st = decDot
+				n++
+				continue
+			}
+			d.st = decMid
+		case decDot:
+			switch c {
+			case '\r':
+				d.st = decDotCR
+				n++
+				continue
+			case '\n':
+				// "." ended by a bare LF: the content line ".".
+				d.st = decMid
+				return token{kind: tokContent, content: contentDot}, n
+			}
+			d.st = decMid // the dot was stuffing: dropped
+		case decDotCR:
+			if c == '\n' {
+				d.st = decDone
+				return token{kind: tokEnd}, n + 1
+			}
+			d.st = decMid // ".\rX": the dot was stuffing, the CR is content
+			return token{kind: tokContent, content: contentCR}, n
+		case decCR:
+			if c == '\n' {
+				d.st = decBOL
+				return token{kind: tokLineEnd}, n + 1
+			}
+			d.st = decMid
+			return token{kind: tokContent, content: contentCR}, n
+		case decMid:
+			i := bytes.IndexAny(p[n:], "\r\n")
+			switch {
+			case i < 0:
+				return token{kind: tokContent, content: p[n:]}, len(p)
+			case i > 0:
+				return token{kind: tokContent, content: p[n : n+i]}, n + i
+			case c == '\n':
+				// Bare LF: the next line is read as written.
+				return token{kind: tokLineEnd, bareLF: true}, n + 1
+			}
+			d.st = decCR
+			n++
+		case decDone:
+			return token{}, n
+		}
+	}
+	return token{}, n
+}
+
+// encoder frames content lines for the upstream; the zero value is at the
+// start of the data.
+type encoder struct {
+	inLine bool // some content of the current line has been written
+}
+
+// content appends a piece of the current content line, stuffing a leading
+// dot.
+func (e *encoder) content(dst, p []byte) []byte {
+	if len(p) == 0 {
+		return dst
+	}
+	if !e.inLine {
+		e.inLine = true
+		if p[0] == '.' {
+			dst = append(dst, '.')
+		}
+	}
+	return append(dst, p...)
+}
+
+// lineEnd appends the CRLF that ends the current content line.
+func (e *encoder) lineEnd(dst []byte) []byte {
+	e.inLine = false
+	return append(dst, '\r', '\n')
+}
+
+// end appends the end of data, ending an unfinished line first so the dot
+// always stands alone on its line.
+func (e *encoder) end(dst []byte) []byte {
+	if e.inLine {
+		dst = e.lineEnd(dst)
+	}
+	return append(dst, '.', '\r', '\n')
+}
+
+// encodeCaptured appends captured content (lines ended by CRLF, as the
+// header capture stores them; content never holds an LF of its own, and a
+// last line may be unfinished) framed for the upstream.
+func (e *encoder) encodeCaptured(dst, captured []byte) []byte {
+	for len(captured) > 0 {
+		i := bytes.IndexByte(captured, '\n')
+		if i < 0 {
+			return e.content(dst, captured)
+		}
+		// captured[i-1] is the CR of the CRLF the capture wrote.
+		dst = e.content(dst, captured[:i-1])
+		dst = e.lineEnd(dst)
+		captured = captured[i+1:]
+	}
+	return dst
+}
