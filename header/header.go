@@ -28,10 +28,11 @@
 //     as a continuation of its own Received: field (the "ugly kluge" in
 //     smtpd.c). So a leading WSP line gives an empty section.
 //   - cleanup(8) replaces every stray CR in a content line by a space
-//     before it classifies the line (cleanup_replace_stray_cr_lf, default
-//     yes since Postfix 3.9, 3.8.5 and 3.7.10). So a CR counts as WSP here:
-//     "Subject\r: x" is a field line, and a line that starts with CR is a
-//     continuation line.
+//     before it classifies the line (cleanup_replace_stray_cr_lf: Postfix
+//     3.9, 3.8.5, 3.7.10, 3.6.14, 3.5.24 and later, default yes, off with
+//     receive_override_options=no_header_body_checks). So a CR counts as
+//     WSP here: "Subject\r: x" is a field line, and a line that starts with
+//     CR is a continuation line (local(8) reads past it either way).
 //   - local(8), which makes the loop verdict we must anticipate
 //     (delivered_hdr_init() in src/global/delivered_hdr.c), re-reads the
 //     queued message and does not stop where cleanup stopped: it reads on
@@ -308,7 +309,7 @@ func (f Field) Value() []byte {
 			v = v[:n-1]
 		}
 	}
-	return v
+	return v[:len(v):len(v)]
 }
 
 // NameIs reports whether the field's name equals name, ASCII case-insensitively.

@@ -216,3 +216,186 @@ func TestClassifierZeroValueEmptyLine(t *testing.T) {
 		t.Fatalf("an empty first line: %v, want End", k)
 	}
 }
+
+// fieldView is a Field as strings, for readable diffs.
+type fieldView struct {
+	Name, Raw string
+	Value     *string // nil when Value returns nil
+}
+
+func viewFields(section []byte) []fieldView {
+	var out []fieldView
+	for f := range Fields(section) {
+		v := fieldView{Name: string(f.Name), Raw: string(f.Raw)}
+		if val := f.Value(); val != nil {
+			s := string(val)
+			v.Value = &s
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func fv(name, raw, value string) fieldView {
+	return fieldView{Name: name, Raw: raw, Value: &value}
+}
+
+func TestFields(t *testing.T) {
+	long := strings.Repeat("v", 70_000)
+	longName := strings.Repeat("N", 70_000)
+	cases := []struct {
+		name string
+		msg  string
+		want []fieldView
+	}{
+		{"empty", "", nil},
+		{"empty line only", "\r\nA: 1\r\n", nil},
+		{"two fields and body", "Subject: hello\r\nTo: a@b,\r\n c@d\r\n\r\nbody\r\n", []fieldView{
+			fv("Subject", "Subject: hello\r\n", " hello"),
+			fv("To", "To: a@b,\r\n c@d\r\n", " a@b,\r\n c@d"),
+		}},
+		{"LF folds", "A: 1\n 2\n\t3\n\nb\n", []fieldView{fv("A", "A: 1\n 2\n\t3\n", " 1\n 2\n\t3")}},
+		{"WSP before colon", "Delivered-To \t: x@y\r\n", []fieldView{fv("Delivered-To", "Delivered-To \t: x@y\r\n", " x@y")}},
+		{"CR before colon", "Subject\r: x\n", []fieldView{fv("Subject", "Subject\r: x\n", " x")}},
+		{"no final line end", "A: 1\r\nB: 2", []fieldView{fv("A", "A: 1\r\n", " 1"), fv("B", "B: 2", " 2")}},
+		{"empty value", "A:\r\nB:", []fieldView{fv("A", "A:\r\n", ""), fv("B", "B:", "")}},
+		{"CR before CRLF stays in value", "A: 1\r\r\n", []fieldView{fv("A", "A: 1\r\r\n", " 1\r")}},
+		{"colons in value", "A: b: c\r\n", []fieldView{fv("A", "A: b: c\r\n", " b: c")}},
+		{"8-bit and NUL in value", "A: \xff\x00\xc3\xbc\r\n", []fieldView{fv("A", "A: \xff\x00\xc3\xbc\r\n", " \xff\x00\xc3\xbc")}},
+		{"stops at a non-header line", "A: 1\r\nbody\r\nB: 2\r\n", []fieldView{fv("A", "A: 1\r\n", " 1")}},
+		{"stops at a leading WSP line", " x\r\nA: 1\r\n", nil},
+		{"VT and CR lines continue a field", "A: 1\r\n\vx\r\n\ry\r\nB: 2\r\n", []fieldView{
+			fv("A", "A: 1\r\n\vx\r\n\ry\r\n", " 1\r\n\vx\r\n\ry"),
+			fv("B", "B: 2\r\n", " 2"),
+		}},
+		{"leading VT line is a nameless field", "\vx\r\n y\r\nA: 1\r\n\r\n", []fieldView{
+			{Name: "", Raw: "\vx\r\n y\r\n"},
+			fv("A", "A: 1\r\n", " 1"),
+		}},
+		{"long name and value", longName + ":" + long + "\r\n", []fieldView{fv(longName, longName+":"+long+"\r\n", long)}},
+		{"Received and Delivered-To",
+			"Received: from a (a [192.0.2.1])\r\n\tby b with ESMTP id 4F1;\r\n\tMon, 1 Jan 2024 00:00:00 +0000\r\nDelivered-To: u@b.example\r\nDelivered-To: v@b.example\r\n\r\nHi\r\n",
+			[]fieldView{
+				fv("Received", "Received: from a (a [192.0.2.1])\r\n\tby b with ESMTP id 4F1;\r\n\tMon, 1 Jan 2024 00:00:00 +0000\r\n",
+					" from a (a [192.0.2.1])\r\n\tby b with ESMTP id 4F1;\r\n\tMon, 1 Jan 2024 00:00:00 +0000"),
+				fv("Delivered-To", "Delivered-To: u@b.example\r\n", " u@b.example"),
+				fv("Delivered-To", "Delivered-To: v@b.example\r\n", " v@b.example"),
+			}},
+	}
+	for _, tc := range cases {
+		msg := []byte(tc.msg)
+		if diff := cmp.Diff(tc.want, viewFields(msg)); diff != "" {
+			t.Errorf("%s: Fields(%.60q) (-want +got):\n%s", tc.name, tc.msg, diff)
+		}
+		if diff := cmp.Diff(tc.want, viewFields(msg[:SectionEnd(msg)])); diff != "" {
+			t.Errorf("%s: Fields of the section alone (-want +got):\n%s", tc.name, diff)
+		}
+	}
+}
+
+func TestFieldsEarlyStop(t *testing.T) {
+	msg := []byte("A: 1\r\nB: 2\r\nC: 3\r\n")
+	var names []string
+	for f := range Fields(msg) {
+		names = append(names, string(f.Name))
+		if f.NameIs("b") {
+			break
+		}
+	}
+	if diff := cmp.Diff([]string{"A", "B"}, names); diff != "" {
+		t.Errorf("break after B (-want +got):\n%s", diff)
+	}
+}
+
+// TestFieldSlicesCapped checks that appending to a Field's slices cannot
+// overwrite the section they point into.
+func TestFieldSlicesCapped(t *testing.T) {
+	msg := []byte("A: 1\r\nB: 2\r\n")
+	for f := range Fields(msg) {
+		_ = append(f.Name, 'X')
+		_ = append(f.Raw, 'X')
+		_ = append(f.Value(), 'X')
+	}
+	if got := string(msg); got != "A: 1\r\nB: 2\r\n" {
+		t.Fatalf("section changed by appends: %q", got)
+	}
+}
+
+func TestValueOfForeignField(t *testing.T) {
+	cases := []struct {
+		name string
+		f    Field
+	}{
+		{"zero", Field{}},
+		{"name longer than raw", Field{Name: []byte("Subject"), Raw: []byte("Sub")}},
+		{"no colon after name", Field{Name: []byte("A"), Raw: []byte("A x\r\n")}},
+		{"name only", Field{Name: []byte("A"), Raw: []byte("A")}},
+	}
+	for _, tc := range cases {
+		if v := tc.f.Value(); v != nil {
+			t.Errorf("%s: Value = %q, want nil", tc.name, v)
+		}
+	}
+}
+
+func TestNameIs(t *testing.T) {
+	cases := []struct {
+		field, name string
+		want        bool
+	}{
+		{"Delivered-To", "Delivered-To", true},
+		{"DELIVERED-TO", "delivered-to", true},
+		{"delivered-to", "Delivered-To", true},
+		{"Delivered-To", "Delivered-T", false},
+		{"Delivered-To", "Delivered-Tox", false},
+		{"Delivered-To", "Delivered_To", false},
+		{"[", "{", false}, // 0x5B and 0x7B differ only in bit 0x20, yet are not letters
+		{"@", "`", false},
+		{"K", "\u212a", false}, // KELVIN SIGN folds to k in Unicode, not in ASCII
+		{"", "", true},
+	}
+	for _, tc := range cases {
+		f := Field{Name: []byte(tc.field)}
+		if got := f.NameIs(tc.name); got != tc.want {
+			t.Errorf("Field{Name: %q}.NameIs(%q) = %v, want %v", tc.field, tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestUnfold(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{"", ""},
+		{"abc", "abc"},
+		{"a\r\n b", "a b"},
+		{"a\n\tb", "a\tb"},
+		{"a\r\n b\r\n\tc", "a b\tc"},
+		{"a\r\n \r\n b", "a  b"},
+		{"\r\n x", " x"},
+		{"a\r\nb", "a\r\nb"},   // not a fold: no WSP after the line end
+		{"a\r\n", "a\r\n"},     // a final line end is not a fold
+		{"a\r\r\n b", "a\r b"}, // the first CR is content
+		{"a\n\vb", "a\vb"},     // VT continues
+		{"a\r\n\fb", "a\fb"},   // FF continues
+		{"a\r\n\rb", "a\rb"},   // a stray CR continues
+		{"a\n\r", "a\r"},       // a CR at the very end is content
+		{"a\n\r\n b", "a\n b"}, // "\r\n" there is an empty line, then a fold
+		{"a\r\n\r\n b", "a\r\n b"},
+		{"x \xff\r\n \x00", "x \xff \x00"},
+	}
+	for _, tc := range cases {
+		if got := string(Unfold(nil, []byte(tc.in))); got != tc.want {
+			t.Errorf("Unfold(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if got := string(Unfold([]byte("pre:"), []byte("a\r\n b"))); got != "pre:a b" {
+		t.Errorf("Unfold appends: got %q", got)
+	}
+}
+
+func TestLineKindString(t *testing.T) {
+	got := []string{Undecided.String(), FieldStart.String(), Continuation.String(), End.String(), LineKind(9).String()}
+	want := []string{"Undecided", "FieldStart", "Continuation", "End", "LineKind(invalid)"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("String (-want +got):\n%s", diff)
+	}
+}
