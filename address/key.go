@@ -1,0 +1,234 @@
+package address
+
+import (
+	"net/netip"
+	"strings"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
+	"golang.org/x/text/cases"
+	"golang.org/x/text/unicode/norm"
+)
+
+// Key returns the normalised comparison key: equal keys mean the same
+// mailbox for the loop check (SPEC section 5).
+//
+// The key is the address in one canonical spelling:
+//
+//   - The local part is unquoted (quoted pairs and quotes removed, folding
+//     line breaks dropped), case-folded, and written as a dot-atom when it is
+//     one, else as one quoted string with '"' and '\' escaped: "user"@x and
+//     user@x have one key, and so have "a\b"@x and ab@x. Extensions stay:
+//     user+ext@x and user@x differ, as in Postfix.
+//   - The whole address is case-folded, as Postfix folds it: ASCII letters
+//     to lower case, UTF-8 with full Unicode case folding in canonical
+//     normal form (so composed and decomposed spellings agree). Bytes that
+//     are not UTF-8 are kept as they are.
+//   - The domain loses one trailing dot (not from "a.." nor ".", the way
+//     Postfix strips it) and goes through IDNA UTS #46 non-transitional
+//     lookup mapping to its A-label form, so bücher.example, BÜCHER.example
+//     and xn--bcher-kva.example agree. A domain IDNA refuses (an underscore,
+//     a bad Punycode label) is case-folded instead, so the key stays total.
+//   - An address literal is canonical: [192.0.2.1] via net/netip,
+//     [IPv6:2001:DB8:0::1] as [ipv6:2001:db8::1] (an untagged IPv6 literal
+//     too); any other literal is case-folded with its outer white space
+//     trimmed.
+//   - An Addr without a domain keys as its local part alone, which only
+//     another address without a domain (<Postmaster>) can equal. The zero
+//     Addr keys as "".
+func (a Addr) Key() string {
+	if a.Local == "" && a.Domain == "" {
+		return ""
+	}
+	local := quoteLocal(fold(unquoteLocal(a.Local)))
+	if a.Domain == "" {
+		return local
+	}
+	return local + "@" + domainKey(a.Domain)
+}
+
+// unquoteLocal turns a local part as written into the string it stands for:
+// quotes dropped, quoted pairs (and backslash escapes in atoms, as Postfix
+// reads them) reduced to the escaped byte, CR and LF dropped (they can only
+// be header folding, which unfolding removes). It is total: an unterminated
+// quote runs to the end.
+func unquoteLocal(s string) string { return unescape(s, true) }
+
+// unescape reduces quoted pairs to the byte they escape and drops CR and LF;
+// with dropQuotes it drops '"' too (a local part's quotes, not an address
+// literal's content).
+func unescape(s string, dropQuotes bool) string {
+	if !strings.ContainsAny(s, "\"\\\r\n") {
+		return s
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' && dropQuotes:
+			continue
+		case c == '\\':
+			if i+1 == len(s) {
+				continue
+			}
+			i++
+			c = s[i]
+		}
+		if c == '\r' || c == '\n' {
+			continue
+		}
+		b = append(b, c)
+	}
+	return string(b)
+}
+
+// quoteLocal writes an unquoted local part canonically: as is when it is a
+// dot-atom (RFC 5322 3.2.3, with UTF-8 allowed as in RFC 6531), else as one
+// quoted string escaping '"' and '\' (Postfix's quote_822_local rule).
+func quoteLocal(s string) string {
+	if isDotAtom(s) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 2)
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' || s[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// isAtext reports the bytes of RFC 5322 atext, plus every non-ASCII byte
+// (RFC 6531 allows UTF-8 there; Postfix leaves 8-bit bytes unquoted too).
+func isAtext(c byte) bool {
+	if c >= 0x80 {
+		return true
+	}
+	if c <= ' ' || c == 0x7f {
+		return false
+	}
+	return !strings.ContainsRune(`()<>[]:;@\,."`, rune(c))
+}
+
+func isDotAtom(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '.' {
+			if s[i+1] == '.' {
+				return false
+			}
+			continue
+		}
+		if !isAtext(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// fold case-folds s: ASCII to lower case; valid UTF-8 with full Unicode
+// case folding, computed as NFC(fold(NFD(s))) so that canonically
+// equivalent spellings fold alike and folding the result changes nothing.
+// Invalid UTF-8 keeps its non-ASCII bytes as they are (Postfix folds such
+// addresses as ASCII only).
+func fold(s string) string {
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	if ascii || !utf8.ValidString(s) {
+		return asciiLower(s)
+	}
+	return norm.NFC.String(cases.Fold().String(norm.NFD.String(s)))
+}
+
+func asciiLower(s string) string {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if 'A' <= b[j] && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
+// stripRootDot removes one trailing dot, not the only dot of "." nor one of
+// "a..", the way Postfix's address rewriting does.
+func stripRootDot(d string) string {
+	n := len(d)
+	if n >= 2 && d[n-1] == '.' && d[n-2] != '.' {
+		return d[:n-1]
+	}
+	return d
+}
+
+// domainKey returns the canonical form of a domain as written.
+func domainKey(d string) string {
+	if strings.HasPrefix(d, "[") {
+		return literalKey(d)
+	}
+	if strings.ContainsAny(d, "\r\n") {
+		d = strings.NewReplacer("\r", "", "\n", "").Replace(d)
+	}
+	d = stripRootDot(d)
+	// IDNA maps some dots (U+3002, U+FF0E, ...) to '.', so a trailing dot
+	// can appear only after the mapping; strip again so the key is a fixed
+	// point.
+	if r, err := idna.Lookup.ToASCII(d); err == nil {
+		return stripRootDot(r)
+	}
+	f := fold(d)
+	if r, err := idna.Lookup.ToASCII(f); err == nil {
+		return stripRootDot(r)
+	}
+	return f
+}
+
+// literalKey returns the canonical form of an address literal as written
+// ("[" content "]", the closing bracket possibly missing).
+func literalKey(d string) string {
+	content := d[1:]
+	if strings.HasSuffix(content, "]") && !danglingBackslash([]byte(content[:len(content)-1])) {
+		content = content[:len(content)-1]
+	}
+	content = strings.Trim(unescape(content, false), " \t")
+	if ip, err := netip.ParseAddr(content); err == nil && ip.Zone() == "" {
+		if ip.Is4() {
+			return "[" + ip.String() + "]"
+		}
+		return "[ipv6:" + ip.String() + "]"
+	}
+	if len(content) > 5 && strings.EqualFold(content[:5], "ipv6:") {
+		v6 := strings.Trim(content[5:], " \t")
+		if ip, err := netip.ParseAddr(v6); err == nil && ip.Is6() && ip.Zone() == "" {
+			return "[ipv6:" + ip.String() + "]"
+		}
+	}
+	f := fold(content)
+	var b strings.Builder
+	b.Grow(len(f) + 2)
+	b.WriteByte('[')
+	for i := 0; i < len(f); i++ {
+		if c := f[i]; c == '[' || c == ']' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(f[i])
+	}
+	b.WriteByte(']')
+	return b.String()
+}

@@ -1,0 +1,318 @@
+package address
+
+import (
+	"fmt"
+	"strings"
+)
+
+// smtpSpace is the white space that separates the words of an SMTP command
+// in Postfix's smtpd (C isspace), so the path and its parameters split where
+// Postfix splits them.
+const smtpSpace = " \t\n\v\f\r"
+
+// maxErrorArg bounds how much of the argument an error message quotes, so a
+// 2048-octet command does not make a 2 KiB log line; the argument itself is
+// kept whole in PathError.Arg.
+const maxErrorArg = 200
+
+// PathError reports an SMTP path that ParsePath refuses.
+type PathError struct {
+	Arg string // the argument as given to ParsePath
+	Msg string // what is wrong, e.g. "missing closing '>'"
+}
+
+func (e *PathError) Error() string {
+	arg := e.Arg
+	if len(arg) > maxErrorArg {
+		arg = arg[:maxErrorArg] + "..."
+	}
+	return fmt.Sprintf("bad SMTP path %q: %s", arg, e.Msg)
+}
+
+// ParsePath parses the argument of MAIL FROM: or RCPT TO: (the text after
+// the colon, leading spaces allowed). The error says what is wrong.
+//
+// The argument is split into the path and its parameters the way Postfix's
+// smtpd splits a command: at the first white space that is not inside <...>
+// (which nests) or a quoted string, a backslash escaping the next byte. So
+// "< x@y >" is one path and "x@y NOTIFY=NEVER" a path and a parameter.
+// Within the path it accepts what Postfix's RFC 822 parser accepts for one
+// address: angle brackets or none, a source route (dropped from Addr, kept in
+// Route), comments and white space around dots and '@', quoted strings mixed
+// with atoms, a display name before <...> ("Name<x@y>"), stray closing
+// brackets after the address, and a local part without a domain
+// (<Postmaster>). A local part holding '@' ("a@b"@c written without quotes
+// as a@b@c) ends at the last '@', as Postfix resolves it. The null path (<>,
+// or brackets holding only white space and comments) sets Null.
+func ParsePath(arg string) (Path, error) {
+	fail := func(msg string) (Path, error) {
+		return Path{}, &PathError{Arg: arg, Msg: msg}
+	}
+	if strings.IndexByte(arg, 0) >= 0 {
+		return fail("NUL in address")
+	}
+	s := strings.TrimLeft(arg, smtpSpace)
+	if s == "" {
+		return fail("missing address")
+	}
+	word, rest, msg := splitCommandWord(s)
+	if msg != "" {
+		return fail(msg)
+	}
+	p := Path{Params: strings.Trim(rest, smtpSpace)}
+
+	text := word
+	if len(text) >= 2 && text[0] == '<' && text[len(text)-1] == '>' {
+		text = text[1 : len(text)-1]
+	}
+	// A source route leads the path: @a,@b:mailbox. Postfix cuts it at the
+	// first colon before parsing anything; so do we.
+	if t := strings.TrimLeft(text, " \t\r\n"); strings.HasPrefix(t, "@") {
+		if i := strings.IndexByte(t, ':'); i >= 0 {
+			p.Route = strings.TrimRight(t[:i], " \t\r\n")
+			text = t[i+1:]
+		}
+	}
+
+	lx := lexer{in: []byte(text)}
+	var toks []token
+	for {
+		t := lx.next()
+		if t.kind == tokEOF {
+			break
+		}
+		switch {
+		case t.kind == tokQuoted && !t.closed:
+			return fail("unterminated quoted string")
+		case t.kind == tokLiteral && !t.closed:
+			return fail("missing closing ']'")
+		}
+		toks = append(toks, t)
+	}
+	if lx.openComment {
+		return fail("unterminated comment")
+	}
+
+	mbox, route, msg := unwrapAngle(&lx, toks)
+	if msg != "" {
+		return fail(msg)
+	}
+	if route != "" {
+		if p.Route != "" {
+			return fail("two source routes")
+		}
+		p.Route = route
+	}
+
+	// Empty list elements around the mailbox are harmless (Postfix accepts
+	// "<x@y,>"); two mailboxes are not.
+	var el []token
+	start := 0
+	for i := 0; i <= len(mbox); i++ {
+		if i < len(mbox) && !isSpecial(mbox[i], ',') && !isSpecial(mbox[i], ';') {
+			continue
+		}
+		if i > start {
+			if el != nil {
+				return fail("more than one address")
+			}
+			el = mbox[start:i]
+		}
+		start = i + 1
+	}
+	if el == nil {
+		p.Null = true
+		return p, nil
+	}
+	a, msg := mailbox(&lx, el)
+	if msg != "" {
+		return fail(msg)
+	}
+	p.Addr = a
+	return p, nil
+}
+
+// splitCommandWord splits s (not starting with white space) after its first
+// word, the way Postfix's smtpd_token does: white space ends the word except
+// inside <...> (nesting) or "...", and a backslash escapes the next byte.
+// It returns a message when a bracket or quote is left open.
+func splitCommandWord(s string) (word, rest, msg string) {
+	depth := 0
+	inQuote := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\':
+			i++
+		case inQuote:
+			if c == '"' {
+				inQuote = false
+			}
+		case c == '"':
+			inQuote = true
+		case c == '<':
+			depth++
+		case depth > 0:
+			if c == '>' {
+				depth--
+			}
+		case strings.IndexByte(smtpSpace, c) >= 0:
+			return s[:i], s[i:], ""
+		}
+	}
+	switch {
+	case inQuote:
+		return "", "", "unterminated quoted string"
+	case depth > 0:
+		return "", "", "missing closing '>'"
+	}
+	return s, "", ""
+}
+
+// unwrapAngle returns the tokens of the mailbox: those inside <...> when the
+// path has them (a display name before is allowed, stray '>' after), and a
+// source route that opens them, as written.
+func unwrapAngle(lx *lexer, toks []token) (mbox []token, route, msg string) {
+	lt := -1
+	for i, t := range toks {
+		if isSpecial(t, '<') {
+			lt = i
+			break
+		}
+	}
+	if lt < 0 {
+		for len(toks) > 0 && isSpecial(toks[len(toks)-1], '>') {
+			toks = toks[:len(toks)-1]
+		}
+		return toks, "", ""
+	}
+	for _, t := range toks[:lt] {
+		if !isWord(t) && !isSpecial(t, '.') {
+			return nil, "", "unexpected " + describe(lx, t) + " before '<'"
+		}
+	}
+	gt := -1
+	for i := lt + 1; i < len(toks); i++ {
+		if isSpecial(toks[i], '<') {
+			return nil, "", "nested '<'"
+		}
+		if isSpecial(toks[i], '>') {
+			gt = i
+			break
+		}
+	}
+	if gt < 0 {
+		return nil, "", "missing closing '>'"
+	}
+	for _, t := range toks[gt+1:] {
+		if !isSpecial(t, '>') {
+			return nil, "", "unexpected " + describe(lx, t) + " after '>'"
+		}
+	}
+	inner := toks[lt+1 : gt]
+	if len(inner) > 0 && isSpecial(inner[0], '@') {
+		for i, t := range inner {
+			if isSpecial(t, ':') {
+				route = string(lx.in[inner[0].start:t.start])
+				route = strings.TrimRight(route, " \t\r\n")
+				inner = inner[i+1:]
+				break
+			}
+		}
+	}
+	return inner, route, ""
+}
+
+// mailbox reads one address from its tokens: a local part, and a domain
+// after the last '@' if there is one.
+func mailbox(lx *lexer, el []token) (Addr, string) {
+	at := -1
+	for i, t := range el {
+		if isSpecial(t, '@') {
+			at = i
+		}
+	}
+	local, domain := el, []token(nil)
+	if at >= 0 {
+		local, domain = el[:at], el[at+1:]
+	}
+	if len(local) == 0 {
+		return Addr{}, "empty local part"
+	}
+	prevWord := false
+	for _, t := range local {
+		switch {
+		case isWord(t):
+			if prevWord && t.spaceBefore {
+				return Addr{}, "space between words of the local part"
+			}
+			prevWord = true
+		case t.kind == tokLiteral:
+			return Addr{}, "address literal in the local part"
+		case isSpecial(t, '.'), isSpecial(t, '@'), isSpecial(t, ':'):
+			prevWord = false
+		default:
+			return Addr{}, "unexpected " + describe(lx, t) + " in the local part"
+		}
+	}
+	var a Addr
+	var buf []byte
+	for _, t := range local {
+		buf = lx.rawText(buf, t)
+	}
+	a.Local = string(buf)
+	if at < 0 {
+		return a, ""
+	}
+	if len(domain) == 0 {
+		return Addr{}, "empty domain"
+	}
+	if domain[0].kind == tokLiteral {
+		if len(domain) > 1 {
+			return Addr{}, "unexpected " + describe(lx, domain[1]) + " after the address literal"
+		}
+	} else {
+		prevAtom := false
+		for _, t := range domain {
+			switch {
+			case t.kind == tokAtom:
+				if prevAtom {
+					return Addr{}, "space in the domain"
+				}
+				prevAtom = true
+			case isSpecial(t, '.'):
+				prevAtom = false
+			default:
+				return Addr{}, "unexpected " + describe(lx, t) + " in the domain"
+			}
+		}
+	}
+	buf = buf[:0]
+	for _, t := range domain {
+		buf = lx.rawText(buf, t)
+	}
+	a.Domain = string(buf)
+	return a, ""
+}
+
+func isSpecial(t token, c byte) bool { return t.kind == tokSpecial && t.ch == c }
+
+func isWord(t token) bool { return t.kind == tokAtom || t.kind == tokQuoted }
+
+// describe names a token for an error message.
+func describe(lx *lexer, t token) string {
+	switch t.kind {
+	case tokSpecial:
+		return fmt.Sprintf("'%c'", t.ch)
+	case tokQuoted:
+		return "quoted string"
+	case tokLiteral:
+		return "address literal"
+	}
+	w := lx.in[t.start:t.end]
+	const maxWord = 40 // enough to recognise the word in a log line
+	if len(w) > maxWord {
+		return fmt.Sprintf("word %q...", w[:maxWord])
+	}
+	return fmt.Sprintf("word %q", w)
+}
