@@ -35,10 +35,19 @@ type lexer struct {
 	pos int
 	// openComment reports that a comment ran to the end of the input.
 	openComment bool
+	// open is the offset of the quoted string, literal or comment that ran
+	// to the end of the input, or -1 (set by newLexer).
+	open int
+	// flat makes '(' ')' '"' '[' ']' plain separators, so that nothing runs
+	// to the end of the input: the fallback reading of what an unterminated
+	// quote or comment swallowed.
+	flat bool
 	// steps counts bytes examined; tests use it to prove linear work
 	// without timing anything.
 	steps int
 }
+
+func newLexer(in []byte) lexer { return lexer{in: in, open: -1} }
 
 func isWSP(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
 
@@ -59,17 +68,29 @@ func (lx *lexer) next() token {
 		c := lx.in[lx.pos]
 		lx.steps++
 		switch {
-		case isWSP(c):
+		case isWSP(c) || lx.flat && isFlatSeparator(c):
 			lx.pos++
 			space = true
 		case c == '(':
+			start := lx.pos
 			lx.skipComment()
+			if lx.openComment && lx.open < 0 {
+				lx.open = start
+			}
 			space = true
 		default:
 			return lx.scan(space)
 		}
 	}
 	return token{kind: tokEOF, start: lx.pos, end: lx.pos, spaceBefore: space}
+}
+
+func isFlatSeparator(c byte) bool {
+	switch c {
+	case '(', ')', '"', '[', ']':
+		return true
+	}
+	return false
 }
 
 // skipComment skips a comment, nested comments and quoted pairs included.
@@ -122,7 +143,7 @@ func (lx *lexer) scan(space bool) token {
 				}
 				continue
 			}
-			if isSpecialByte(c) {
+			if isSpecialByte(c) || lx.flat && isFlatSeparator(c) {
 				break
 			}
 			lx.pos++
@@ -130,6 +151,9 @@ func (lx *lexer) scan(space bool) token {
 		}
 	}
 	t.end = lx.pos
+	if (t.kind == tokQuoted || t.kind == tokLiteral) && !t.closed && lx.open < 0 {
+		lx.open = t.start
+	}
 	return t
 }
 

@@ -28,18 +28,29 @@ func ParseList(value []byte) []Addr { return AppendList(nil, value) }
 //   - Unterminated quoted strings, comments and literals run to the end of
 //     the value; an unterminated <... yields what it holds.
 func AppendList(dst []Addr, value []byte) []Addr {
-	p := listParser{lx: lexer{in: value}, dst: dst}
+	p := listParser{lx: newLexer(value), dst: dst}
 	p.run()
+	if open := p.lx.open; open >= 0 {
+		// An unterminated quoted string, comment or literal swallowed the
+		// rest of the value; read that rest once more with nothing able to
+		// swallow anything, for the addr-specs it holds. One extra pass at
+		// most, so the work stays linear.
+		rest := listParser{lx: newLexer(value[open+1:]), dst: p.dst, fallback: true}
+		rest.lx.flat = true
+		rest.run()
+		return rest.dst
+	}
 	return p.dst
 }
 
 // listParser is the state of one pass over a value. Everything but dst is
 // bounded scratch reused across the addresses of the value.
 type listParser struct {
-	lx      lexer
-	dst     []Addr
-	peeked  token
-	hasPeek bool
+	lx       lexer
+	dst      []Addr
+	fallback bool // the flat re-reading: no bare local parts from garbage
+	peeked   token
+	hasPeek  bool
 
 	// The local-part candidate: the words and dots read since the last token
 	// that cannot be in a local part.
@@ -173,7 +184,7 @@ func (p *listParser) closeElement(closer byte) {
 	p.pure = true
 	p.elemSeen = false
 	defer p.resetCandidate()
-	if !pure {
+	if !pure || p.fallback {
 		return
 	}
 	var ok bool

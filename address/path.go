@@ -74,7 +74,7 @@ func ParsePath(arg string) (Path, error) {
 		}
 	}
 
-	lx := lexer{in: []byte(text)}
+	lx := newLexer([]byte(text))
 	var toks []token
 	for {
 		t := lx.next()
