@@ -49,7 +49,10 @@ type lexer struct {
 
 func newLexer(in []byte) lexer { return lexer{in: in, open: -1} }
 
-func isWSP(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+// isWSP reports the bytes that separate tokens: RFC 5322 white space and
+// the line breaks of folding, and NUL, which ends a C string and so ends the
+// address for Postfix too (ParsePath refuses NUL before lexing).
+func isWSP(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == 0 }
 
 // isSpecialByte reports the bytes that end an atom. The backslash is not
 // among them: it escapes the next byte inside the atom, as in Postfix.
