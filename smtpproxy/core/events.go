@@ -1,0 +1,77 @@
+package core
+
+// EventKind says what an Event reports.
+type EventKind uint8
+
+const (
+	// EventTxEnd: a message got its end-of-data reply, or was cut short.
+	EventTxEnd EventKind = iota + 1
+	// EventUpstreamError: the upstream failed; Reason says how.
+	EventUpstreamError
+	// EventLocalReply: the proxy answered a command itself; Reason is
+	// the reply.
+	EventLocalReply
+	// EventCheckFailed: the loop check panicked; Reason is the panic.
+	EventCheckFailed
+)
+
+// Event is something the session reports for logs and metrics.
+type Event struct {
+	Kind   EventKind
+	Tx     *Transaction // EventTxEnd
+	Reason string
+}
+
+// Outcome is what became of a message.
+type Outcome uint8
+
+const (
+	OutcomeUnknown        Outcome = iota
+	OutcomePass                   // judged no loop and relayed
+	OutcomeLoop                   // judged a loop and refused
+	OutcomeDryRunLoop             // judged a loop, relayed under -dry-run
+	OutcomeHeaderTooLarge         // header section over the limit, refused
+	OutcomeBareLF                 // bare LF under -bare-lf=reject, refused
+	OutcomeUpstreamRefused        // the upstream refused DATA
+	OutcomeUpstreamFailed         // the upstream was lost or timed out
+	OutcomeCheckFailed            // the loop check failed; tempfailed
+	OutcomeAborted                // the session ended before the end-of-data reply
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomePass:
+		return "pass"
+	case OutcomeLoop:
+		return "loop"
+	case OutcomeDryRunLoop:
+		return "dry-run-loop"
+	case OutcomeHeaderTooLarge:
+		return "header-too-large"
+	case OutcomeBareLF:
+		return "bare-lf"
+	case OutcomeUpstreamRefused:
+		return "upstream-refused"
+	case OutcomeUpstreamFailed:
+		return "upstream-failed"
+	case OutcomeCheckFailed:
+		return "check-failed"
+	case OutcomeAborted:
+		return "aborted"
+	}
+	return "unknown"
+}
+
+// Transaction describes one message, for the per-transaction log line.
+type Transaction struct {
+	Sender        string   // MAIL FROM: argument as written
+	Recipients    []string // accepted RCPT TO: arguments as written
+	ClientAddr    string   // from XFORWARD ADDR, when the client sent it
+	ClientName    string   // from XFORWARD NAME
+	Outcome       Outcome
+	LoopRecipient string // the matching recipient, for a loop
+	Reply         string // first line of the end-of-data reply the client got
+	UpstreamReply string // first line of the upstream's end-of-data reply, if any
+	Size          int64  // message octets read (unstuffed, line ends counted as 2)
+	HeaderBytes   int    // octets of the header section
+}
