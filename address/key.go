@@ -54,7 +54,8 @@ func (a Addr) Key() string {
 // quote runs to the end.
 func unquoteLocal(s string) string { return unescape(s, true) }
 
-// unescape reduces quoted pairs to the byte they escape and drops CR and LF;
+// unescape reduces quoted pairs to the byte they escape and drops CR and LF
+// that are not escaped (folding);
 // with dropQuotes it drops '"' too (a local part's quotes, not an address
 // literal's content).
 func unescape(s string, dropQuotes bool) string {
@@ -68,13 +69,12 @@ func unescape(s string, dropQuotes bool) string {
 		case c == '"' && dropQuotes:
 			continue
 		case c == '\\':
-			if i+1 == len(s) {
-				continue
+			if i+1 < len(s) {
+				i++
+				b = append(b, s[i])
 			}
-			i++
-			c = s[i]
-		}
-		if c == '\r' || c == '\n' {
+			continue
+		case c == '\r' || c == '\n':
 			continue
 		}
 		b = append(b, c)
@@ -84,7 +84,8 @@ func unescape(s string, dropQuotes bool) string {
 
 // quoteLocal writes an unquoted local part canonically: as is when it is a
 // dot-atom (RFC 5322 3.2.3, with UTF-8 allowed as in RFC 6531), else as one
-// quoted string escaping '"' and '\' (Postfix's quote_822_local rule).
+// quoted string escaping '"' and '\' (Postfix's quote_822_local rule), and
+// CR and LF, which unescaped would read back as folding.
 func quoteLocal(s string) string {
 	if isDotAtom(s) {
 		return s
@@ -93,7 +94,7 @@ func quoteLocal(s string) string {
 	b.Grow(len(s) + 2)
 	b.WriteByte('"')
 	for i := 0; i < len(s); i++ {
-		if s[i] == '"' || s[i] == '\\' {
+		if c := s[i]; c == '"' || c == '\\' || c == '\r' || c == '\n' {
 			b.WriteByte('\\')
 		}
 		b.WriteByte(s[i])
@@ -182,21 +183,59 @@ func domainKey(d string) string {
 	if strings.HasPrefix(d, "[") {
 		return literalKey(d)
 	}
-	if strings.ContainsAny(d, "\r\n") {
-		d = strings.NewReplacer("\r", "", "\n", "").Replace(d)
-	}
-	d = stripRootDot(d)
+	// The domain as Postfix reads it: a backslash stands for the byte it
+	// escapes (a\.b is a.b), folding line breaks are gone.
+	d = stripRootDot(unescape(d, false))
 	// IDNA maps some dots (U+3002, U+FF0E, ...) to '.', so a trailing dot
 	// can appear only after the mapping; strip again so the key is a fixed
 	// point.
-	if r, err := idna.Lookup.ToASCII(d); err == nil {
-		return stripRootDot(r)
+	if r, ok := toASCII(d); ok {
+		return r
 	}
 	f := fold(d)
-	if r, err := idna.Lookup.ToASCII(f); err == nil {
-		return stripRootDot(r)
+	if r, ok := toASCII(f); ok {
+		return r
 	}
-	return f
+	return escapeDomain(f)
+}
+
+// escapeDomain puts a backslash before every byte of a domain that an atom
+// cannot hold, so that the key reads back as the same domain.
+//
+// A domain of dots alone (from a\. unescaped) gets its first dot escaped, or
+// it would read back as no domain at all.
+func escapeDomain(d string) string {
+	if d != "" && strings.Trim(d, ".") == "" {
+		return "\\" + d
+	}
+	n := 0
+	for i := 0; i < len(d); i++ {
+		if d[i] != '.' && !isAtext(d[i]) {
+			n++
+		}
+	}
+	if n == 0 {
+		return d
+	}
+	b := make([]byte, 0, len(d)+n)
+	for i := 0; i < len(d); i++ {
+		if d[i] != '.' && !isAtext(d[i]) {
+			b = append(b, '\\')
+		}
+		b = append(b, d[i])
+	}
+	return string(b)
+}
+
+// toASCII maps d through IDNA lookup processing, and refuses a result that
+// would not read back as a domain: empty, or starting with a dot (U+3002
+// alone maps to ".").
+func toASCII(d string) (string, bool) {
+	r, err := idna.Lookup.ToASCII(d)
+	if err != nil || r == "" || r[0] == '.' {
+		return "", false
+	}
+	return stripRootDot(r), true
 }
 
 // literalKey returns the canonical form of an address literal as written
@@ -224,7 +263,7 @@ func literalKey(d string) string {
 	b.Grow(len(f) + 2)
 	b.WriteByte('[')
 	for i := 0; i < len(f); i++ {
-		if c := f[i]; c == '[' || c == ']' || c == '\\' {
+		if c := f[i]; strings.IndexByte("[]\\\"<>\r\n", c) >= 0 {
 			b.WriteByte('\\')
 		}
 		b.WriteByte(f[i])

@@ -154,6 +154,12 @@ func (lx *lexer) scan(space bool) token {
 		}
 	}
 	t.end = lx.pos
+	if t.kind == tokAtom && t.end-t.start == 1 && c == '\\' {
+		// A lone backslash at the end of the input escapes nothing and
+		// stands for nothing.
+		t.kind = tokEOF
+		t.start = t.end
+	}
 	if (t.kind == tokQuoted || t.kind == tokLiteral) && !t.closed && lx.open < 0 {
 		lx.open = t.start
 	}
@@ -184,17 +190,39 @@ func (lx *lexer) until(end byte) bool {
 // rawText returns the token as it should appear in an Addr: as written,
 // except that an unterminated quoted string or literal is closed (dropping a
 // dangling backslash first), so that the result re-parses to the same thing.
+//
+// A literal's '"', '<' and '>' get a backslash (a quoted pair means the same
+// byte): unescaped, they would change where Postfix's SMTP command
+// tokenizer, and ParsePath, end the path <local@[...]>.
 func (lx *lexer) rawText(dst []byte, t token) []byte {
 	raw := lx.in[t.start:t.end]
-	if (t.kind == tokQuoted || t.kind == tokLiteral) && !t.closed {
+	if t.kind == tokLiteral {
+		closed := t.closed
+		if !closed && danglingBackslash(raw) {
+			raw = raw[:len(raw)-1]
+		}
+		for i := 0; i < len(raw); i++ {
+			switch c := raw[i]; c {
+			case '\\':
+				dst = append(dst, raw[i:min(i+2, len(raw))]...)
+				i++
+			case '"', '<', '>':
+				dst = append(dst, '\\', c)
+			default:
+				dst = append(dst, c)
+			}
+		}
+		if !closed {
+			dst = append(dst, ']')
+		}
+		return dst
+	}
+	if t.kind == tokQuoted && !t.closed {
 		if danglingBackslash(raw) {
 			raw = raw[:len(raw)-1]
 		}
 		dst = append(dst, raw...)
-		if t.kind == tokQuoted {
-			return append(dst, '"')
-		}
-		return append(dst, ']')
+		return append(dst, '"')
 	}
 	if t.kind == tokAtom && danglingBackslash(raw) {
 		// A backslash at the very end of the input escapes nothing; Postfix

@@ -150,16 +150,21 @@ func (p *listParser) run() {
 func (p *listParser) readDomain() bool {
 	p.domain = p.domain[:0]
 	t := p.next()
-	switch t.kind {
-	case tokLiteral:
+	if t.kind == tokLiteral {
 		p.domain = p.lx.rawText(p.domain, t)
 		return true
-	case tokAtom:
-		p.domain = p.lx.rawText(p.domain, t)
-	default:
+	}
+	// Leading dots (x@.example) are kept, as Postfix keeps them, but the
+	// domain needs a label.
+	for isSpecial(t, '.') {
+		p.domain = append(p.domain, '.')
+		t = p.next()
+	}
+	if t.kind != tokAtom {
 		p.unread(t)
 		return false
 	}
+	p.domain = p.lx.rawText(p.domain, t)
 	afterDot := false
 	for {
 		t := p.next()

@@ -69,6 +69,8 @@ func TestParseList(t *testing.T) {
 		{"@", nil},
 		{"x@", nil},
 		{"@y", nil},
+		{"x@.", nil},
+		{"x@.example", []Addr{a("x", ".example")}},
 		// Invalid values: the fallback still finds the addr-specs.
 		{"foo bar@x <baz@y", []Addr{a("bar", "x"), a("baz", "y")}},
 		{"<<user@local.test", []Addr{a("user", "local.test")}},

@@ -272,7 +272,7 @@ func mailbox(lx *lexer, el []token) (Addr, string) {
 			return Addr{}, "unexpected " + describe(lx, domain[1]) + " after the address literal"
 		}
 	} else {
-		prevAtom := false
+		prevAtom, atoms := false, 0
 		for _, t := range domain {
 			switch {
 			case t.kind == tokAtom:
@@ -280,11 +280,15 @@ func mailbox(lx *lexer, el []token) (Addr, string) {
 					return Addr{}, "space in the domain"
 				}
 				prevAtom = true
+				atoms++
 			case isSpecial(t, '.'):
 				prevAtom = false
 			default:
 				return Addr{}, "unexpected " + describe(lx, t) + " in the domain"
 			}
+		}
+		if atoms == 0 {
+			return Addr{}, "domain without a label"
 		}
 	}
 	buf = buf[:0]

@@ -104,6 +104,7 @@ func TestParsePathErrors(t *testing.T) {
 		{"<@y>", "empty local part"},
 		{"<@a:@y>", "empty local part"},
 		{"<x@>", "empty domain"},
+		{"<x@.>", "domain without a label"},
 		{"<x@ (comment)>", "empty domain"},
 		{"<a b@c>", "space between words of the local part"},
 		{`<"a" b@c>`, "space between words of the local part"},
