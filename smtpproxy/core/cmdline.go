@@ -79,9 +79,6 @@ func (r *lineReader) take(c byte, limit int) {
 // line returns the completed line without its line end.
 func (r *lineReader) line() []byte { return r.buf }
 
-// started reports whether part of a line has been taken.
-func (r *lineReader) started() bool { return len(r.buf) > 0 || r.lastCR || r.fault != lineOK }
-
 func (r *lineReader) reset() {
 	r.buf = r.buf[:0]
 	r.fault = lineOK

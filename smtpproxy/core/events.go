@@ -26,16 +26,16 @@ type Event struct {
 type Outcome uint8
 
 const (
-	OutcomeUnknown        Outcome = iota
-	OutcomePass                   // judged no loop and relayed
-	OutcomeLoop                   // judged a loop and refused
-	OutcomeDryRunLoop             // judged a loop, relayed under -dry-run
-	OutcomeHeaderTooLarge         // header section over the limit, refused
-	OutcomeBareLF                 // bare LF under -bare-lf=reject, refused
-	OutcomeUpstreamRefused        // the upstream refused DATA
-	OutcomeUpstreamFailed         // the upstream was lost or timed out
-	OutcomeCheckFailed            // the loop check failed; tempfailed
-	OutcomeAborted                // the session ended before the end-of-data reply
+	OutcomeUnknown         Outcome = iota
+	OutcomePass                    // judged no loop and relayed
+	OutcomeLoop                    // judged a loop and refused
+	OutcomeDryRunLoop              // judged a loop, relayed under -dry-run
+	OutcomeHeaderTooLarge          // header section over the limit, refused
+	OutcomeBareLF                  // bare LF under -bare-lf=reject, refused
+	OutcomeUpstreamRefused         // the upstream refused DATA
+	OutcomeUpstreamFailed          // the upstream was lost or timed out
+	OutcomeCheckFailed             // the loop check failed; tempfailed
+	OutcomeAborted                 // the session ended before the end-of-data reply
 )
 
 func (o Outcome) String() string {

@@ -34,9 +34,6 @@ func (r Reply) FirstLine() string {
 type replyReader struct {
 	buf  []byte // lines of the reply being read, CRLF-terminated
 	line []byte // the current, incomplete line
-	// lastCR: the current line's last byte so far was a CR that may be
-	// the start of its CRLF line end.
-	lastCR bool
 }
 
 // replyError says what was wrong with an upstream reply; its text is a
