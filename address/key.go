@@ -150,7 +150,43 @@ func fold(s string) string {
 	if ascii || !utf8.ValidString(s) {
 		return asciiLower(s)
 	}
-	return norm.NFC.String(cases.Fold().String(norm.NFD.String(s)))
+	return norm.NFC.String(fixCherokee(cases.Fold().String(norm.NFD.String(s))))
+}
+
+// Cherokee is the one script whose case folding goes to upper case
+// (Unicode 8.0 added the lower case letters; folding stability kept the
+// old upper case ones as the folded form). x/text/cases folds it to lower
+// case instead and folds lower case back to upper case (golang/go#46101),
+// so its result is no fixed point. These are the CaseFolding.txt ranges.
+const (
+	cherokeeSmallFirst   = 0xAB70 // CHEROKEE SMALL LETTER A
+	cherokeeSmallLast    = 0xABBF // CHEROKEE SMALL LETTER YA
+	cherokeeUpperFirst   = 0x13A0 // CHEROKEE LETTER A
+	cherokeeSmallYeFirst = 0x13F8 // CHEROKEE SMALL LETTER YE
+	cherokeeSmallYeLast  = 0x13FD // CHEROKEE SMALL LETTER MV
+	cherokeeUpperYe      = 0x13F0 // CHEROKEE LETTER YE
+)
+
+// fixCherokee maps Cherokee small letters to the capital letters they
+// fold to.
+func fixCherokee(s string) string {
+	if !strings.ContainsFunc(s, isCherokeeSmall) {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		switch {
+		case cherokeeSmallFirst <= r && r <= cherokeeSmallLast:
+			return r - cherokeeSmallFirst + cherokeeUpperFirst
+		case cherokeeSmallYeFirst <= r && r <= cherokeeSmallYeLast:
+			return r - cherokeeSmallYeFirst + cherokeeUpperYe
+		}
+		return r
+	}, s)
+}
+
+func isCherokeeSmall(r rune) bool {
+	return cherokeeSmallFirst <= r && r <= cherokeeSmallLast ||
+		cherokeeSmallYeFirst <= r && r <= cherokeeSmallYeLast
 }
 
 func asciiLower(s string) string {

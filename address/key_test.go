@@ -83,3 +83,14 @@ func TestKeyForm(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyCherokee(t *testing.T) {
+	// CaseFolding.txt: AB70; C; 13A0 and 13F8; C; 13F0: Cherokee folds to
+	// upper case.
+	for _, p := range [][2]string{{"\u13a0", "\uab70"}, {"\u13f0", "\u13f8"}, {"\u13ef", "\uabbf"}} {
+		k0, k1 := (Addr{p[0], "x"}).Key(), (Addr{p[1], "x"}).Key()
+		if k0 != k1 || k0 != p[0]+"@x" {
+			t.Errorf("keys of %+q and %+q: %+q and %+q, want both %+q", p[0], p[1], k0, k1, p[0]+"@x")
+		}
+	}
+}
