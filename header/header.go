@@ -179,21 +179,41 @@ func step(s lineState, c byte, inSection bool) (lineState, LineKind) {
 	}
 }
 
+// scan advances the classification of one line over p. It returns the new
+// state, the line's kind (Undecided when p does not decide it) and the index
+// of the byte that decided it (len(p) when none did). The run of name bytes
+// that makes up most of a field line, and all of a hostile long one, is
+// skipped in a tight loop; every other byte goes through step.
+func scan(s lineState, p []byte, inSection bool) (lineState, LineKind, int) {
+	for i := 0; i < len(p); i++ {
+		if s == inName {
+			for i < len(p) && isNameByte(p[i]) {
+				i++
+			}
+			if i == len(p) {
+				break
+			}
+		}
+		var k LineKind
+		if s, k = step(s, p[i], inSection); k != Undecided {
+			return s, k, i
+		}
+	}
+	return s, Undecided, len(p)
+}
+
 // classifyLine decides the kind of one whole line (its content, without
 // the line end) and, for a field line, the length of its name.
 func classifyLine(line []byte, inSection bool) (kind LineKind, nameLen int) {
-	s := atStart
-	for i, c := range line {
-		var k LineKind
-		if s, k = step(s, c, inSection); k != Undecided {
-			if k == FieldStart {
-				nameLen = nameLength(line[:i])
-			}
-			return k, nameLen
-		}
+	_, k, i := scan(atStart, line, inSection)
+	switch k {
+	case Undecided:
+		// The line ended undecided: empty, or a name with no colon after it.
+		return End, 0
+	case FieldStart:
+		return k, nameLength(line[:i])
 	}
-	// The line ended undecided: empty, or a name with no colon after it.
-	return End, 0
+	return k, 0
 }
 
 // nameLength is the length of the name in the part of a field line before
@@ -240,16 +260,10 @@ func (c *Classifier) Feed(p []byte) LineKind {
 	if c.kind != Undecided {
 		return c.kind
 	}
-	s := c.state
-	for _, b := range p {
-		var k LineKind
-		if s, k = step(s, b, c.inSection); k != Undecided {
-			c.kind = k
-			return k
-		}
-	}
-	c.state = s
-	return Undecided
+	var k LineKind
+	c.state, k, _ = scan(c.state, p, c.inSection)
+	c.kind = k
+	return k
 }
 
 // EndLine ends the current line and returns its kind (never Undecided).
