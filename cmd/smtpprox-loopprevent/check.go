@@ -26,6 +26,11 @@ const (
 // message the proxy would refuse as too large is reported, not judged.
 const defaultCheckMaxHeader = 1 << 20
 
+// checkLookahead is how far past the limit the check command reads to see
+// that the line after a section of nearly max bytes is no header line. A
+// line whose first 4 KiB still look like a header name counts as header.
+const checkLookahead = 4096
+
 // rcptFlags collects repeated -rcpt values.
 type rcptFlags []string
 
@@ -122,28 +127,27 @@ func readHeaderSection(r io.Reader, max int) ([]byte, error) {
 			break
 		}
 	}
-	// Read up to max+1 bytes: enough to hold any section within the limit
-	// plus one byte to tell a section of exactly max bytes from a larger one.
-	buf, err := io.ReadAll(io.LimitReader(br, int64(max)+1))
+	// Read the limit and a little more: the section may take up to max
+	// bytes, and the line after it must be seen far enough to show that it
+	// is no header line ("Subj" could still become "Subject:").
+	buf, err := io.ReadAll(io.LimitReader(br, int64(max)+checkLookahead))
 	if err != nil {
 		return nil, fmt.Errorf("read error: %w", err)
 	}
 	tooLarge := fmt.Errorf("%w: more than %d bytes (the proxy would reply 552 5.3.4)", errHeaderTooLarge, max)
 	end := header.SectionEnd(buf)
-	if len(buf) <= max {
-		return buf[:end], nil // the whole message is here: end is final
-	}
-	if end == len(buf) {
+	if end > max {
 		return nil, tooLarge
 	}
-	// The message was cut at the limit. If the line that ended the section
-	// is the cut one, its first bytes must already rule out a header line
-	// ("Subj" could still become "Subject:"): like the proxy, count an
-	// undecided prefix against the limit. A lone CR decides either way: as
-	// content it is no header byte, before LF it makes the empty line.
+	if len(buf) < max+checkLookahead {
+		return buf[:end], nil // the whole message is here: end is final
+	}
+	// The message was cut. If the line that ended the section is the cut
+	// one, its bytes so far must already rule out a header line. A final CR
+	// is held back: before LF it is the line end, else a content byte.
 	if rest := buf[end:]; bytes.IndexByte(rest, '\n') < 0 {
 		var c header.Classifier
-		if c.Feed(rest) != header.End {
+		if c.Feed(bytes.TrimSuffix(rest, []byte("\r"))) != header.End {
 			return nil, tooLarge
 		}
 	}

@@ -65,9 +65,8 @@ func TestCheckCommand(t *testing.T) {
 }
 
 // TestCheckHeaderLimitBoundary pins the limit at the edge: a section of
-// exactly max bytes is judged, one byte more is refused, and a message cut at
-// the limit inside a body line is still judged when that line cannot be a
-// header.
+// exactly max bytes is judged, one byte more is refused, and the line after
+// the section must show within the lookahead that it is no header line.
 func TestCheckHeaderLimitBoundary(t *testing.T) {
 	section := "Delivered-To: user@local.test\r\n"
 	limit := strconv.Itoa(len(section))
@@ -79,7 +78,8 @@ func TestCheckHeaderLimitBoundary(t *testing.T) {
 		{"exactly the limit, then a blank line", section + "\r\nbody\r\n", 1},
 		{"limit, then a long body line that is no header", section + "\r\n" + strings.Repeat("b ", 100), 1},
 		{"limit, then a line whose first byte rules out a header", section + ":no header\r\n", 1},
-		{"limit, then an undecided prefix cut by the limit", section + "no header line here\r\n", 2},
+		{"limit, then a non-header line", section + "no header line here\r\n", 1},
+		{"limit, then a name longer than the lookahead", section + strings.Repeat("n", 2*checkLookahead), 2},
 		{"one byte over", section + "X: y\r\n\r\n", 2},
 		{"limit, then a line that could still be a header", section + "Subject: y\r\n", 2},
 	} {
