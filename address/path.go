@@ -215,6 +215,11 @@ func unwrapAngle(lx *lexer, toks []token) (mbox []token, route, msg string) {
 			if isSpecial(t, ':') {
 				route = string(lx.in[inner[0].start:t.start])
 				route = strings.TrimRight(route, " \t\r\n")
+				if strings.IndexByte(route, ':') >= 0 {
+					// A ':' in a comment or quoted string: written
+					// back as <route:mailbox>, the route would end there.
+					return nil, "", "':' inside the source route"
+				}
 				inner = inner[i+1:]
 				break
 			}

@@ -119,6 +119,7 @@ func TestParsePathErrors(t *testing.T) {
 		{"<x@y>foo", "unexpected word \"foo\" after '>'"},
 		{"a@b<x@y>", "unexpected '@' before '<'"},
 		{"<x)@y>", "unexpected ')' in the local part"},
+		{"Name<@a(c:d):x@y>", "':' inside the source route"},
 	}
 	for _, tc := range tests {
 		_, err := ParsePath(tc.arg)
