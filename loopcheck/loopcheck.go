@@ -7,7 +7,8 @@
 // holds an address whose normalised key (address.Addr.Key) equals the key of
 // an accepted recipient. Every Delivered-To: field counts, in any position;
 // every address of a field counts; field values are unfolded and read as
-// lenient address lists. The result is a superset of what Postfix's local(8)
+// lenient address lists; the first physical line of a folded value is also
+// read on its own, as local(8) reads it. The result is a superset of what Postfix's local(8)
 // bounces as "mail forwarding loop" for the same envelope recipient: local(8)
 // compares the first physical line of the value exactly, after case folding,
 // so everything it matches has the same key here.
@@ -18,6 +19,7 @@
 package loopcheck
 
 import (
+	"bytes"
 	"strings"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
@@ -100,8 +102,15 @@ func CheckRecipients(rcpts []Recipient, msg []byte) Verdict {
 		if !f.NameIs(FieldName) {
 			continue
 		}
-		value = header.Unfold(value[:0], f.Value())
+		raw := f.Value()
+		value = header.Unfold(value[:0], raw)
 		addrs = address.AppendList(addrs[:0], value)
+		// local(8) compares the first physical line of the value alone, so
+		// read that line on its own too: what a continuation line adds
+		// ("user@x" then " junk") must not hide an address it would match.
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			addrs = address.AppendList(addrs, raw[:i])
+		}
 		for _, a := range addrs {
 			i, ok := first[a.Key()]
 			if ok && (best < 0 || i < best) {

@@ -126,6 +126,11 @@ var verdictCases = []verdictCase{
 	{"postfix: many distinct values, match late", "postfix", []string{"<loopuser@local.test>"},
 		crlf(received, strings.Repeat("Delivered-To: other@local.test\r\n", 999)+"Delivered-To: loopuser@local.test", "", "body"), loop("loopuser@local.test")},
 
+	{"postfix: first physical line alone, continuation junk", "postfix", []string{"<loopuser@local.test>"},
+		crlf(received, "Delivered-To: loopuser@local.test", " junk that is no address", "", "body"), loop("loopuser@local.test")},
+	{"postfix: bare local part on the first line, continuation junk", "postfix", []string{"<Postmaster>"},
+		crlf(received, "Delivered-To: postmaster", " 0000", "", "body"), loop("Postmaster")},
+
 	// Our own edges.
 	{"no recipients", "edge", nil,
 		crlf(received, "Delivered-To: user@local.test", "", "body"), pass},
