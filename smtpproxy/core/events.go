@@ -13,6 +13,9 @@ const (
 	EventLocalReply
 	// EventCheckFailed: the loop check panicked; Reason is the panic.
 	EventCheckFailed
+	// EventDataStart: a message begins (the client's DATA was taken), for
+	// the caller's duration measure.
+	EventDataStart
 )
 
 // Event is something the session reports for logs and metrics.

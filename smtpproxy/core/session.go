@@ -665,6 +665,7 @@ func (s *Session) startData(upstreamReady bool) {
 		ClientName: s.name,
 	}
 	s.inTx = true
+	s.event(Event{Kind: EventDataStart})
 	if !upstreamReady {
 		s.clientOut = append(s.clientOut, replyData354...)
 	}

@@ -1,0 +1,116 @@
+package smtpproxy
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
+)
+
+// Defaults of SPEC section 6.
+const (
+	// DefaultConnectTimeout bounds the connection to the upstream.
+	DefaultConnectTimeout = 30 * time.Second
+	// DefaultReplyTimeout bounds every wait for an upstream reply and
+	// every write to the upstream: below Postfix's smtpd_proxy_timeout
+	// (100 s), so the client sees the proxy's own 451/421 rather than
+	// Postfix's "queue file write error".
+	DefaultReplyTimeout = 90 * time.Second
+	// DefaultCommandTimeout bounds the wait for a client command line
+	// (RFC 5321 4.5.3.2.7 asks for 5 minutes) and every write to the client.
+	DefaultCommandTimeout = 300 * time.Second
+	// DefaultDataIdleTimeout bounds the silence between two pieces of
+	// message data (RFC 5321 4.5.3.2.5: 3 minutes per data block).
+	DefaultDataIdleTimeout = 180 * time.Second
+	// DefaultDrainTimeout bounds graceful shutdown.
+	DefaultDrainTimeout = 30 * time.Second
+	// DefaultMaxSessions bounds concurrent sessions; each costs two
+	// connections, three goroutines, two 32 KiB buffers and at most one
+	// header buffer.
+	DefaultMaxSessions = 1000
+	// DefaultMaxHeaderBytes bounds the header section buffer per session.
+	DefaultMaxHeaderBytes = core.DefaultMaxHeaderBytes
+)
+
+// ioBufferSize is the size of each connection's read buffer. The session
+// holds one per side and reads nothing more until it has used it up.
+const ioBufferSize = 32 << 10
+
+// rejectWriteTimeout bounds writing the "too many connections" reply: that
+// connection is not a session and must not hold resources for long.
+const rejectWriteTimeout = 10 * time.Second
+
+// closeLinger and maxLingerBytes bound how long and how much a closing
+// session keeps reading from its client so that its last reply is not lost
+// to a TCP reset (see reader).
+const (
+	closeLinger    = 2 * time.Second
+	maxLingerBytes = 1 << 20
+)
+
+// BareLFPolicy says what a bare LF in message data does.
+type BareLFPolicy = core.BareLFPolicy
+
+const (
+	BareLFNormalize = core.BareLFNormalize
+	BareLFReject    = core.BareLFReject
+)
+
+// Config configures a Server. Zero durations and limits take the defaults
+// above.
+type Config struct {
+	// Upstream is the after-filter's address: host:port, [v6addr]:port
+	// or unix:/path.
+	Upstream string
+	// Dial, when set, replaces dialing Upstream (tests use it to connect
+	// the proxy to an in-memory upstream).
+	Dial func(ctx context.Context) (net.Conn, error)
+
+	ConnectTimeout  time.Duration
+	ReplyTimeout    time.Duration
+	CommandTimeout  time.Duration
+	DataIdleTimeout time.Duration
+	DrainTimeout    time.Duration
+	MaxSessions     int
+	MaxHeaderBytes  int
+
+	// DryRun logs loops and lets the messages pass.
+	DryRun bool
+	BareLF BareLFPolicy
+	// DropEHLOKeywords are removed from the EHLO reply besides STARTTLS,
+	// CHUNKING and BINARYMIME.
+	DropEHLOKeywords []string
+	// Check judges a message; nil means loopcheck.Check.
+	Check func(rcptArgs []string, section []byte) loopcheck.Verdict
+
+	// Logger receives session, transaction and error logs; nil discards.
+	Logger *slog.Logger
+	// DebugTrace, when set, is the prefix of per-session transcript files
+	// (PREFIX.<id>) holding every byte both ways.
+	DebugTrace string
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.ConnectTimeout, DefaultConnectTimeout)
+	def(&c.ReplyTimeout, DefaultReplyTimeout)
+	def(&c.CommandTimeout, DefaultCommandTimeout)
+	def(&c.DataIdleTimeout, DefaultDataIdleTimeout)
+	def(&c.DrainTimeout, DefaultDrainTimeout)
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = DefaultMaxSessions
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}

@@ -1,0 +1,59 @@
+package smtpproxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+)
+
+// The client reads why the upstream failed in a reply line, so errors are
+// mapped to short fixed phrases, never a Go error string (which would name
+// file descriptors and local addresses). The full error goes to the log.
+
+// connectPhrase says why the upstream could not be reached, as a noun
+// phrase after "unreachable: ".
+func connectPhrase(err error) string {
+	var dnsErr *net.DNSError
+	switch {
+	case isTimeout(err):
+		return "timed out"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.EHOSTUNREACH):
+		return "no route to host"
+	case errors.Is(err, syscall.ENETUNREACH):
+		return "network unreachable"
+	case errors.Is(err, syscall.ENOENT):
+		return "no such socket"
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return "permission denied"
+	case errors.As(err, &dnsErr):
+		return "host name not found"
+	case errors.Is(err, context.Canceled):
+		return "connection abandoned"
+	}
+	return "connection failed"
+}
+
+// ioPhrase says what the upstream did when a read or write failed, as a
+// verb phrase after "upstream NAME ".
+func ioPhrase(err error) string {
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.EPIPE), errors.Is(err, io.ErrClosedPipe):
+		return "closed the connection"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "reset the connection"
+	case isTimeout(err):
+		return "timed out"
+	}
+	return "broke the connection"
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout())
+}

@@ -1,0 +1,136 @@
+package smtpproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
+)
+
+// Server is the proxy: it accepts client connections and runs one session
+// per connection against its upstream.
+type Server struct {
+	cfg  Config
+	dial func(ctx context.Context) (net.Conn, error)
+	log  *slog.Logger
+
+	idBase string
+	nextID atomic.Uint64
+	active atomic.Int64
+}
+
+// New checks cfg, fills in defaults and returns a Server.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	dial, err := cfg.dialer()
+	if err != nil {
+		return nil, fmt.Errorf("upstream: %w", err)
+	}
+	if cfg.Dial == nil && cfg.Upstream == "" {
+		return nil, errors.New("upstream: no address")
+	}
+	return &Server{
+		cfg:    cfg,
+		dial:   dial,
+		log:    cfg.Logger,
+		idBase: strconv.Itoa(os.Getpid()),
+	}, nil
+}
+
+// ListenAndServe listens on addr (host:port, [v6addr]:port or unix:/path)
+// and serves until ctx is done; see Serve.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	ln, err := Listen(addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve accepts connections on ln until ctx is done, then shuts down
+// gracefully (SPEC section 6): the listener is closed, a session between
+// transactions gets "421 4.3.2 shutting down" at once, one inside a
+// transaction finishes it first; after the drain time every session left
+// is closed. Serve returns when every session has ended: nil after a
+// shutdown, or the accept error that stopped it.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	shutdown := make(chan struct{})
+	drain := make(chan struct{})
+	var wg sync.WaitGroup
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+
+	s.log.Info("listening", "listen", ln.Addr().String(), "upstream", s.upstreamName())
+	var acceptErr error
+	backoff := time.Duration(0)
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors or a passing fault: wait and retry
+				// rather than spin or give up.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Error("accept failed; retrying", "err", err, "retry_in", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+				}
+				continue
+			}
+			acceptErr = fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+			s.log.Error("accept failed; not accepting any more", "err", err)
+			break
+		}
+		backoff = 0
+		wg.Add(1)
+		if s.active.Add(1) > int64(s.cfg.MaxSessions) {
+			go func() {
+				defer wg.Done()
+				defer s.active.Add(-1)
+				s.reject(conn)
+			}()
+			continue
+		}
+		id := s.idBase + "." + strconv.FormatUint(s.nextID.Add(1), 10)
+		go func() {
+			defer wg.Done()
+			defer s.active.Add(-1)
+			s.serveSession(conn, id, shutdown, drain)
+		}()
+	}
+	close(shutdown)
+	s.log.Info("shutting down", "sessions", s.active.Load(), "drain", s.cfg.DrainTimeout)
+	t := time.AfterFunc(s.cfg.DrainTimeout, func() { close(drain) })
+	wg.Wait()
+	t.Stop()
+	s.log.Info("stopped")
+	return acceptErr
+}
+
+// reject answers a connection over the session limit.
+func (s *Server) reject(conn net.Conn) {
+	defer conn.Close()
+	s.log.Warn("too many connections", "peer", conn.RemoteAddr().String(), "max_sessions", s.cfg.MaxSessions)
+	conn.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+	conn.Write([]byte(core.ReplyTooMany))
+}
+
+func (s *Server) upstreamName() string {
+	if s.cfg.Upstream != "" {
+		return s.cfg.Upstream
+	}
+	return "upstream"
+}

@@ -1,0 +1,299 @@
+package smtpproxy
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// These tests run the whole runtime (Serve, sessions, readers, timers)
+// inside a synctest bubble over net.Pipe: timeouts of minutes pass in
+// fake time, so no test waits, and synctest.Wait makes orderings
+// deterministic.
+
+type pipeListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe" }
+
+// bubble is a proxy with a scripted upstream, all in memory.
+type bubble struct {
+	t      *testing.T
+	u      *upstream
+	ln     *pipeListener
+	cancel context.CancelFunc
+	served chan error
+	logs   *syncBuffer
+}
+
+func newBubble(t *testing.T, cfg Config) *bubble {
+	b := &bubble{t: t, u: newScript(t), ln: newPipeListener(), served: make(chan error, 1), logs: &syncBuffer{}}
+	if cfg.Dial == nil {
+		cfg.Dial = func(ctx context.Context) (net.Conn, error) {
+			a, z := net.Pipe()
+			go b.u.serve(&upConn{Conn: z, r: bufio.NewReader(z), u: b.u})
+			return a, nil
+		}
+	}
+	cfg.Upstream = "up.test:10026"
+	if cfg.Check == nil {
+		cfg.Check = checkDeliveredTo
+	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(b.logs, nil))
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.cancel = cancel
+	go func() { b.served <- srv.Serve(ctx, b.ln) }()
+	return b
+}
+
+func (b *bubble) dial() *client {
+	a, z := net.Pipe()
+	b.ln.ch <- z
+	b.t.Cleanup(func() { a.Close() })
+	return &client{t: b.t, conn: a, r: bufio.NewReader(a)}
+}
+
+// stop shuts the server down and waits for Serve to return.
+func (b *bubble) stop() {
+	b.cancel()
+	if err := <-b.served; err != nil {
+		b.t.Fatalf("Serve: %v", err)
+	}
+}
+
+func TestClientIdleTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{})
+		c := b.dial()
+		c.expectReply(greeting)
+		start := time.Now()
+		c.expectReply("421 4.4.2 timeout\r\n")
+		if waited := time.Since(start); waited != DefaultCommandTimeout {
+			t.Fatalf("timed out after %v (fake time), want %v", waited, DefaultCommandTimeout)
+		}
+		c.expectEOF()
+		b.u.waitEnded(t)
+		if cmds := b.u.cmds(); len(cmds) != 1 || cmds[0] != "QUIT" {
+			t.Fatalf("upstream commands %q, want a QUIT", cmds)
+		}
+		b.stop()
+	})
+}
+
+// A trickle of bytes does not keep a command open past the timeout.
+func TestClientTrickleTimesOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{})
+		c := b.dial()
+		c.expectReply(greeting)
+		for range 10 {
+			c.send("N")
+			time.Sleep(DefaultCommandTimeout / 10)
+		}
+		synctest.Wait()
+		c.expectReply("421 4.4.2 timeout\r\n")
+		b.stop()
+	})
+}
+
+func TestClientDataIdleTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{})
+		c := b.dial()
+		c.expectReply(greeting)
+		c.expect("MAIL FROM:<s@x>", ok)
+		c.expect("RCPT TO:<a@x>", ok)
+		c.expect("DATA", local354)
+		c.send("Subject: s\r\n\r\nbody\r\n")
+		// Activity restarts the idle clock: 170 s, then data, then 170 s
+		// is not yet a timeout.
+		time.Sleep(170 * time.Second)
+		c.send("more\r\n")
+		time.Sleep(170 * time.Second)
+		c.send("more\r\n")
+		start := time.Now()
+		c.expectReply("421 4.4.2 timeout\r\n")
+		if waited := time.Since(start); waited != DefaultDataIdleTimeout {
+			t.Fatalf("timed out after %v of silence, want %v", waited, DefaultDataIdleTimeout)
+		}
+		b.u.waitEnded(t)
+		if raw := b.u.rawString(); strings.Contains(raw, "\r\n.\r\n") || !strings.Contains(raw, "more\r\nmore\r\n") {
+			t.Fatalf("upstream received %q", raw)
+		}
+		b.stop()
+	})
+}
+
+func TestUpstreamStallTimeouts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{})
+		b.u.hook = func(c *upConn, cmd string) bool {
+			return strings.HasPrefix(cmd, "MAIL FROM:<stall@x>") // never answered
+		}
+		c := b.dial()
+		c.expectReply(greeting)
+		start := time.Now()
+		c.expect("MAIL FROM:<stall@x>", "421 4.4.2 upstream up.test:10026 timed out\r\n")
+		if waited := time.Since(start); waited != DefaultReplyTimeout {
+			t.Fatalf("waited %v, want %v", waited, DefaultReplyTimeout)
+		}
+		c.expectEOF()
+		b.stop()
+	})
+}
+
+// A stall at end of data: 451, never 250.
+func TestUpstreamStallAtEndOfData(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{})
+		b.u.dataReply = ""
+		c := b.dial()
+		c.expectReply(greeting)
+		c.expect("MAIL FROM:<s@x>", ok)
+		c.expect("RCPT TO:<a@x>", ok)
+		c.expect("DATA", local354)
+		c.send("Subject: s\r\n\r\nb\r\n.\r\n")
+		c.expectReply("451 4.4.2 upstream up.test:10026 timed out\r\n")
+		c.expect("NOOP", "421 4.4.2 upstream up.test:10026 timed out\r\n")
+		b.stop()
+	})
+}
+
+func TestUpstreamConnectTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{Dial: func(ctx context.Context) (net.Conn, error) {
+			<-ctx.Done() // a black-holed SYN
+			return nil, ctx.Err()
+		}})
+		c := b.dial()
+		start := time.Now()
+		c.expectReply("421 4.4.1 upstream up.test:10026 unreachable: timed out\r\n")
+		if waited := time.Since(start); waited != DefaultConnectTimeout {
+			t.Fatalf("waited %v, want %v", waited, DefaultConnectTimeout)
+		}
+		c.expectEOF()
+		b.stop()
+	})
+}
+
+func TestUpstreamSilentBeforeGreeting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{})
+		b.u.greeting = ""
+		c := b.dial()
+		c.expectReply("421 4.4.1 upstream up.test:10026 timed out before its greeting\r\n")
+		b.stop()
+	})
+}
+
+func TestShutdownWaitsForTransaction(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{})
+		idle := b.dial()
+		idle.expectReply(greeting)
+		busy := b.dial()
+		busy.expectReply(greeting)
+		busy.expect("MAIL FROM:<s@x>", ok)
+		busy.expect("RCPT TO:<a@x>", ok)
+		busy.expect("DATA", local354)
+		busy.send("Subject: s\r\n\r\nbody\r\n")
+		b.cancel()
+		synctest.Wait() // every session has seen the shutdown
+		idle.expectReply("421 4.3.2 shutting down\r\n")
+		idle.expectEOF()
+		time.Sleep(10 * time.Second) // within the drain time
+		busy.send("rest\r\n.\r\n")
+		busy.expectReply(queued)
+		busy.expectReply("421 4.3.2 shutting down\r\n")
+		busy.expectEOF()
+		if err := <-b.served; err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+		if msgs := b.u.msgs(); len(msgs) != 1 || msgs[0] != "Subject: s\r\n\r\nbody\r\nrest\r\n" {
+			t.Fatalf("upstream messages %q", msgs)
+		}
+	})
+}
+
+func TestShutdownDrainDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{DataIdleTimeout: time.Hour})
+		c := b.dial()
+		c.expectReply(greeting)
+		c.expect("MAIL FROM:<s@x>", ok)
+		c.expect("RCPT TO:<a@x>", ok)
+		c.expect("DATA", local354)
+		c.send("Subject: s\r\n\r\nbody\r\n")
+		start := time.Now()
+		b.cancel()
+		c.expectReply("421 4.3.2 shutting down\r\n")
+		if waited := time.Since(start); waited != DefaultDrainTimeout {
+			t.Fatalf("cut after %v, want the drain time %v", waited, DefaultDrainTimeout)
+		}
+		c.expectEOF()
+		if err := <-b.served; err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+		if raw := b.u.rawString(); strings.Contains(raw, "\r\n.\r\n") || len(b.u.msgs()) != 0 {
+			t.Fatalf("cut message reached the upstream: %q", raw)
+		}
+	})
+}
+
+// Under the lead's limits, a pool of idle clients cannot starve others
+// (the original's weakness 5: two idle clients blocked a pool of two).
+func TestIdleClientsDoNotBlockOthers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{MaxSessions: 3})
+		idle1, idle2 := b.dial(), b.dial()
+		idle1.expectReply(greeting)
+		idle2.expectReply(greeting)
+		c := b.dial()
+		c.expectReply(greeting)
+		c.expect("NOOP", ok)
+		c.expect("QUIT", "221 2.0.0 Bye\r\n")
+		// The idle ones are timed out and their slots freed.
+		idle1.expectReply("421 4.4.2 timeout\r\n")
+		idle2.expectReply("421 4.4.2 timeout\r\n")
+		synctest.Wait()
+		d := b.dial()
+		d.expectReply(greeting)
+		b.stop()
+	})
+}
