@@ -313,7 +313,11 @@ func (s *Session) ClientData(p []byte) int {
 func (s *Session) UpstreamData(p []byte) {
 	for len(p) > 0 && !s.done && !s.upGone {
 		if !s.awaitingUpstream() {
-			s.upstreamFailed("sent unexpected data")
+			if s.upInData {
+				s.upstreamFailed("replied before the end of data")
+			} else {
+				s.upstreamFailed("sent unexpected data")
+			}
 			break
 		}
 		n, rep, err := s.replies.feed(p)

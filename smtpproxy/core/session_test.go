@@ -811,3 +811,18 @@ func TestTransactionStateFollowsUpstream(t *testing.T) {
 	h.fromClient("RCPT TO:<a@x>\r\nRSET\r\nDATA\r\n")
 	h.expect(ok + ok + "503 5.5.1 need MAIL\r\n")
 }
+
+// An upstream that answers in the middle of the message (a server
+// enforcing a line limit, say) is not trusted to have taken it: 451, then
+// 421 on the next command.
+func TestUpstreamRepliesMidMessage(t *testing.T) {
+	h := newHarness(t, loopCfg()).connect()
+	h.got()
+	sendMessage(h, "Subject: s\r\n\r\nfirst\r\n")
+	h.expect(ok + ok + local354)
+	h.fromUpstream("500 5.5.2 line too long\r\n")
+	h.fromClient("rest\r\n.\r\n")
+	h.expect("451 4.4.2 upstream 127.0.0.1:10026 replied before the end of data\r\n")
+	h.fromClient("NOOP\r\n")
+	h.expect("421 4.4.2 upstream 127.0.0.1:10026 replied before the end of data\r\n")
+}
