@@ -6,7 +6,10 @@
 //
 // Run one target at a time, as CI does:
 //
-//	go test ./fuzz -run='^$' -fuzz='^FuzzVerdict$' -fuzztime=60s
+//	go test ./fuzz -run='^$' -fuzz='^FuzzVerdict$' -fuzztime=60s -fuzzminimizetime=5s
+//
+// (Minimising a long interesting input costs the fuzzer time that grows
+// with the square of its length; the bound keeps a short run fuzzing.)
 //
 // A crasher the fuzzer finds is kept in testdata/fuzz/<Target>/ so that
 // plain `go test` replays it forever after.
