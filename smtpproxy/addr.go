@@ -20,12 +20,11 @@ func SplitAddr(addr string) (network, address string, err error) {
 		}
 		return "unix", path, nil
 	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || port == "" {
-		return "", "", fmt.Errorf("address %q: want host:port, [v6addr]:port or unix:/path", addr)
-	}
-	if strings.Contains(host, ":") && !strings.HasPrefix(addr, "[") {
+	if !strings.HasPrefix(addr, "[") && strings.Count(addr, ":") > 1 {
 		return "", "", fmt.Errorf("address %q: an IPv6 address needs brackets: [v6addr]:port", addr)
+	}
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		return "", "", fmt.Errorf("address %q: want host:port, [v6addr]:port or unix:/path", addr)
 	}
 	return "tcp", addr, nil
 }
