@@ -97,12 +97,7 @@ func ParsePath(arg string) (Path, error) {
 	if msg != "" {
 		return fail(msg)
 	}
-	if route != "" {
-		if p.Route != "" {
-			return fail("two source routes")
-		}
-		p.Route = route
-	}
+	p.Route = joinRoute(p.Route, route)
 
 	// Empty list elements around the mailbox are harmless (Postfix accepts
 	// "<x@y,>"); two mailboxes are not.
@@ -120,7 +115,13 @@ func ParsePath(arg string) (Path, error) {
 		}
 		start = i + 1
 	}
-	if el == nil {
+	// A route can also open a later list element: ",@a:x@y".
+	el, route, msg = cutRoute(&lx, el)
+	if msg != "" {
+		return fail(msg)
+	}
+	p.Route = joinRoute(p.Route, route)
+	if len(el) == 0 {
 		p.Null = true
 		return p, nil
 	}
@@ -209,23 +210,28 @@ func unwrapAngle(lx *lexer, toks []token) (mbox []token, route, msg string) {
 			return nil, "", "unexpected " + describe(lx, t) + " after '>'"
 		}
 	}
-	inner := toks[lt+1 : gt]
-	if len(inner) > 0 && isSpecial(inner[0], '@') {
-		for i, t := range inner {
-			if isSpecial(t, ':') {
-				route = string(lx.in[inner[0].start:t.start])
-				route = strings.TrimRight(route, " \t\r\n")
-				if strings.IndexByte(route, ':') >= 0 {
-					// A ':' in a comment or quoted string: written
-					// back as <route:mailbox>, the route would end there.
-					return nil, "", "':' inside the source route"
-				}
-				inner = inner[i+1:]
-				break
+	return cutRoute(lx, toks[lt+1:gt])
+}
+
+// cutRoute splits a source route (@a,@b:) off the front of toks and returns
+// it as written.
+func cutRoute(lx *lexer, toks []token) (rest []token, route, msg string) {
+	if len(toks) == 0 || !isSpecial(toks[0], '@') {
+		return toks, "", ""
+	}
+	for i, t := range toks {
+		if isSpecial(t, ':') {
+			route = string(lx.in[toks[0].start:t.start])
+			route = strings.TrimRight(route, " \t\r\n")
+			if strings.IndexByte(route, ':') >= 0 {
+				// A ':' in a comment or quoted string: written back as
+				// <route:mailbox>, the route would end there.
+				return nil, "", "':' inside the source route"
 			}
+			return toks[i+1:], route, ""
 		}
 	}
-	return inner, route, ""
+	return toks, "", ""
 }
 
 // mailbox reads one address from its tokens: a local part, and a domain
@@ -244,7 +250,7 @@ func mailbox(lx *lexer, el []token) (Addr, string) {
 	if len(local) == 0 {
 		return Addr{}, "empty local part"
 	}
-	prevWord := false
+	prevWord, words := false, 0
 	for _, t := range local {
 		switch {
 		case isWord(t):
@@ -252,6 +258,7 @@ func mailbox(lx *lexer, el []token) (Addr, string) {
 				return Addr{}, "space between words of the local part"
 			}
 			prevWord = true
+			words++
 		case t.kind == tokLiteral:
 			return Addr{}, "address literal in the local part"
 		case isSpecial(t, '.'), isSpecial(t, '@'), isSpecial(t, ':'):
@@ -259,6 +266,9 @@ func mailbox(lx *lexer, el []token) (Addr, string) {
 		default:
 			return Addr{}, "unexpected " + describe(lx, t) + " in the local part"
 		}
+	}
+	if words == 0 {
+		return Addr{}, "local part without a word"
 	}
 	var a Addr
 	var buf []byte
@@ -302,6 +312,18 @@ func mailbox(lx *lexer, el []token) (Addr, string) {
 	}
 	a.Domain = string(buf)
 	return a, ""
+}
+
+// joinRoute joins a route cut off the front of the text with one found
+// after it (@a:@b:x@y): written back, the colon separates them again.
+func joinRoute(outer, inner string) string {
+	if outer == "" {
+		return inner
+	}
+	if inner == "" {
+		return outer
+	}
+	return outer + ":" + inner
 }
 
 func isSpecial(t token, c byte) bool { return t.kind == tokSpecial && t.ch == c }

@@ -45,6 +45,8 @@ func TestParsePath(t *testing.T) {
 		{"<@a.example:x@y>", with(addr("x", "y"), "@a.example", "")},
 		{"<@a,@b:x@y> SIZE=1", with(addr("x", "y"), "@a,@b", "SIZE=1")},
 		{"< @a , @b : x@y >", with(addr("x", "y"), "@a , @b", "")},
+		{"<@a:@b:x@y>", with(addr("x", "y"), "@a:@b", "")},
+		{",@a:x@y", with(addr("x", "y"), "@a", "")},
 		{"Name<@a:x@y>", with(addr("x", "y"), "@a", "")},
 		{"<<x@y>>", addr("x", "y")},
 		{"Name <x@y>", with(addr("Name", ""), "", "<x@y>")}, // split as Postfix splits: a parameter
@@ -102,6 +104,8 @@ func TestParsePathErrors(t *testing.T) {
 		{"<x@y\x00>", "NUL in address"},
 		{"<x@y> SIZE=\x00", "NUL in address"},
 		{"<@y>", "empty local part"},
+		{"<.@y>", "local part without a word"},
+		{". ", "local part without a word"},
 		{"<@a:@y>", "empty local part"},
 		{"<x@>", "empty domain"},
 		{"<x@.>", "domain without a label"},
