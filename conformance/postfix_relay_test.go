@@ -7,11 +7,11 @@ import (
 	"testing"
 )
 
-// serveBlindRelay copies bytes both ways between each connection accepted on
+// pfServeBlindRelay copies bytes both ways between each connection accepted on
 // ln and a new connection to upstream, changing nothing, until the test
 // ends. It is the "proxy" that detects no loop at all, so a test run through
 // it shows which checks of the end-to-end test can fail.
-func serveBlindRelay(t *testing.T, ln net.Listener, upstream string) {
+func pfServeBlindRelay(t *testing.T, ln net.Listener, upstream string) {
 	t.Helper()
 	var wg sync.WaitGroup
 	t.Cleanup(func() {

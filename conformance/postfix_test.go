@@ -13,14 +13,14 @@ import (
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/postfixtest"
 )
 
-// e2eProxyTimeout is the front smtpd's smtpd_proxy_timeout. Shorter than
+// pfProxyTimeout is the front smtpd's smtpd_proxy_timeout. Shorter than
 // Postfix's 100 s default so that a proxy that stalls fails the test sooner;
 // longer than anything a working proxy on loopback needs.
-const e2eProxyTimeout = 30 * time.Second
+const pfProxyTimeout = 30 * time.Second
 
-// sendParallelism bounds concurrent SMTP sessions of the differential: below
+// pfSendParallelism bounds concurrent SMTP sessions of the differential: below
 // the front services' process limit (20), so no session waits for a process.
-const sendParallelism = 8
+const pfSendParallelism = 8
 
 // TestPostfixEndToEnd runs the proxy between a real Postfix's front smtpd
 // and its after-filter smtpd (SMTPD_PROXY_README) and checks the claims of
@@ -41,25 +41,25 @@ func TestPostfixEndToEnd(t *testing.T) {
 			t.Parallel()
 			p := postfixtest.New(t, postfixtest.Options{
 				SpeedAdjust:  speedAdjust,
-				ProxyTimeout: e2eProxyTimeout,
-				Mailboxes:    []string{utf8Box},
-				Aliases:      map[string]string{aliasBox: postfixtest.LoopUser},
+				ProxyTimeout: pfProxyTimeout,
+				Mailboxes:    []string{pfUTF8Box},
+				Aliases:      map[string]string{pfAliasBox: postfixtest.LoopUser},
 			})
-			startProxy(t, p)
+			pfStartProxy(t, p)
 			p.Start()
 
 			// Subtests share the instance and run one after another: each
 			// reads the log and counters of a quiet instance.
-			t.Run("1_delivery", func(t *testing.T) { testDelivery(t, p) })
-			t.Run("2_loop_rejected_at_smtp_time", func(t *testing.T) { testLoopRejected(t, p) })
-			t.Run("3_xforward_client", func(t *testing.T) { testXforward(t, p) })
-			t.Run("4_differential", func(t *testing.T) { testDifferential(t, p) })
+			t.Run("1_delivery", func(t *testing.T) { pfTestDelivery(t, p) })
+			t.Run("2_loop_rejected_at_smtp_time", func(t *testing.T) { pfTestLoopRejected(t, p) })
+			t.Run("3_xforward_client", func(t *testing.T) { pfTestXforward(t, p) })
+			t.Run("4_differential", func(t *testing.T) { pfTestDifferential(t, p) })
 		})
 	}
 }
 
-// testDelivery: item (1).
-func testDelivery(t *testing.T, p *postfixtest.Instance) {
+// pfTestDelivery: item (1).
+func pfTestDelivery(t *testing.T, p *postfixtest.Instance) {
 	const subject = "e2e normal delivery"
 	res, err := postfixtest.Send(p.FrontAddr(), "sender@local.test", []string{"user@local.test"},
 		[]byte("Subject: "+subject+"\nFrom: sender@local.test\n\nhello\n.a line that starts with a dot\n"))
@@ -84,14 +84,14 @@ func testDelivery(t *testing.T, p *postfixtest.Instance) {
 	}
 }
 
-// testLoopRejected: item (2).
-func testLoopRejected(t *testing.T, p *postfixtest.Instance) {
+// pfTestLoopRejected: item (2).
+func pfTestLoopRejected(t *testing.T, p *postfixtest.Instance) {
 	// A sender of its own, so every log line about this message is known.
 	const sender = "sender+e2eloop@local.test"
 	bouncesBefore := p.Bounces()
 	loopBoxBefore := p.MailboxMessages(postfixtest.LoopUser)
 
-	res, err := postfixtest.Send(p.FrontAddr(), sender, []string{loopRcpt},
+	res, err := postfixtest.Send(p.FrontAddr(), sender, []string{pfLoopRcpt},
 		[]byte("Delivered-To: loopuser@local.test\nSubject: e2e forged loop\n\nbody\n"))
 	if err != nil {
 		t.Fatalf("send: %v\n%+v", err, res)
@@ -128,9 +128,9 @@ func testLoopRejected(t *testing.T, p *postfixtest.Instance) {
 	}
 }
 
-// testXforward: item (3). The client connects from 127.0.0.2, the proxy
+// pfTestXforward: item (3). The client connects from 127.0.0.2, the proxy
 // from 127.0.0.1; the after-filter logs the former only through XFORWARD.
-func testXforward(t *testing.T, p *postfixtest.Instance) {
+func pfTestXforward(t *testing.T, p *postfixtest.Instance) {
 	c := postfixtest.Client{LocalAddr: "127.0.0.2", Helo: "xforward.client.example"}
 	res, err := c.Send(p.FrontAddr(), "sender@local.test", []string{"user@local.test"}, []byte("Subject: e2e xforward\n\nbody\n"))
 	if err != nil || res.QueueID() == "" {
@@ -144,16 +144,16 @@ func testXforward(t *testing.T, p *postfixtest.Instance) {
 	p.WaitDone(qid)
 }
 
-// outcome is what happened to one variant on one path.
-type outcome struct {
+// pfOutcome is what happened to one variant on one path.
+type pfOutcome struct {
 	smtp       postfixtest.Reply      // the end-of-data reply, or the refusal
 	deliveries []postfixtest.Delivery // when it was queued
 	err        error
 }
 
-func (o outcome) queued() bool { return o.smtp.Code == 250 }
+func (o pfOutcome) queued() bool { return o.smtp.Code == 250 }
 
-func (o outcome) loopBounced() bool {
+func (o pfOutcome) loopBounced() bool {
 	for _, d := range o.deliveries {
 		if d.IsLoopBounce() {
 			return true
@@ -162,11 +162,11 @@ func (o outcome) loopBounced() bool {
 	return false
 }
 
-func (o outcome) rejectedAsLoop() bool {
+func (o pfOutcome) rejectedAsLoop() bool {
 	return o.smtp.Code == 554 && strings.HasPrefix(o.smtp.Text(), "554 5.4.6 ")
 }
 
-func (o outcome) String() string {
+func (o pfOutcome) String() string {
 	switch {
 	case o.err != nil:
 		return "error: " + o.err.Error()
@@ -185,45 +185,45 @@ func (o outcome) String() string {
 	}
 }
 
-// testDifferential: item (4).
-func testDifferential(t *testing.T, p *postfixtest.Instance) {
-	table, problems := runDifferential(t, p)
-	t.Logf("Delivered-To: differential, %d variants:\n%s", len(variants), table)
+// pfTestDifferential: item (4).
+func pfTestDifferential(t *testing.T, p *postfixtest.Instance) {
+	table, problems := pfRunDifferential(t, p)
+	t.Logf("Delivered-To: differential, %d variants:\n%s", len(pfVariants), table)
 	for _, pr := range problems {
-		t.Errorf("variant %q: %s", pr.variant, pr.msg)
+		t.Errorf("variant %q: %s", pr.name, pr.msg)
 	}
 }
 
-// problem is one way a variant breaks the differential or SPEC.
-type problem struct {
-	variant string
-	kind    problemKind
-	msg     string
+// pfProblem is one way a variant breaks the differential or SPEC.
+type pfProblem struct {
+	name string // the variant
+	kind pfProblemKind
+	msg  string
 }
 
-type problemKind int
+type pfProblemKind int
 
 const (
-	oracleBroken   problemKind = iota // Postfix alone did not judge it as expected
-	sendFailed                        // an SMTP session failed
-	missedLoop                        // local(8) bounces it, the proxy did not reject it
-	loopLetThrough                    // the proxy passed it and local(8) bounced it
-	specMismatch                      // the proxy's verdict differs from SPEC section 5
+	pfOracleBroken   pfProblemKind = iota // Postfix alone did not judge it as expected
+	pfSendFailed                          // an SMTP session failed
+	pfMissedLoop                          // local(8) bounces it, the proxy did not reject it
+	pfLoopLetThrough                      // the proxy passed it and local(8) bounced it
+	pfSpecMismatch                        // the proxy's verdict differs from SPEC section 5
 )
 
-// runDifferential sends every variant around and through the proxy, waits
+// pfRunDifferential sends every variant around and through the proxy, waits
 // for Postfix to finish with each queued message, and returns the table of
 // outcomes and the problems found.
-func runDifferential(t *testing.T, p *postfixtest.Instance) (string, []problem) {
+func pfRunDifferential(t *testing.T, p *postfixtest.Instance) (string, []pfProblem) {
 	t.Helper()
-	type result struct{ plain, proxy outcome }
-	results := make([]result, len(variants))
+	type pfResult struct{ plain, proxy pfOutcome }
+	results := make([]pfResult, len(pfVariants))
 
 	// Send everything at once, both paths; the instance delivers in parallel.
-	sem := make(chan struct{}, sendParallelism)
+	sem := make(chan struct{}, pfSendParallelism)
 	var wg sync.WaitGroup
-	queueIDs := make([][2]string, len(variants))
-	send := func(addr string, v variant, into *outcome, qid *string) {
+	queueIDs := make([][2]string, len(pfVariants))
+	send := func(addr string, v pfVariant, into *pfOutcome, qid *string) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
@@ -246,7 +246,7 @@ func runDifferential(t *testing.T, p *postfixtest.Instance) (string, []problem) 
 			}
 		})
 	}
-	for i, v := range variants {
+	for i, v := range pfVariants {
 		send(p.PlainAddr(), v, &results[i].plain, &queueIDs[i][0])
 		send(p.FrontAddr(), v, &results[i].proxy, &queueIDs[i][1])
 	}
@@ -260,32 +260,32 @@ func runDifferential(t *testing.T, p *postfixtest.Instance) (string, []problem) 
 		}
 	}
 
-	var problems []problem
+	var problems []pfProblem
 	var table strings.Builder
 	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "variant\tPostfix alone (plain front)\tthrough the proxy\tSPEC\tcheck")
 	loops, passes := 0, 0
-	for i, v := range variants {
+	for i, v := range pfVariants {
 		r := results[i]
 		check := "ok"
-		report := func(kind problemKind, format string, args ...any) {
+		report := func(kind pfProblemKind, format string, args ...any) {
 			check = "FAIL"
-			problems = append(problems, problem{variant: v.name, kind: kind, msg: fmt.Sprintf(format, args...)})
+			problems = append(problems, pfProblem{name: v.name, kind: kind, msg: fmt.Sprintf(format, args...)})
 		}
 		switch {
 		case r.plain.err != nil || r.proxy.err != nil:
-			report(sendFailed, "send failed: plain: %v; proxy: %v", r.plain.err, r.proxy.err)
+			report(pfSendFailed, "send failed: plain: %v; proxy: %v", r.plain.err, r.proxy.err)
 		case !r.plain.queued():
 			// The oracle must judge every variant: a refusal is a broken setup.
-			report(oracleBroken, "the plain front did not queue it: %v", r.plain.smtp)
+			report(pfOracleBroken, "the plain front did not queue it: %v", r.plain.smtp)
 		case r.plain.loopBounced() && !r.proxy.rejectedAsLoop() && v.rewritten == "":
-			report(missedLoop, "local(8) bounces it as a loop but the proxy did not reject it at SMTP time: %v", r.proxy)
+			report(pfMissedLoop, "local(8) bounces it as a loop but the proxy did not reject it at SMTP time: %v", r.proxy)
 		case r.proxy.queued() && r.proxy.loopBounced() && v.rewritten == "":
-			report(loopLetThrough, "the proxy passed a loop that local(8) then bounced: %v", r.proxy.deliveries)
-		case v.spec == specLoop && !r.proxy.rejectedAsLoop():
-			report(specMismatch, "SPEC section 5 reads it as a loop but the proxy gave %v", r.proxy)
-		case v.spec == specPass && !r.proxy.queued():
-			report(specMismatch, "SPEC section 5 reads it as no loop but the proxy gave %v", r.proxy)
+			report(pfLoopLetThrough, "the proxy passed a loop that local(8) then bounced: %v", r.proxy.deliveries)
+		case v.spec == pfSpecLoop && !r.proxy.rejectedAsLoop():
+			report(pfSpecMismatch, "SPEC section 5 reads it as a loop but the proxy gave %v", r.proxy)
+		case v.spec == pfSpecPass && !r.proxy.queued():
+			report(pfSpecMismatch, "SPEC section 5 reads it as no loop but the proxy gave %v", r.proxy)
 		case v.rewritten != "":
 			check = "ok (rewritten: " + v.rewritten + ")"
 		}
@@ -297,16 +297,16 @@ func runDifferential(t *testing.T, p *postfixtest.Instance) (string, []problem) 
 		// The oracle itself: an exact forged Delivered-To: must be a loop
 		// for local(8), a body-only one must not; else the table proves nothing.
 		if v.name == "exact" && !r.plain.loopBounced() {
-			report(oracleBroken, "local(8) did not bounce the exact forged Delivered-To: %v", r.plain)
+			report(pfOracleBroken, "local(8) did not bounce the exact forged Delivered-To: %v", r.plain)
 		}
 		if v.name == "body only" && r.plain.loopBounced() {
-			report(oracleBroken, "local(8) bounced a message with Delivered-To: only in its body")
+			report(pfOracleBroken, "local(8) bounced a message with Delivered-To: only in its body")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.name, r.plain, r.proxy, v.spec, check)
 	}
 	tw.Flush()
 	if loops == 0 || passes == 0 {
-		problems = append(problems, problem{variant: "(all)", kind: oracleBroken,
+		problems = append(problems, pfProblem{name: "(all)", kind: pfOracleBroken,
 			msg: fmt.Sprintf("local(8) bounced %d and passed %d variants; both must occur", loops, passes)})
 	}
 	return table.String(), problems
@@ -319,31 +319,31 @@ func runDifferential(t *testing.T, p *postfixtest.Instance) (string, []problem) 
 func TestPostfixDifferentialCanFail(t *testing.T) {
 	t.Parallel()
 	p := postfixtest.New(t, postfixtest.Options{
-		ProxyTimeout: e2eProxyTimeout,
-		Mailboxes:    []string{utf8Box},
-		Aliases:      map[string]string{aliasBox: postfixtest.LoopUser},
+		ProxyTimeout: pfProxyTimeout,
+		Mailboxes:    []string{pfUTF8Box},
+		Aliases:      map[string]string{pfAliasBox: postfixtest.LoopUser},
 	})
-	serveBlindRelay(t, p.FilterListener(), p.AfterFilterAddr())
+	pfServeBlindRelay(t, p.FilterListener(), p.AfterFilterAddr())
 	p.Start()
 
-	table, problems := runDifferential(t, p)
+	table, problems := pfRunDifferential(t, p)
 	t.Logf("through a blind relay:\n%s", table)
-	byVariant := map[string][]problemKind{}
+	byVariant := map[string][]pfProblemKind{}
 	for _, pr := range problems {
-		byVariant[pr.variant] = append(byVariant[pr.variant], pr.kind)
-		if pr.kind == oracleBroken || pr.kind == sendFailed {
-			t.Errorf("variant %q: %s", pr.variant, pr.msg)
+		byVariant[pr.name] = append(byVariant[pr.name], pr.kind)
+		if pr.kind == pfOracleBroken || pr.kind == pfSendFailed {
+			t.Errorf("variant %q: %s", pr.name, pr.msg)
 		}
 	}
-	if !slices.Contains(byVariant["exact"], missedLoop) {
+	if !slices.Contains(byVariant["exact"], pfMissedLoop) {
 		t.Errorf("the exact forged Delivered-To: through a blind relay was not reported as a missed loop: %v", byVariant["exact"])
 	}
-	for _, v := range variants {
+	for _, v := range pfVariants {
 		got := byVariant[v.name]
 		switch {
-		case v.spec == specLoop && len(got) == 0:
+		case v.spec == pfSpecLoop && len(got) == 0:
 			t.Errorf("variant %q: SPEC reads it as a loop, yet a blind relay passing it was not reported", v.name)
-		case v.spec == specPass && len(got) != 0:
+		case v.spec == pfSpecPass && len(got) != 0:
 			t.Errorf("variant %q: SPEC reads it as no loop and a blind relay passes it, yet it was reported: %v", v.name, got)
 		}
 	}

@@ -6,33 +6,33 @@ package conformance
 // through it (the filtered front smtpd). SPEC section 5: every variant
 // local(8) bounces as a loop must be rejected by the proxy at SMTP time.
 
-// verdict is what SPEC section 5 says the proxy does with a variant.
-type verdict int
+// pfVerdict is what SPEC section 5 says the proxy does with a variant.
+type pfVerdict int
 
 const (
-	specLoop verdict = iota // SPEC: the proxy rejects it (554 5.4.6)
-	specPass                // SPEC: the proxy passes it
+	pfSpecLoop pfVerdict = iota // SPEC: the proxy rejects it (554 5.4.6)
+	pfSpecPass                  // SPEC: the proxy passes it
 )
 
-func (v verdict) String() string {
-	if v == specLoop {
+func (v pfVerdict) String() string {
+	if v == pfSpecLoop {
 		return "loop"
 	}
 	return "pass"
 }
 
-// loopRcpt is the recipient most variants forge Delivered-To: for.
-const loopRcpt = "loopuser@local.test"
+// pfLoopRcpt is the recipient most variants forge Delivered-To: for.
+const pfLoopRcpt = "loopuser@local.test"
 
-// utf8Box is a local part outside ASCII, delivered to a file by an alias.
-const utf8Box = "jösé"
+// pfUTF8Box is a local part outside ASCII, delivered to a file by an alias.
+const pfUTF8Box = "jösé"
 
-// aliasBox is an alias local(8) expands to loopuser (see Options.Aliases).
-const aliasBox = "lalias"
+// pfAliasBox is an alias local(8) expands to loopuser (see Options.Aliases).
+const pfAliasBox = "lalias"
 
-type variant struct {
+type pfVariant struct {
 	name string
-	// rcpts are the RCPT TO: mailboxes (default loopRcpt); one that starts
+	// rcpts are the RCPT TO: mailboxes (default pfLoopRcpt); one that starts
 	// with "<" is sent as written, parameters included.
 	rcpts []string
 	// smtputf8 adds SMTPUTF8 to MAIL FROM (UTF-8 addresses).
@@ -41,7 +41,7 @@ type variant struct {
 	// the empty line the test appends; body is what follows the empty line.
 	head, body string
 	// spec is what SPEC section 5 says the proxy does with it.
-	spec verdict
+	spec pfVerdict
 	// rewritten, when set, says why Postfix judges a recipient the proxy
 	// never sees (Postfix rewrote or expanded it after the proxy's
 	// verdict). SPEC section 5 and reference/postfix.md accept that such a
@@ -50,62 +50,62 @@ type variant struct {
 	rewritten string
 }
 
-func (v variant) recipients() []string {
+func (v pfVariant) recipients() []string {
 	if len(v.rcpts) == 0 {
-		return []string{loopRcpt}
+		return []string{pfLoopRcpt}
 	}
 	return v.rcpts
 }
 
 // message is the variant's message: its head, a Subject naming it, the
 // empty line, its body.
-func (v variant) message() []byte {
+func (v pfVariant) message() []byte {
 	return []byte(v.head + "Subject: differential " + v.name + "\nFrom: sender@local.test\n\n" + v.body + "end of " + v.name + "\n")
 }
 
-var variants = []variant{
+var pfVariants = []pfVariant{
 	// Spellings local(8) reads as the recipient.
-	{name: "exact", head: "Delivered-To: loopuser@local.test\n", spec: specLoop},
-	{name: "value upper case", head: "Delivered-To: LOOPUSER@LOCAL.TEST\n", spec: specLoop},
-	{name: "rcpt mixed case", rcpts: []string{"LoopUser@Local.Test"}, head: "Delivered-To: loopuser@local.test\n", spec: specLoop},
-	{name: "name upper case", head: "DELIVERED-TO: loopuser@local.test\n", spec: specLoop},
-	{name: "name lower case no space", head: "delivered-to:loopuser@local.test\n", spec: specLoop},
-	{name: "space before colon", head: "Delivered-To : loopuser@local.test\n", spec: specLoop},
-	{name: "tab before colon", head: "Delivered-To\t: loopuser@local.test\n", spec: specLoop},
-	{name: "tab and spaces before value", head: "Delivered-To:\t   loopuser@local.test\n", spec: specLoop},
-	{name: "second field matches", head: "Delivered-To: other@example.org\nDelivered-To: loopuser@local.test\n", spec: specLoop},
-	{name: "after other fields", head: "X-Mailer: test\nReceived: from x by y; Thu, 1 Jan 2026 00:00:00 +0000\nDelivered-To: loopuser@local.test\n", spec: specLoop},
-	{name: "second recipient matches", rcpts: []string{"user@local.test", loopRcpt}, head: "Delivered-To: loopuser@local.test\n", spec: specLoop},
-	{name: "extension on both", rcpts: []string{"loopuser+ext@local.test"}, head: "Delivered-To: loopuser+ext@local.test\n", spec: specLoop},
-	{name: "rcpt with NOTIFY=NEVER", rcpts: []string{"<loopuser@local.test> NOTIFY=NEVER"}, head: "Delivered-To: loopuser@local.test\n", spec: specLoop},
-	{name: "rcpt with ORCPT", rcpts: []string{"<loopuser@local.test> ORCPT=rfc822;loopuser@local.test"}, head: "Delivered-To: loopuser@local.test\n", spec: specLoop},
-	{name: "utf8 address", rcpts: []string{utf8Box + "@local.test"}, smtputf8: true, head: "Delivered-To: " + utf8Box + "@local.test\n", spec: specLoop},
-	{name: "utf8 address upper case", rcpts: []string{utf8Box + "@local.test"}, smtputf8: true, head: "Delivered-To: JÖSÉ@LOCAL.TEST\n", spec: specLoop},
+	{name: "exact", head: "Delivered-To: loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "value upper case", head: "Delivered-To: LOOPUSER@LOCAL.TEST\n", spec: pfSpecLoop},
+	{name: "rcpt mixed case", rcpts: []string{"LoopUser@Local.Test"}, head: "Delivered-To: loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "name upper case", head: "DELIVERED-TO: loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "name lower case no space", head: "delivered-to:loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "space before colon", head: "Delivered-To : loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "tab before colon", head: "Delivered-To\t: loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "tab and spaces before value", head: "Delivered-To:\t   loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "second field matches", head: "Delivered-To: other@example.org\nDelivered-To: loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "after other fields", head: "X-Mailer: test\nReceived: from x by y; Thu, 1 Jan 2026 00:00:00 +0000\nDelivered-To: loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "second recipient matches", rcpts: []string{"user@local.test", pfLoopRcpt}, head: "Delivered-To: loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "extension on both", rcpts: []string{"loopuser+ext@local.test"}, head: "Delivered-To: loopuser+ext@local.test\n", spec: pfSpecLoop},
+	{name: "rcpt with NOTIFY=NEVER", rcpts: []string{"<loopuser@local.test> NOTIFY=NEVER"}, head: "Delivered-To: loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "rcpt with ORCPT", rcpts: []string{"<loopuser@local.test> ORCPT=rfc822;loopuser@local.test"}, head: "Delivered-To: loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "utf8 address", rcpts: []string{pfUTF8Box + "@local.test"}, smtputf8: true, head: "Delivered-To: " + pfUTF8Box + "@local.test\n", spec: pfSpecLoop},
+	{name: "utf8 address upper case", rcpts: []string{pfUTF8Box + "@local.test"}, smtputf8: true, head: "Delivered-To: JÖSÉ@LOCAL.TEST\n", spec: pfSpecLoop},
 
 	// Spellings local(8) does not read as the recipient but SPEC does.
-	{name: "angle brackets", head: "Delivered-To: <loopuser@local.test>\n", spec: specLoop},
-	{name: "trailing comment", head: "Delivered-To: loopuser@local.test (forwarded)\n", spec: specLoop},
-	{name: "display name", head: "Delivered-To: \"Loop User\" <loopuser@local.test>\n", spec: specLoop},
-	{name: "trailing space", head: "Delivered-To: loopuser@local.test \n", spec: specLoop},
-	{name: "value on continuation line", head: "Delivered-To:\n loopuser@local.test\n", spec: specLoop},
-	{name: "folded display name", head: "Delivered-To: \"Loop\n User\" <loopuser@local.test>\n", spec: specLoop},
-	{name: "address list", head: "Delivered-To: other@example.org, loopuser@local.test\n", spec: specLoop},
-	{name: "group", head: "Delivered-To: team: other@example.org, loopuser@local.test;\n", spec: specLoop},
-	{name: "trailing dot on domain", head: "Delivered-To: loopuser@local.test.\n", spec: specLoop},
-	{name: "quoted local part", head: "Delivered-To: \"loopuser\"@local.test\n", spec: specLoop},
+	{name: "angle brackets", head: "Delivered-To: <loopuser@local.test>\n", spec: pfSpecLoop},
+	{name: "trailing comment", head: "Delivered-To: loopuser@local.test (forwarded)\n", spec: pfSpecLoop},
+	{name: "display name", head: "Delivered-To: \"Loop User\" <loopuser@local.test>\n", spec: pfSpecLoop},
+	{name: "trailing space", head: "Delivered-To: loopuser@local.test \n", spec: pfSpecLoop},
+	{name: "value on continuation line", head: "Delivered-To:\n loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "folded display name", head: "Delivered-To: \"Loop\n User\" <loopuser@local.test>\n", spec: pfSpecLoop},
+	{name: "address list", head: "Delivered-To: other@example.org, loopuser@local.test\n", spec: pfSpecLoop},
+	{name: "group", head: "Delivered-To: team: other@example.org, loopuser@local.test;\n", spec: pfSpecLoop},
+	{name: "trailing dot on domain", head: "Delivered-To: loopuser@local.test.\n", spec: pfSpecLoop},
+	{name: "quoted local part", head: "Delivered-To: \"loopuser\"@local.test\n", spec: pfSpecLoop},
 
 	// Not loops, for either.
-	{name: "other address", head: "Delivered-To: user@local.test\n", spec: specPass},
-	{name: "empty value", head: "Delivered-To:\n", spec: specPass},
-	{name: "extension on header only", head: "Delivered-To: loopuser+ext@local.test\n", spec: specPass},
-	{name: "extension on rcpt only", rcpts: []string{"loopuser+ext@local.test"}, head: "Delivered-To: loopuser@local.test\n", spec: specPass},
-	{name: "after a non-header line", head: "X-Mailer: test\nthis line is not a header field\nDelivered-To: loopuser@local.test\n", spec: specPass},
-	{name: "body only", head: "X-Mailer: test\n", body: "Delivered-To: loopuser@local.test\n", spec: specPass},
-	{name: "other name", head: "X-Delivered-To: loopuser@local.test\nDelivered-Too: loopuser@local.test\n", spec: specPass},
+	{name: "other address", head: "Delivered-To: user@local.test\n", spec: pfSpecPass},
+	{name: "empty value", head: "Delivered-To:\n", spec: pfSpecPass},
+	{name: "extension on header only", head: "Delivered-To: loopuser+ext@local.test\n", spec: pfSpecPass},
+	{name: "extension on rcpt only", rcpts: []string{"loopuser+ext@local.test"}, head: "Delivered-To: loopuser@local.test\n", spec: pfSpecPass},
+	{name: "after a non-header line", head: "X-Mailer: test\nthis line is not a header field\nDelivered-To: loopuser@local.test\n", spec: pfSpecPass},
+	{name: "body only", head: "X-Mailer: test\n", body: "Delivered-To: loopuser@local.test\n", spec: pfSpecPass},
+	{name: "other name", head: "X-Delivered-To: loopuser@local.test\nDelivered-Too: loopuser@local.test\n", spec: pfSpecPass},
 
 	// Loops of a recipient Postfix rewrites after the proxy's verdict.
-	{name: "alias expanded to looping user", rcpts: []string{aliasBox + "@local.test"}, head: "Delivered-To: loopuser@local.test\n", spec: specPass,
-		rewritten: "local(8) expands alias " + aliasBox + " to loopuser@local.test and judges that address"},
-	{name: "bare Postmaster", rcpts: []string{"<Postmaster>"}, head: "Delivered-To: postmaster@local.test\n", spec: specPass,
+	{name: "alias expanded to looping user", rcpts: []string{pfAliasBox + "@local.test"}, head: "Delivered-To: loopuser@local.test\n", spec: pfSpecPass,
+		rewritten: "local(8) expands alias " + pfAliasBox + " to loopuser@local.test and judges that address"},
+	{name: "bare Postmaster", rcpts: []string{"<Postmaster>"}, head: "Delivered-To: postmaster@local.test\n", spec: pfSpecPass,
 		rewritten: "trivial-rewrite appends @$myorigin to <Postmaster>; SPEC 5 lets a bare local part match only a bare local part"},
 }
