@@ -20,6 +20,18 @@
 // so a test reads what was delivered, and bounces go to the sender's mailbox
 // so they can be counted.
 //
+// Use:
+//
+//	p := postfixtest.New(t, postfixtest.Options{})
+//	serve(p.FilterListener(), p.AfterFilterAddr()) // the proxy under test
+//	p.Start()
+//	res, err := postfixtest.Send(p.FrontAddr(), "sender@local.test",
+//		[]string{"loopuser@local.test"}, msg)
+//
+// The ports are picked and held by New, so the proxy can be started before
+// Start (as above) or after it. A proxy that binds its own address instead
+// is announced with SetFilterAddr before Start.
+//
 // Guarantees: the instance is stopped and its directory removed when the test
 // ends, whatever happens (t.Cleanup runs on failure and panic too); processes
 // of the instance that survive "postfix stop" are killed. Instances left behind
@@ -339,8 +351,9 @@ func (p *Instance) FilterAddr() string {
 
 // FilterListener hands the test the listener reserved for the filter address
 // (Options.FilterAddr empty); the test serves the proxy on it and closes it.
-// It returns nil after SetFilterAddr or when Options.FilterAddr was set, and
-// on a second call.
+// It may be taken and served before or after Start: until it is served, the
+// front smtpd's connections wait in its backlog. It returns nil after
+// SetFilterAddr or when Options.FilterAddr was set, and on a second call.
 func (p *Instance) FilterListener() net.Listener {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -371,13 +384,23 @@ func (p *Instance) ConfigDir() string { return p.etcDir }
 // MailboxPath is the file local(8) delivers the mailbox name to.
 func (p *Instance) MailboxPath(name string) string { return filepath.Join(p.mailDir, name) }
 
-func (p *Instance) releaseReserved() {
+// releasePorts closes the listeners holding the service ports, just before
+// master binds them.
+func (p *Instance) releasePorts() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, ln := range p.reserved {
 		ln.Close()
 	}
 	p.reserved = nil
+}
+
+// releaseReserved closes every listener the harness still holds, the filter
+// listener included when the test never took it.
+func (p *Instance) releaseReserved() {
+	p.releasePorts()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.filterLn != nil {
 		p.filterLn.Close()
 		p.filterLn = nil
@@ -543,7 +566,7 @@ func (p *Instance) Start() {
 	// Give the ports back just before master binds them. The stop is
 	// registered before the start so that a start that half worked is
 	// cleaned up too.
-	p.releaseReserved()
+	p.releasePorts()
 	p.t.Cleanup(p.stop)
 	p.run("postfix", "-c", p.etcDir, "start")
 
@@ -593,7 +616,7 @@ func (p *Instance) command(limit time.Duration, name string, args ...string) (st
 // stop stops the instance and kills whatever of it survives.
 func (p *Instance) stop() {
 	if out, err := p.command(StopLimit, "postfix", "-c", p.etcDir, "stop"); err != nil {
-		p.t.Logf("postfixtest: postfix stop: %v: %s", err, out)
+		p.t.Logf("postfixtest: postfix stop failed (%v) %s; killing what is left of the instance", err, out)
 	}
 	if n := killInstance(p.etcDir, p.spoolDir); n > 0 {
 		p.t.Logf("postfixtest: killed %d leftover process(es) of the instance", n)

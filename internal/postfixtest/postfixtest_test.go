@@ -241,3 +241,25 @@ func TestCleanup(t *testing.T) {
 		}
 	}
 }
+
+// TestFilterServedAfterStart starts the stand-in proxy only after Postfix:
+// the reserved filter listener survives Start, and the front smtpd's
+// connection waits in its backlog until it is served.
+func TestFilterServedAfterStart(t *testing.T) {
+	p := Start(t, Options{})
+	ln := p.FilterListener()
+	if ln == nil {
+		t.Fatal("FilterListener() = nil after Start")
+	}
+	blindRelay(t, ln, p.AfterFilterAddr())
+	res, err := Send(p.FrontAddr(), "sender@"+Domain, []string{User + "@" + Domain}, []byte("Subject: after start\n\nbody\n"))
+	if err != nil || res.QueueID() == "" {
+		t.Fatalf("send: %v, end-of-data reply %v", err, res.EndOfData)
+	}
+	if ds := p.WaitDone(res.QueueID()); len(ds) != 1 || ds[0].Status != "sent" {
+		t.Fatalf("deliveries: %v", ds)
+	}
+	if p.FilterListener() != nil {
+		t.Error("FilterListener() handed out the listener twice")
+	}
+}
