@@ -54,6 +54,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -243,7 +244,7 @@ func New(t testing.TB, opts Options) *Instance {
 	// Reserve every port now and hold it until Start, so the addresses can be
 	// handed out before Postfix runs and nothing else takes them meanwhile.
 	reserve := func() string {
-		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		ln, err := listenServicePort()
 		if err != nil {
 			t.Fatalf("postfixtest: reserve a loopback port: %v", err)
 		}
@@ -264,6 +265,50 @@ func New(t testing.TB, opts Options) *Instance {
 		p.filterAddr = ln.Addr().String()
 	}
 	return p
+}
+
+// Service ports are picked below the kernel's ephemeral range: a service
+// port is free between releasePorts and master's bind (a few hundred ms of
+// "postfix start" checks), and an outgoing connection of any process could
+// take a port of the ephemeral range in that window; none takes one below it.
+const (
+	servicePortLow   = 10000 // above the well-known and most registered ports
+	servicePortTries = 50    // random tries before falling back to port 0
+)
+
+// listenServicePort listens on a random free loopback port below the
+// ephemeral range, or on one the kernel picks if none is found.
+func listenServicePort() (net.Listener, error) {
+	high := ephemeralLow()
+	for range servicePortTries {
+		if high <= servicePortLow {
+			break
+		}
+		port := servicePortLow + rand.IntN(high-servicePortLow)
+		if ln, err := net.Listen("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+			return ln, nil
+		}
+	}
+	return net.Listen("tcp4", "127.0.0.1:0")
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// default when it cannot be read).
+func ephemeralLow() int {
+	const linuxDefault = 32768
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return linuxDefault
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return linuxDefault
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return linuxDefault
+	}
+	return n
 }
 
 // makeDirs creates the instance tree with the ownership Postfix insists on:

@@ -263,3 +263,15 @@ func TestFilterServedAfterStart(t *testing.T) {
 		t.Error("FilterListener() handed out the listener twice")
 	}
 }
+
+func TestServicePortBelowEphemeralRange(t *testing.T) {
+	ln, err := listenServicePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	if port < servicePortLow || port >= ephemeralLow() {
+		t.Errorf("service port %d is outside [%d, %d): an outgoing connection could take it before master binds it", port, servicePortLow, ephemeralLow())
+	}
+}
