@@ -230,6 +230,11 @@ func TestPropertyEquivalentSpellings(t *testing.T) {
 			"Name\r\n <" + s + ">",
 			"<@route.example:" + s + ">",
 		}
+		if m.atoms != nil {
+			// Obsolete spelling: CFWS around the dots and the '@'.
+			cfws := strings.Join(m.atoms, " . ") + " (c) @ (d) " + strings.Join(m.labels, " .(e) ")
+			values = append(values, cfws, "Name <"+cfws+">")
+		}
 		for _, v := range values {
 			found := false
 			for _, a := range ParseList([]byte(v)) {
