@@ -3,7 +3,6 @@ package core
 import (
 	"bytes"
 	"strings"
-	"testing"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
@@ -82,8 +81,14 @@ func (u *fakeUpstream) receive(p []byte) string {
 
 // harness drives a Session with a fake upstream and records what each
 // side receives.
+// tb is what the harness needs of a test: *testing.T or *rapid.T.
+type tb interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
 type harness struct {
-	t       *testing.T
+	t       tb
 	s       *Session
 	up      *fakeUpstream
 	client  bytes.Buffer // everything the client received
@@ -92,7 +97,7 @@ type harness struct {
 	upGone  bool
 }
 
-func newHarness(t *testing.T, cfg Config) *harness {
+func newHarness(t tb, cfg Config) *harness {
 	t.Helper()
 	if cfg.UpstreamName == "" {
 		cfg.UpstreamName = "127.0.0.1:10026"

@@ -26,6 +26,13 @@ const maxStreamOutput = 64 << 10
 // header buffer beyond its limit.
 const captureStep = 4 << 10
 
+// headerLookahead is how far past MaxHeaderBytes the line after the header
+// section may run before it shows it is no header line ("Subj..." could
+// still become "Subject:"). With it the verdict does not depend on where
+// the client's data happened to be cut into chunks, and it matches the
+// check subcommand, which reads the same lookahead.
+const headerLookahead = 4 << 10
+
 // keepBufferCap: after a message, buffers grown beyond this are released,
 // so an idle session holds only small buffers.
 const keepBufferCap = 64 << 10
@@ -690,7 +697,7 @@ func (s *Session) captureInput(p []byte) int {
 		case tokContent:
 			s.tx.Size += int64(len(tok.content))
 			kind := s.cls.Feed(tok.content)
-			if kind != header.End && len(s.hbuf)+len(tok.content) > s.cfg.MaxHeaderBytes {
+			if kind != header.End && len(s.hbuf)+len(tok.content) > s.headerLimit(kind) {
 				s.headerTooLarge()
 				return n
 			}
@@ -724,6 +731,16 @@ func (s *Session) captureInput(p []byte) int {
 		}
 	}
 	return n
+}
+
+// headerLimit is the most the header buffer may hold while the current
+// line is of the given kind: a header line counts in full; an undecided
+// one may run into the lookahead.
+func (s *Session) headerLimit(kind header.LineKind) int {
+	if kind == header.Undecided {
+		return s.cfg.MaxHeaderBytes + headerLookahead
+	}
+	return s.cfg.MaxHeaderBytes
 }
 
 // endCapture judges the message once its header section is complete:

@@ -826,3 +826,34 @@ func TestUpstreamRepliesMidMessage(t *testing.T) {
 	h.fromClient("NOOP\r\n")
 	h.expect("421 4.4.2 upstream 127.0.0.1:10026 replied before the end of data\r\n")
 }
+
+// The line after a header section close to the limit is judged the same
+// wherever the client's data is cut: it may run into a lookahead before it
+// shows it is no header line.
+func TestHeaderLimitIndependentOfChunking(t *testing.T) {
+	const limit = 40
+	section := "Subject: " + strings.Repeat("s", limit-2-len("Subject: ")) + "\r\n" // exactly the limit
+	data := section + "Hello world, no header\r\n.\r\n"
+	for cut := 0; cut <= len(data); cut++ {
+		h := newHarness(t, Config{Check: checkDeliveredTo, MaxHeaderBytes: limit}).connect()
+		h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
+		h.got()
+		h.fromClient(data[:cut])
+		h.fromClient(data[cut:])
+		if got := h.got(); got != queued {
+			t.Fatalf("cut at %d: %q", cut, got)
+		}
+	}
+	// A header section over the limit is refused wherever it is cut.
+	data = section + "X: y\r\n\r\nbody\r\n.\r\n"
+	for cut := 0; cut <= len(data); cut++ {
+		h := newHarness(t, Config{Check: checkDeliveredTo, MaxHeaderBytes: limit}).connect()
+		h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
+		h.got()
+		h.fromClient(data[:cut])
+		h.fromClient(data[cut:])
+		if got := h.got(); got != replyHeaderTooBig {
+			t.Fatalf("cut at %d: %q", cut, got)
+		}
+	}
+}
