@@ -100,7 +100,13 @@ func pfTestLoopRejected(t *testing.T, p *postfixtest.Instance) {
 		!strings.Contains(res.EndOfData.Text(), "mail forwarding loop for loopuser@local.test") {
 		t.Fatalf("end-of-data reply %v, want 554 5.4.6 mail forwarding loop for loopuser@local.test", res.EndOfData)
 	}
-	p.WaitLog(regexp.MustCompile(`postfix/front/smtpd\[\d+\]: proxy-reject: END-OF-MESSAGE: 554 5\.4\.6 `))
+	p.WaitLog(regexp.MustCompile(`postfix/front/smtpd\[\d+\]: proxy-reject: END-OF-MESSAGE: 554 5\.4\.6 .*from=<` + regexp.QuoteMeta(sender) + `>`))
+	// The after-filter's own count of that session's commands: the
+	// transaction was reset, and DATA never reached it (SPEC 2.2). This is
+	// the only session with a RSET so far on this instance.
+	if m := p.WaitLog(regexp.MustCompile(`postfix/afterfilter/smtpd\[\d+\]: disconnect from .* rset=\d`)); strings.Contains(m[0], " data=") {
+		t.Errorf("the after-filter saw DATA of the rejected message: %s", m[0])
+	}
 
 	// A message sent after it on the same path is delivered: by then
 	// anything the rejected one had put in the queue would have been
