@@ -26,6 +26,7 @@ func pathological(n int) map[string][]byte {
 		"ats":              rep("@"),
 		"at-chain":         rep("a@"),
 		"addresses":        rep("a@b,"),
+		"many-mailboxes":   rep(`"Some Body" <some.body@example.com>, `),
 		"words":            rep("w "),
 		"brackets":         rep("["),
 		"groups":           rep("g:a@b;"),
@@ -109,7 +110,7 @@ func BenchmarkParseList(b *testing.B) {
 		}
 	})
 	for _, n := range []int{1 << 10, 1 << 20} {
-		for _, name := range []string{"commas", "nested-comments", "unterminated-q", "addresses", "at-chain"} {
+		for _, name := range []string{"commas", "nested-comments", "unterminated-q", "many-mailboxes", "at-chain"} {
 			v := pathological(n)[name]
 			b.Run(fmt.Sprintf("%s-%dKiB", name, n>>10), func(b *testing.B) {
 				b.SetBytes(int64(len(v)))
