@@ -26,7 +26,11 @@ func ParseList(value []byte) []Addr { return AppendList(nil, value) }
 //     value "postmaster", or "<postmaster>", or a group member) yields that
 //     local part without a domain.
 //   - Unterminated quoted strings, comments and literals run to the end of
-//     the value; an unterminated <... yields what it holds.
+//     the value, and what they swallowed is read once more, with quotes,
+//     parentheses and brackets as plain separators, for the addr-specs it
+//     holds (garbage "unterminated user@x yields user@x); an unterminated
+//     <... yields what it holds.
+//   - A NUL separates tokens, as it ends the string for Postfix.
 func AppendList(dst []Addr, value []byte) []Addr {
 	dst, _ = appendList(dst, value)
 	return dst
@@ -52,8 +56,9 @@ func appendList(dst []Addr, value []byte) ([]Addr, int) {
 	return p.dst, work
 }
 
-// listParser is the state of one pass over a value. Everything but dst is
-// bounded scratch reused across the addresses of the value.
+// listParser is the state of one pass over a value. Besides dst it holds
+// only scratch reused across the addresses of the value, never longer than
+// the longest candidate address.
 type listParser struct {
 	lx       lexer
 	dst      []Addr
