@@ -7,10 +7,11 @@
 // the same mailbox, so it is deliberately lenient on input and exact on
 // output:
 //
-//   - ParsePath accepts every path that Postfix's smtpd accepts with
-//     strict_rfc821_envelopes=no (it splits the argument the way smtpd's
-//     command tokenizer does and reads the address the way its RFC 822
-//     parser does), and names what is wrong when it refuses one.
+//   - ParsePath is as lenient as Postfix's smtpd with
+//     strict_rfc821_envelopes=no for every address shape a mail system
+//     hands out (it splits the argument the way smtpd's command tokenizer
+//     does and reads the address the way its RFC 822 parser does), and
+//     names what is wrong when it refuses a path.
 //   - ParseList never fails: a header field value that is not a valid
 //     address list still yields every token that is a plausible addr-spec.
 //   - Addr.Key is total and deterministic for any Addr, and idempotent for

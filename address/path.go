@@ -32,6 +32,13 @@ func (e *PathError) Error() string {
 // ParsePath parses the argument of MAIL FROM: or RCPT TO: (the text after
 // the colon, leading spaces allowed). The error says what is wrong.
 //
+// It accepts what Postfix's smtpd accepts for any address a mail system
+// would hand out, and refuses some shapes Postfix's RFC 822 parser would glue
+// into one address: a literal or ')' in the local part, text after a domain
+// literal, '<' inside <...>, an empty local part or domain. A caller that
+// must not lose a recipient its upstream accepted reads a refused argument
+// with ParseList instead, as loopcheck does.
+//
 // The argument is split into the path and its parameters the way Postfix's
 // smtpd splits a command: at the first white space that is not inside <...>
 // (which nests) or a quoted string, a backslash escaping the next byte. So
@@ -81,16 +88,13 @@ func ParsePath(arg string) (Path, error) {
 		if t.kind == tokEOF {
 			break
 		}
-		switch {
-		case t.kind == tokQuoted && !t.closed:
+		// A comment or literal left open runs to the end, as in Postfix's
+		// parser (smtpd accepts "<x@y (comment>"); a quote left open is
+		// refused, as smtpd's command tokenizer refuses it.
+		if t.kind == tokQuoted && !t.closed {
 			return fail("unterminated quoted string")
-		case t.kind == tokLiteral && !t.closed:
-			return fail("missing closing ']'")
 		}
 		toks = append(toks, t)
-	}
-	if lx.openComment {
-		return fail("unterminated comment")
 	}
 
 	mbox, route, msg := unwrapAngle(&lx, toks)

@@ -76,6 +76,8 @@ func TestParsePath(t *testing.T) {
 		{"<a@b@c>", addr("a@b", "c")},
 		{"<a%b@c>", addr("a%b", "c")},
 		{"<x@y.>", addr("x", "y.")},
+		{"<x@y (comment>", addr("x", "y")},
+		{"<x@[1.2.3.4>", addr("x", "[1.2.3.4]")},
 		{"<user+ext@example.com>", addr("user+ext", "example.com")},
 		{`<us"er"@x>`, addr(`us"er"`, "x")},
 	}
@@ -99,8 +101,6 @@ func TestParsePathErrors(t *testing.T) {
 		{"<<x@y>", "missing closing '>'"},
 		{`<"x@y>`, "unterminated quoted string"},
 		{`"x@y`, "unterminated quoted string"},
-		{"<x@y (comment>", "unterminated comment"},
-		{"<x@[1.2.3.4>", "missing closing ']'"},
 		{"<x@y\x00>", "NUL in address"},
 		{"<x@y> SIZE=\x00", "NUL in address"},
 		{"<@y>", "empty local part"},
