@@ -384,3 +384,29 @@ func TestSplitAddr(t *testing.T) {
 		}
 	}
 }
+
+// A client that sends its last command or message and half-closes at
+// once (as Postfix's front smtpd does with QUIT) still gets the reply.
+func TestClientHalfCloseGetsReply(t *testing.T) {
+	u := newUpstream(t)
+	p := startProxy(t, baseConfig(u))
+	c := dialClient(t, p.addr)
+	c.expectReply(greeting)
+	c.expect("MAIL FROM:<s@x>", ok)
+	c.expect("RCPT TO:<a@x>", ok)
+	c.expect("DATA", local354)
+	c.send("Subject: s\r\n\r\nbody\r\n.\r\n")
+	c.conn.(*net.TCPConn).CloseWrite()
+	c.expectReply(queued)
+	c.expectEOF()
+	if len(u.msgs()) != 1 {
+		t.Fatal("message not delivered")
+	}
+
+	c = dialClient(t, p.addr)
+	c.expectReply(greeting)
+	c.send("QUIT\r\n")
+	c.conn.(*net.TCPConn).CloseWrite()
+	c.expectReply("221 2.0.0 Bye\r\n")
+	c.expectEOF()
+}

@@ -224,8 +224,10 @@ func (r *runner) run(shutdown, drain <-chan struct{}) {
 }
 
 // feedClient gives the core the client bytes it is ready for; once all
-// are used the buffer goes back to the reader, and a finished read is
-// reported.
+// are used the buffer goes back to the reader. The end of the client's
+// input is reported only when the core is ready for more input: a client
+// that sends QUIT, or its last message, and half-closes at once still
+// gets its reply.
 func (r *runner) feedClient() {
 	for len(r.pending) > 0 && r.s.WantsClientInput() {
 		n := r.s.ClientData(r.pending)
@@ -235,15 +237,18 @@ func (r *runner) feedClient() {
 	if len(r.pending) > 0 || !r.holding {
 		return
 	}
-	r.holding = false
 	if r.clientErr == nil {
+		r.holding = false
 		r.clientBack <- struct{}{}
 		return
 	}
-	if !r.s.Done() {
-		r.log.Debug("client read ended", "err", r.clientErr)
-		r.s.ClientClosed()
-		r.flush()
+	if r.s.WantsClientInput() || r.s.Done() || r.clientGone {
+		r.holding = false
+		if !r.s.Done() {
+			r.log.Debug("client read ended", "err", r.clientErr)
+			r.s.ClientClosed()
+			r.flush()
+		}
 	}
 }
 
