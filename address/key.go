@@ -27,7 +27,9 @@ import (
 //   - The domain loses one trailing dot (not from "a.." nor ".", the way
 //     Postfix strips it) and goes through IDNA UTS #46 non-transitional
 //     lookup mapping to its A-label form, so bücher.example, BÜCHER.example
-//     and xn--bcher-kva.example agree. A domain IDNA refuses (an underscore,
+//     and xn--bcher-kva.example agree. The deviation characters that
+//     non-transitional processing keeps are then folded as Postfix folds
+//     them (straße.example = strasse.example). A domain IDNA refuses (an underscore,
 //     a bad Punycode label) is case-folded instead, so the key stays total.
 //   - An address literal is canonical: [192.0.2.1] via net/netip,
 //     [IPv6:2001:DB8:0::1] as [ipv6:2001:db8::1] (an untagged IPv6 literal
@@ -226,13 +228,36 @@ func domainKey(d string) string {
 	// can appear only after the mapping; strip again so the key is a fixed
 	// point.
 	if r, ok := toASCII(d); ok {
-		return r
+		return foldDeviations(r)
 	}
 	f := fold(d)
 	if r, ok := toASCII(f); ok {
-		return r
+		return foldDeviations(r)
 	}
 	return escapeDomain(f)
+}
+
+// foldDeviations gives an A-label domain the full case folding Postfix
+// applies to the whole address. Non-transitional IDNA keeps ß and ς (the
+// UTS #46 "deviations"), so straße.example maps to xn--strae-oqa.example,
+// while Postfix folds it to strasse.example and local(8) bounces
+// "Delivered-To: u@straße.example" for the recipient u@strasse.example
+// (observed on Postfix 3.7). Folding the Unicode form and mapping it back
+// keeps the key a superset of Postfix's comparison.
+func foldDeviations(a string) string {
+	if !strings.Contains(a, "xn--") {
+		return a // ASCII labels: IDNA has already lower-cased them
+	}
+	u, err := idna.Lookup.ToUnicode(a)
+	if err != nil {
+		return a
+	}
+	if f := fold(u); f != u {
+		if r, ok := toASCII(f); ok {
+			return r
+		}
+	}
+	return a
 }
 
 // escapeDomain puts a backslash before every byte of a domain that an atom

@@ -14,6 +14,10 @@ func TestKeyEqual(t *testing.T) {
 		{{"u", "bücher.example"}, {"u", "BÜCHER.example"}, {"u", "xn--bcher-kva.example"}, {"u", "XN--BCHER-KVA.EXAMPLE."}, {"u", "bu\u0308cher.example"}},
 		{{"u", "例子.广告"}, {"u", "例子。广告"}, {"u", "xn--fsqu00a.xn--4rr70v"}},
 		{{"straße", "x"}, {"STRASSE", "x"}, {"strasse", "x"}},
+		// Postfix folds the domain as it folds the local part (observed:
+		// local(8) bounces u@straße.test for the recipient u@strasse.test).
+		{{"u", "strasse.example"}, {"u", "straße.example"}, {"u", "STRAẞE.example"}, {"u", "xn--strae-oqa.example"}},
+		{{"u", "xn--4xaa.example"}, {"u", "σσ.example"}, {"u", "σς.example"}, {"u", "ΣΣ.example"}},
 		{{"δοκιμή", "x"}, {"ΔΟΚΙΜΉ", "x"}},
 		{{"é", "x"}, {"e\u0301", "x"}, {"É", "x"}, {"E\u0301", "x"}},
 		{{"u", "[192.0.2.1]"}, {"U", "[ 192.0.2.1 ]"}, {"u", "[192.0.2.1"}},
@@ -47,7 +51,6 @@ func TestKeyDiffer(t *testing.T) {
 		{{"u", "[192.0.2.1]"}, {"u", "[192.0.2.2]"}},
 		{{"u", "[192.0.2.1]"}, {"u", "192.0.2.1"}},
 		{{"u", "[IPv6:::ffff:192.0.2.1]"}, {"u", "[192.0.2.1]"}},
-		{{"u", "ss.example"}, {"u", "ß.example"}},
 		{{`"a@b"`, "c"}, {"a", "b@c"}},
 		{{"", ""}, {`""`, ""}},
 		{{"a\xff", "x"}, {"a\xfe", "x"}},

@@ -18,6 +18,10 @@ import (
 // longer than anything a working proxy on loopback needs.
 const pfProxyTimeout = 30 * time.Second
 
+// pfMainCF adds pfFoldDomain to the local domains, for the variant whose
+// recipient domain a UTF-8 spelling folds to.
+var pfMainCF = map[string]string{"mydestination": "$myhostname, " + postfixtest.Domain + ", localhost, " + pfFoldDomain}
+
 // pfSendParallelism bounds concurrent SMTP sessions of the differential: below
 // the front services' process limit (20), so no session waits for a process.
 const pfSendParallelism = 8
@@ -42,8 +46,9 @@ func TestPostfixEndToEnd(t *testing.T) {
 			p := postfixtest.New(t, postfixtest.Options{
 				SpeedAdjust:  speedAdjust,
 				ProxyTimeout: pfProxyTimeout,
-				Mailboxes:    []string{pfUTF8Box},
+				Mailboxes:    []string{pfUTF8Box, pfFoldBox},
 				Aliases:      map[string]string{pfAliasBox: postfixtest.LoopUser},
+				MainCF:       pfMainCF,
 			})
 			pfStartProxy(t, p)
 			p.Start()
@@ -326,8 +331,9 @@ func TestPostfixDifferentialCanFail(t *testing.T) {
 	t.Parallel()
 	p := postfixtest.New(t, postfixtest.Options{
 		ProxyTimeout: pfProxyTimeout,
-		Mailboxes:    []string{pfUTF8Box},
+		Mailboxes:    []string{pfUTF8Box, pfFoldBox},
 		Aliases:      map[string]string{pfAliasBox: postfixtest.LoopUser},
+		MainCF:       pfMainCF,
 	})
 	pfServeBlindRelay(t, p.FilterListener(), p.AfterFilterAddr())
 	p.Start()

@@ -27,6 +27,12 @@ const pfLoopRcpt = "loopuser@local.test"
 // pfUTF8Box is a local part outside ASCII, delivered to a file by an alias.
 const pfUTF8Box = "jösé"
 
+// pfFoldBox is a local part that a UTF-8 spelling folds to (straße).
+const pfFoldBox = "strasse"
+
+// pfFoldDomain is a local domain that a UTF-8 spelling folds to (straße.test).
+const pfFoldDomain = "strasse.test"
+
 // pfAliasBox is an alias local(8) expands to loopuser (see Options.Aliases).
 const pfAliasBox = "lalias"
 
@@ -81,6 +87,10 @@ var pfVariants = []pfVariant{
 	{name: "rcpt with ORCPT", rcpts: []string{"<loopuser@local.test> ORCPT=rfc822;loopuser@local.test"}, head: "Delivered-To: loopuser@local.test\n", spec: pfSpecLoop},
 	{name: "utf8 address", rcpts: []string{pfUTF8Box + "@local.test"}, smtputf8: true, head: "Delivered-To: " + pfUTF8Box + "@local.test\n", spec: pfSpecLoop},
 	{name: "utf8 address upper case", rcpts: []string{pfUTF8Box + "@local.test"}, smtputf8: true, head: "Delivered-To: JÖSÉ@LOCAL.TEST\n", spec: pfSpecLoop},
+	// Postfix folds addresses with full Unicode case folding: ß is ss, in
+	// the local part and in the domain alike.
+	{name: "sharp s in the local part", rcpts: []string{pfFoldBox + "@local.test"}, smtputf8: true, head: "Delivered-To: straße@local.test\n", spec: pfSpecLoop},
+	{name: "sharp s in the domain", rcpts: []string{"loopuser@" + pfFoldDomain}, smtputf8: true, head: "Delivered-To: loopuser@straße.test\n", spec: pfSpecLoop},
 
 	// Spellings local(8) does not read as the recipient but SPEC does.
 	{name: "angle brackets", head: "Delivered-To: <loopuser@local.test>\n", spec: pfSpecLoop},
