@@ -250,9 +250,14 @@ func splitDirective(s string) (name, arg string, n int, err error) {
 		case c == '"':
 			inQuote = !inQuote
 		case !inQuote && c == '}':
+			// A directive without arguments is its bare name: "{any-text }"
+			// is no directive, so a stray blank cannot change a meaning.
 			body := s[1:i]
-			name, arg, _ = strings.Cut(body, " ")
-			return name, strings.TrimSpace(arg), i + 1, nil
+			name, arg, hasArg := strings.Cut(body, " ")
+			if hasArg && arg == "" {
+				arg = " "
+			}
+			return name, arg, i + 1, nil
 		}
 	}
 	return "", "", 0, fmt.Errorf("unterminated directive %q (write a literal brace as \\{)", s)
