@@ -22,6 +22,11 @@ type fakeUpstream struct {
 	partial  []byte
 	cur      bytes.Buffer
 	silent   bool // answers nothing (a stalled upstream)
+	// rcpts are the recipients accepted in the current transaction (every
+	// RCPT is accepted unless replies says otherwise); rcptsAt holds them
+	// for each message received.
+	rcpts   []string
+	rcptsAt [][]string
 }
 
 func newFakeUpstream() *fakeUpstream {
@@ -52,6 +57,8 @@ func (u *fakeUpstream) receive(p []byte) string {
 			if line == ".\r\n" || line == ".\n" {
 				u.inData = false
 				u.messages = append(u.messages, u.cur.String())
+				u.rcptsAt = append(u.rcptsAt, u.rcpts)
+				u.rcpts = nil
 				u.cur.Reset()
 				if !u.silent {
 					out.WriteString(u.dataReply)
@@ -70,6 +77,23 @@ func (u *fakeUpstream) receive(p []byte) string {
 		}
 		if u.silent {
 			continue
+		}
+		if r[0] == '2' {
+			switch strings.ToUpper(verb) {
+			case "MAIL", "RSET", "EHLO", "HELO":
+				u.rcpts = nil
+			case "RCPT":
+				// The argument as the proxy reads it: after the verb,
+				// after the first colon when there is one.
+				arg := ""
+				if i := strings.IndexAny(cmd, " \t"); i >= 0 {
+					arg = cmd[i+1:]
+				}
+				if _, a, ok := strings.Cut(arg, ":"); ok {
+					arg = a
+				}
+				u.rcpts = append(u.rcpts, arg)
+			}
 		}
 		if strings.HasPrefix(r, "354") {
 			u.inData = true
