@@ -12,6 +12,11 @@ import (
 // against a hang.
 const sanityLimit = 10 * time.Second
 
+// expectedFailLimit bounds a case that must fail against the blind relay:
+// some such cases wait for a close that a blind relay never makes, and a
+// shorter guard only makes them fail sooner (the verdict is the same).
+const expectedFailLimit = 3 * time.Second
+
 // MinCases is the size of the suite issue 4 asks for.
 const MinCases = 120
 
@@ -55,7 +60,7 @@ func TestBlindRelayFailsLoopCases(t *testing.T) {
 			n++
 			t.Run(c.Name, func(t *testing.T) {
 				t.Parallel()
-				r := RunCase(context.Background(), c, impl, sanityLimit)
+				r := RunCase(context.Background(), c, impl, expectedFailLimit)
 				if r.Status != Fail {
 					t.Errorf("the blind relay got %s, want a failure", r.Status)
 				} else if !strings.Contains(r.Detail, "554 5.4.6") {
