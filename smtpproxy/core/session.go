@@ -565,7 +565,12 @@ func (s *Session) onReply(rep *Reply) {
 		s.toCommand()
 	case stRSET:
 		if rep.Class() != 2 {
-			s.markGone("refused RSET: " + sanitize(rep.FirstLine()))
+			// Its transaction may still hold the refused message's
+			// recipients: carrying on could deliver a later message to
+			// them unchecked. The upstream is retired instead.
+			why := "refused RSET: " + sanitize(rep.FirstLine())
+			s.upFailEvent(why)
+			s.markGone(why)
 		}
 		s.toCommand()
 	}
