@@ -11,7 +11,7 @@
 // ClientData (returns how much it consumed), UpstreamData, ClientClosed,
 // UpstreamClosed, TimerExpired, Shutdown, DrainExpired. After each the
 // caller collects the outputs, in this order: TakeUpstreamOutput and
-// TakeClientOutput (bytes to write; valid until the next call), then
+// TakeClientOutput (bytes to write; valid until the next input), then
 // UpstreamGone (close the upstream after writing), Done (close both),
 // Timers (which clocks to run; restart one when its generation changes)
 // and TakeEvents (for logs). WantsClientInput says whether the session

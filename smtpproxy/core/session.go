@@ -216,11 +216,11 @@ func NewSession(cfg Config) *Session {
 // ---- outputs ----
 
 // TakeClientOutput returns the bytes to write to the client, valid until
-// the next call on the session.
+// the next input (method that is not a Take or a query).
 func (s *Session) TakeClientOutput() []byte { return take(&s.clientOut) }
 
 // TakeUpstreamOutput returns the bytes to write to the upstream, valid
-// until the next call on the session.
+// until the next input.
 func (s *Session) TakeUpstreamOutput() []byte { return take(&s.upOut) }
 
 func take(buf *[]byte) []byte {
