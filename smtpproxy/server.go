@@ -96,14 +96,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		backoff = 0
 		wg.Add(1)
-		if s.active.Add(1) > int64(s.cfg.MaxSessions) {
+		// Only this loop adds sessions, so the check and the add below
+		// cannot race; rejected connections do not count as sessions.
+		if s.active.Load() >= int64(s.cfg.MaxSessions) {
 			go func() {
 				defer wg.Done()
-				defer s.active.Add(-1)
 				s.reject(conn)
 			}()
 			continue
 		}
+		s.active.Add(1)
 		id := s.idBase + "." + strconv.FormatUint(s.nextID.Add(1), 10)
 		go func() {
 			defer wg.Done()
