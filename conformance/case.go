@@ -52,10 +52,12 @@ const (
 )
 
 // OptionKeys lists every configuration key a case may use.
-var OptionKeys = []string{
-	OptDryRun, OptBareLF, OptMaxHeaderBytes, OptMaxSessions,
-	OptConnectTimeout, OptReplyTimeout, OptCommandTimeout, OptDataTimeout,
-	OptDropEHLOKeywords,
+func OptionKeys() []string {
+	return []string{
+		OptDryRun, OptBareLF, OptMaxHeaderBytes, OptMaxSessions,
+		OptConnectTimeout, OptReplyTimeout, OptCommandTimeout, OptDataTimeout,
+		OptDropEHLOKeywords,
+	}
 }
 
 func checkOption(o Option) error {
@@ -83,7 +85,7 @@ func checkOption(o Option) error {
 			}
 		}
 	default:
-		return fmt.Errorf("unknown configuration key %q (known: %s)", o.Key, strings.Join(OptionKeys, ", "))
+		return fmt.Errorf("unknown configuration key %q (known: %s)", o.Key, strings.Join(OptionKeys(), ", "))
 	}
 	return nil
 }

@@ -77,7 +77,7 @@ func ParseFlagMap(data []byte) (FlagMap, error) {
 		}
 		fields := strings.Fields(line)
 		key, value, hasValue := strings.Cut(fields[0], "=")
-		if !slices.Contains(OptionKeys, key) {
+		if !slices.Contains(OptionKeys(), key) {
 			return nil, fmt.Errorf("flag map line %d: unknown configuration key %q", lineNo, key)
 		}
 		if hasValue {

@@ -61,7 +61,7 @@ command-timeout     --idle {value}
 
 func TestDefaultFlagMapCoversEveryKey(t *testing.T) {
 	m := DefaultFlagMap()
-	for _, k := range OptionKeys {
+	for _, k := range OptionKeys() {
 		if len(m[k]) == 0 {
 			t.Errorf("DefaultFlagMap has no flag for %s", k)
 		}

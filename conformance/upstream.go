@@ -63,20 +63,30 @@ const (
 	defaultEHLO     = "250-up.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 )
 
-var defaultReplies = map[string]string{
-	"HELO":     "250 up.test\r\n",
-	"EHLO":     defaultEHLO,
-	"MAIL":     "250 2.1.0 Ok\r\n",
-	"RCPT":     "250 2.1.5 Ok\r\n",
-	"DATA":     "354 End data with <CR><LF>.<CR><LF>\r\n",
-	"RSET":     "250 2.0.0 Ok\r\n",
-	"NOOP":     "250 2.0.0 Ok\r\n",
-	"VRFY":     "252 2.0.0 maybe\r\n",
-	"XFORWARD": "250 2.0.0 Ok\r\n",
-	"QUIT":     "221 2.0.0 Bye\r\n",
-}
-
 const defaultUnknownReply = "502 5.5.2 Error: command not recognized\r\n"
+
+// defaultReply is the scripted upstream's answer to a verb no rule matches.
+func defaultReply(verb string) string {
+	switch verb {
+	case "HELO":
+		return "250 up.test\r\n"
+	case "EHLO":
+		return defaultEHLO
+	case "MAIL":
+		return "250 2.1.0 Ok\r\n"
+	case "RCPT":
+		return "250 2.1.5 Ok\r\n"
+	case "DATA":
+		return "354 End data with <CR><LF>.<CR><LF>\r\n"
+	case "RSET", "NOOP", "XFORWARD":
+		return "250 2.0.0 Ok\r\n"
+	case "VRFY":
+		return "252 2.0.0 maybe\r\n"
+	case "QUIT":
+		return "221 2.0.0 Bye\r\n"
+	}
+	return defaultUnknownReply
+}
 
 // defaultContentReply is the reply to the end of data; %d is the number
 // of the message on this upstream connection (1, 2, ...), so that replies
@@ -435,12 +445,9 @@ func (s *upstreamSession) commandAction(verb string) action {
 		}
 	}
 	if verb == "QUIT" {
-		return action{kind: actClose, reply: []byte(defaultReplies["QUIT"])}
+		return action{kind: actClose, reply: []byte(defaultReply(verb))}
 	}
-	if reply, ok := defaultReplies[verb]; ok {
-		return action{kind: actReply, reply: []byte(reply)}
-	}
-	return action{kind: actReply, reply: []byte(defaultUnknownReply)}
+	return action{kind: actReply, reply: []byte(defaultReply(verb))}
 }
 
 func (s *upstreamSession) contentAction() action {
