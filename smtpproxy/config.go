@@ -88,10 +88,54 @@ type Config struct {
 
 	// Logger receives session, transaction and error logs; nil discards.
 	Logger *slog.Logger
+	// Observer is told what the sessions do, for metrics; nil means none.
+	Observer Observer
 	// DebugTrace, when set, is the prefix of per-session transcript files
 	// (PREFIX.<id>) holding every byte both ways.
 	DebugTrace string
 }
+
+// Observer is the runtime's one hook for metrics. Its methods are called
+// from every session's goroutine, concurrently and on the relaying path:
+// an implementation must be safe for concurrent use, cheap, and must never
+// block (a slow observer would slow mail). The runtime, not the core, reads
+// the clock for the durations.
+type Observer interface {
+	// SessionStarted and SessionEnded bracket every session.
+	SessionStarted()
+	SessionEnded()
+	// SessionRefused counts a connection turned away with "421 4.3.2 too
+	// many connections"; it never was a session.
+	SessionRefused()
+	// TransactionEnded reports a message's end as it is logged: tx holds
+	// the outcome and sizes, d runs from the client's DATA to the end (0
+	// when the message never reached DATA in this session). tx is valid
+	// only during the call.
+	TransactionEnded(tx *core.Transaction, d time.Duration)
+	// UpstreamFailed reports an upstream failure with the core's reason
+	// phrase ("connect: connection refused", "timed out", "closed the
+	// connection", "sent a malformed reply", ...).
+	UpstreamFailed(reason string)
+	// UpstreamReplied reports how long the upstream took to answer, from
+	// the moment the proxy began to wait (its command written) until the
+	// reply was in. inData marks the waits of a message: the upstream's
+	// answer to DATA and its end-of-data reply (the queue file write).
+	UpstreamReplied(d time.Duration, inData bool)
+	// Relayed reports octets written: toUpstream to the after-filter,
+	// toClient to Postfix's front smtpd.
+	Relayed(toUpstream, toClient int)
+}
+
+// nopObserver is the Observer of a Config without one.
+type nopObserver struct{}
+
+func (nopObserver) SessionStarted()                                   {}
+func (nopObserver) SessionEnded()                                     {}
+func (nopObserver) SessionRefused()                                   {}
+func (nopObserver) TransactionEnded(*core.Transaction, time.Duration) {}
+func (nopObserver) UpstreamFailed(string)                             {}
+func (nopObserver) UpstreamReplied(time.Duration, bool)               {}
+func (nopObserver) Relayed(int, int)                                  {}
 
 func (c *Config) setDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
@@ -112,5 +156,8 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 }

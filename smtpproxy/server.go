@@ -125,6 +125,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // reject answers a connection over the session limit.
 func (s *Server) reject(conn net.Conn) {
 	defer conn.Close()
+	s.cfg.Observer.SessionRefused()
 	s.log.Warn("too many connections", "peer", conn.RemoteAddr().String(), "max_sessions", s.cfg.MaxSessions)
 	conn.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
 	conn.Write([]byte(core.ReplyTooMany))

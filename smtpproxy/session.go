@@ -93,6 +93,11 @@ type runner struct {
 	upTimer     *time.Timer
 	applied     core.Timers
 	dataStart   time.Time
+
+	obs         Observer
+	inData      bool      // between EventDataStart and EventTxEnd, for obs
+	upWaitStart time.Time // when the current wait for an upstream reply began
+	upWaitData  bool      // that wait belongs to a message
 }
 
 func (s *Server) serveSession(client net.Conn, id string, shutdown, drain <-chan struct{}) {
@@ -100,6 +105,8 @@ func (s *Server) serveSession(client net.Conn, id string, shutdown, drain <-chan
 	log := s.log.With("session", id)
 	peer := client.RemoteAddr().String()
 	log.Info("session start", "peer", peer)
+	s.cfg.Observer.SessionStarted()
+	defer s.cfg.Observer.SessionEnded()
 	var tr *tracer
 	if s.cfg.DebugTrace != "" {
 		var err error
@@ -111,6 +118,7 @@ func (s *Server) serveSession(client net.Conn, id string, shutdown, drain <-chan
 		srv:   s,
 		log:   log,
 		trace: tr,
+		obs:   s.cfg.Observer,
 		s: core.NewSession(core.Config{
 			UpstreamName:     s.upstreamName(),
 			MaxHeaderBytes:   s.cfg.MaxHeaderBytes,
@@ -198,6 +206,7 @@ func (r *runner) run(shutdown, drain <-chan struct{}) {
 			r.trace.record(traceUpIn, c.b)
 			if len(c.b) > 0 {
 				r.s.UpstreamData(c.b)
+				r.observeReply()
 			}
 			if c.err != nil {
 				if !r.s.UpstreamGone() {
@@ -261,7 +270,9 @@ func (r *runner) flush() {
 			progress = true
 			r.trace.record(traceUpOut, out)
 			r.up.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplyTimeout))
-			if _, err := r.up.Write(out); err != nil {
+			n, err := r.up.Write(out)
+			r.obs.Relayed(n, 0)
+			if err != nil {
 				r.log.Debug("upstream write failed", "err", err)
 				r.s.UpstreamClosed(ioPhrase(err))
 			}
@@ -270,7 +281,9 @@ func (r *runner) flush() {
 			progress = true
 			r.trace.record(traceClientOut, out)
 			r.client.SetWriteDeadline(time.Now().Add(r.srv.cfg.CommandTimeout))
-			if _, err := r.client.Write(out); err != nil {
+			n, err := r.client.Write(out)
+			r.obs.Relayed(0, n)
+			if err != nil {
 				r.log.Debug("client write failed", "err", err)
 				r.clientGone = true
 				r.s.ClientClosed()
@@ -306,12 +319,22 @@ func (r *runner) applyTimers() {
 	}
 	if t.Upstream != r.applied.Upstream || t.UpstreamGen != r.applied.UpstreamGen {
 		if t.Upstream {
+			r.upWaitStart, r.upWaitData = time.Now(), r.inData
 			r.upTimer.Reset(r.srv.cfg.ReplyTimeout)
 		} else {
 			r.upTimer.Stop()
 		}
 	}
 	r.applied = t
+}
+
+// observeReply tells the observer how long the upstream took when the
+// bytes just read ended the wait the timers were armed for.
+func (r *runner) observeReply() {
+	t := r.s.Timers()
+	if r.applied.Upstream && (!t.Upstream || t.UpstreamGen != r.applied.UpstreamGen) {
+		r.obs.UpstreamReplied(time.Since(r.upWaitStart), r.upWaitData)
+	}
 }
 
 func (r *runner) closeAll() {
@@ -342,9 +365,17 @@ func (r *runner) logEvents(events []core.Event) {
 		switch e.Kind {
 		case core.EventDataStart:
 			r.dataStart = time.Now()
+			r.inData = true
 		case core.EventTxEnd:
 			r.logTx(e.Tx)
+			r.inData = false
+			var d time.Duration
+			if !r.dataStart.IsZero() {
+				d = time.Since(r.dataStart)
+			}
+			r.obs.TransactionEnded(e.Tx, d)
 		case core.EventUpstreamError:
+			r.obs.UpstreamFailed(e.Reason)
 			r.log.Warn("upstream error", "upstream", r.srv.upstreamName(), "error", e.Reason)
 			r.trace.note("upstream error: " + e.Reason)
 		case core.EventLocalReply:
