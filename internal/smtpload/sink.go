@@ -71,6 +71,13 @@ func (s *Sink) Bytes() int64 { return s.bytes.Load() }
 // Sessions is the number of connections accepted so far.
 func (s *Sink) Sessions() int64 { return s.sessions.Load() }
 
+// Open is the number of connections open now.
+func (s *Sink) Open() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
 // Close stops the listener, closes every open connection and waits for
 // their goroutines.
 func (s *Sink) Close() error {

@@ -1,0 +1,230 @@
+package perf
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtpload"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
+)
+
+// The three paths, in the order each run measures them: the direct path
+// first, since the others report what they add to it.
+const (
+	pathDirect = "direct"
+	pathRelay  = "relay"
+	pathProxy  = "proxy"
+)
+
+func pathNames() []string { return []string{pathDirect, pathRelay, pathProxy} }
+
+// env is one sink with the three paths to it.
+type env struct {
+	sink  *smtpload.Sink
+	relay *smtpload.Relay
+	proxy string
+	stop  func() // stops all three and waits for their sessions to end
+}
+
+func listen(tb testing.TB) net.Listener {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ln
+}
+
+// startEnv starts a sink, a blind relay to it and the proxy to it, with
+// the proxy's defaults except cfg's non-zero fields. The proxy logs to a
+// discarding handler: the benchmarks measure the relaying, not the log
+// sink. Everything stops at the end of the test, or at e.stop.
+func startEnv(tb testing.TB, cfg smtpproxy.Config) *env {
+	tb.Helper()
+	sink := smtpload.NewSink(listen(tb))
+	relay := smtpload.NewRelay(listen(tb), sink.Addr())
+	cfg.Upstream = sink.Addr()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	srv, err := smtpproxy.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ln := listen(tb)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-served; err != nil {
+				tb.Errorf("proxy: %v", err)
+			}
+			relay.Close()
+			sink.Close()
+		})
+	}
+	tb.Cleanup(stop)
+	return &env{sink: sink, relay: relay, proxy: ln.Addr().String(), stop: stop}
+}
+
+func (e *env) addr(path string) string {
+	switch path {
+	case pathRelay:
+		return e.relay.Addr()
+	case pathProxy:
+		return e.proxy
+	}
+	return e.sink.Addr()
+}
+
+// scenario is one load of issue 6.
+type scenario struct {
+	name    string
+	size    int // message size
+	conc    int // sessions at once
+	perConn int // messages per connection
+}
+
+func scenarios() []scenario {
+	return []scenario{
+		{"msg=10KiB/conc=1/conn=per-msg", 10 << 10, 1, 1},
+		{"msg=10KiB/conc=32/conn=per-msg", 10 << 10, 32, 1},
+		{"msg=1MiB/conc=4/conn=per-msg", 1 << 20, 4, 1},
+		// Several messages per connection: what the proxy costs without
+		// the connection setup that Postfix pays for every message.
+		{"msg=10KiB/conc=32/conn=10-msgs", 10 << 10, 32, 10},
+	}
+}
+
+// measurement is what one path did in one benchmark run.
+type measurement struct {
+	rate     float64 // messages per second
+	p50, p99 time.Duration
+	allocs   float64 // heap allocations per message, whole process
+}
+
+// BenchmarkPaths sends the loads of issue 6 along the three paths in the
+// same run; see the package comment for the metrics.
+func BenchmarkPaths(b *testing.B) {
+	e := startEnv(b, smtpproxy.Config{})
+	for _, sc := range scenarios() {
+		b.Run(sc.name, func(b *testing.B) {
+			msg := smtpload.Message(sc.size, "")
+			got := map[string]measurement{}
+			for _, path := range pathNames() {
+				b.Run("path="+path, func(b *testing.B) {
+					m := measure(b, e, path, msg, sc)
+					got[path] = m
+					b.ReportMetric(m.rate, "msgs/s")
+					b.ReportMetric(float64(m.p50.Microseconds()), "p50-us")
+					b.ReportMetric(float64(m.p99.Microseconds()), "p99-us")
+					if path == pathDirect {
+						return
+					}
+					if d, ok := got[pathDirect]; ok {
+						b.ReportMetric(float64((m.p50 - d.p50).Microseconds()), "added-p50-us")
+						b.ReportMetric(float64((m.p99 - d.p99).Microseconds()), "added-p99-us")
+						b.ReportMetric(m.allocs-d.allocs, "added-allocs/msg")
+					}
+					if r, ok := got[pathRelay]; ok && path == pathProxy {
+						b.ReportMetric(m.rate/r.rate, "ratio-to-relay")
+					}
+				})
+			}
+		})
+	}
+}
+
+// measure sends b.N messages along path and checks that the sink took
+// every one of them.
+func measure(b *testing.B, e *env, path string, msg []byte, sc scenario) measurement {
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	l := &smtpload.Load{Addr: e.addr(path), Message: msg, Concurrency: sc.conc, PerConn: sc.perConn}
+	before := e.sink.Messages()
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	b.ResetTimer()
+	res, err := l.Run(context.Background(), b.N)
+	b.StopTimer()
+	runtime.ReadMemStats(&ms1)
+	if err != nil {
+		b.Fatalf("%s: %v", path, err)
+	}
+	if res.Accepted != b.N || e.sink.Messages()-before != int64(b.N) {
+		b.Fatalf("%s: %d of %d messages accepted, sink took %d (last reply %q)", path, res.Accepted, b.N, e.sink.Messages()-before, res.LastReply)
+	}
+	return measurement{
+		rate:   float64(b.N) / b.Elapsed().Seconds(),
+		p50:    res.Percentile(50),
+		p99:    res.Percentile(99),
+		allocs: float64(ms1.Mallocs-ms0.Mallocs) / float64(b.N),
+	}
+}
+
+// TestPathsDeliver runs every scenario's message, and a 1 MiB one, along
+// every path with a few messages, and checks the sink took them all: the
+// benchmark harness can fail, and a path that loses messages is not timed.
+func TestPathsDeliver(t *testing.T) {
+	e := startEnv(t, smtpproxy.Config{})
+	for _, path := range pathNames() {
+		for _, sc := range scenarios() {
+			msg := smtpload.Message(sc.size, "")
+			n := 3 * min(sc.conc, 4)
+			l := &smtpload.Load{Addr: e.addr(path), Message: msg, Concurrency: min(sc.conc, 4), PerConn: sc.perConn}
+			msgs, bytes, relayed := e.sink.Messages(), e.sink.Bytes(), e.relay.Sessions()
+			res, err := l.Run(context.Background(), n)
+			if err != nil {
+				t.Fatalf("%s %s: %v", path, sc.name, err)
+			}
+			if res.Accepted != n || e.sink.Messages()-msgs != int64(n) {
+				t.Fatalf("%s %s: %d of %d accepted, sink took %d", path, sc.name, res.Accepted, n, e.sink.Messages()-msgs)
+			}
+			// The proxy forwards canonical content byte for byte
+			// (SPEC 2.6), so every path delivers the same bytes.
+			if got, want := e.sink.Bytes()-bytes, int64(n*len(msg)); got != want {
+				t.Errorf("%s %s: sink got %d bytes, want %d", path, sc.name, got, want)
+			}
+			if !strings.Contains(res.LastReply, "queued as SINK") {
+				t.Errorf("%s %s: end-of-data reply %q is not the sink's", path, sc.name, res.LastReply)
+			}
+			if relayedNow := e.relay.Sessions() - relayed; (path == pathRelay) != (relayedNow > 0) {
+				t.Errorf("%s %s: the relay carried %d sessions", path, sc.name, relayedNow)
+			}
+		}
+	}
+}
+
+// TestProxyPathJudges shows the proxy path is the proxy: a message whose
+// Delivered-To: names its recipient gets 554 and never reaches the sink,
+// while the blind relay lets it through.
+func TestProxyPathJudges(t *testing.T) {
+	e := startEnv(t, smtpproxy.Config{})
+	loop := smtpload.Message(10<<10, "Delivered-To: "+smtpload.DefaultTo+"\r\n")
+	for _, c := range []struct {
+		path         string
+		wantAccepted int
+	}{{pathProxy, 0}, {pathRelay, 2}} {
+		before := e.sink.Messages()
+		l := &smtpload.Load{Addr: e.addr(c.path), Message: loop, Concurrency: 2}
+		res, err := l.Run(context.Background(), 2)
+		if err != nil {
+			t.Fatalf("%s: %v", c.path, err)
+		}
+		if res.Accepted != c.wantAccepted || e.sink.Messages()-before != int64(c.wantAccepted) {
+			t.Fatalf("%s: %d accepted, sink took %d; want %d", c.path, res.Accepted, e.sink.Messages()-before, c.wantAccepted)
+		}
+		if c.path == pathProxy && !strings.HasPrefix(res.LastReply, "554 5.4.6 mail forwarding loop for "+smtpload.DefaultTo) {
+			t.Errorf("proxy: end-of-data reply %q", res.LastReply)
+		}
+	}
+}
