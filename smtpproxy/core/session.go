@@ -693,8 +693,14 @@ func (s *Session) captureInput(p []byte) int {
 	n := 0
 	for n < len(p) {
 		q := p[n:]
-		if len(q) > captureStep {
-			q = q[:captureStep]
+		// An undecided line may hold at most MaxHeaderBytes+headerLookahead
+		// bytes. The classifier gets no more than one byte past that room,
+		// so a piece that would cross it is seen to cross it: given more, it
+		// could decide the line within the piece and skip the check, and
+		// the verdict would depend on how the client's bytes were cut.
+		step := min(captureStep, s.cfg.MaxHeaderBytes+headerLookahead-len(s.hbuf)+1)
+		if len(q) > step {
+			q = q[:max(step, 1)]
 		}
 		tok, k := s.dec.next(q)
 		n += k
