@@ -316,15 +316,14 @@ func (s *Session) ClientData(p []byte) int {
 	return n
 }
 
-// UpstreamData offers bytes from the upstream; all are consumed.
+// UpstreamData offers bytes from the upstream, one read at a time; all are
+// consumed. Bytes that follow a complete reply in the same call are
+// unsolicited: the session writes one command and waits for its reply, and
+// what it writes in answer to that reply leaves only after this call.
 func (s *Session) UpstreamData(p []byte) {
 	for len(p) > 0 && !s.done && !s.upGone {
 		if !s.awaitingUpstream() {
-			if s.upInData {
-				s.upstreamFailed("replied before the end of data")
-			} else {
-				s.upstreamFailed("sent unexpected data")
-			}
+			s.unsolicited()
 			break
 		}
 		n, rep, err := s.replies.feed(p)
@@ -335,9 +334,25 @@ func (s *Session) UpstreamData(p []byte) {
 		}
 		if rep != nil {
 			s.onReply(rep)
+			if len(p) > 0 && !s.done && !s.upGone {
+				// Taken as the next reply, a "250" sent along with a
+				// "354" would reach the client as the end-of-data reply
+				// of a message the upstream has not read yet.
+				s.unsolicited()
+				break
+			}
 		}
 	}
 	s.after()
+}
+
+// unsolicited retires an upstream that sent bytes nothing asked for.
+func (s *Session) unsolicited() {
+	if s.upInData {
+		s.upstreamFailed("replied before the end of data")
+	} else {
+		s.upstreamFailed("sent unexpected data")
+	}
 }
 
 // UpstreamClosed: the upstream connection ended or failed (read or write);

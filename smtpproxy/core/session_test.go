@@ -887,3 +887,31 @@ func TestHeaderLookaheadIndependentOfChunking(t *testing.T) {
 		}
 	}
 }
+
+// TestReplyAlongWith354IsNoEndOfDataReply: a reply that comes in the same
+// read as the 354 to the proxy's DATA cannot answer the message, which is
+// not written yet. It once reached the client as the end-of-data reply of a
+// header-only message (captured whole before DATA went upstream), so the
+// client could hear 250 for a message the upstream then refused.
+func TestReplyAlongWith354IsNoEndOfDataReply(t *testing.T) {
+	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h.got()
+	h.up.replies["DATA"] = "354 go on\r\n250 2.0.0 Ok: queued as EARLY\r\n"
+	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\nSubject: x\r\n.\r\n")
+	h.expect("250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n" + replyData354 +
+		"451 4.4.2 upstream 127.0.0.1:10026 replied before the end of data\r\n")
+	if len(h.up.messages) != 0 || !h.upGone {
+		t.Fatalf("the upstream got %q and is gone: %v; want nothing and gone", h.up.messages, h.upGone)
+	}
+	h.fromClient("NOOP\r\n")
+	h.expect("421 4.4.2 upstream 127.0.0.1:10026 replied before the end of data\r\n")
+
+	// The same for a reply to a command: the bytes after it answer nothing.
+	h = newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h.got()
+	h.up.replies["NOOP"] = "250 2.0.0 Ok\r\n250 2.0.0 again\r\n"
+	h.fromClient("NOOP\r\n")
+	h.expect("250 2.0.0 Ok\r\n")
+	h.fromClient("NOOP\r\n")
+	h.expect("421 4.4.2 upstream 127.0.0.1:10026 sent unexpected data\r\n")
+}
