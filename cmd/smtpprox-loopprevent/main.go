@@ -13,11 +13,15 @@
 // drop-in for the Perl original of the same name: same arguments, its
 // --children, --minperchild and --maxperchild accepted (and ignored, with
 // one warning), --debugtrace=PREFIX writing one transcript per session.
-// SIGTERM or SIGINT shuts down gracefully and exits 0. The check
-// subcommand judges a saved message with the very code the proxy runs.
+// SIGTERM or SIGINT shuts down gracefully and exits 0: the listener
+// closes, idle sessions get "421 4.3.2 shutting down", open transactions
+// finish within -drain-timeout. -metrics-listen ADDR serves Prometheus
+// metrics on /metrics and a liveness check on /healthz (package metrics).
+// The check subcommand judges a saved message with the very code the
+// proxy runs.
 //
 // The behaviour is in package smtpproxy; this command is flags, wiring,
-// signals and logging.
+// signals, logging and the metrics listener.
 package main
 
 import (

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"strings"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/metrics"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 )
 
@@ -18,6 +21,16 @@ const (
 	exitOK    = 0 // clean shutdown
 	exitError = 1 // the proxy failed while running (listen, accept)
 	exitUsage = 2 // bad arguments
+)
+
+// Limits of the metrics listener: it serves a scraper and a health
+// check, a few small requests a minute, so anything slow or large is a
+// misbehaving peer and must not hold a goroutine or memory.
+const (
+	metricsReadHeaderTimeout = 10 * time.Second
+	metricsWriteTimeout      = 30 * time.Second // a scrape of a few hundred series
+	metricsIdleTimeout       = 2 * time.Minute  // keep-alive between scrapes
+	metricsMaxHeaderBytes    = 16 << 10
 )
 
 // minHeaderBytes is the smallest -max-header-bytes accepted: below a few
@@ -46,11 +59,12 @@ func (k *keywordList) Set(v string) error {
 
 // options is what the command line says.
 type options struct {
-	cfg       smtpproxy.Config
-	listen    string
-	logFormat string
-	logLevel  slog.Level
-	warnings  []string
+	cfg           smtpproxy.Config
+	listen        string
+	metricsListen string
+	logFormat     string
+	logLevel      slog.Level
+	warnings      []string
 }
 
 // parseArgs reads the proxy's command line. Flags may come before, between
@@ -73,6 +87,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.Var(&drop, "drop-ehlo-keyword", "an EHLO `KEYWORD` to remove besides STARTTLS, CHUNKING, BINARYMIME (repeatable, or a comma list)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json (logs go to standard error)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) and a liveness check (/healthz) over HTTP on `ADDR` (host:port or unix:/path; off when empty; keep it on loopback or a private network)")
 	fs.StringVar(&cfg.DebugTrace, "debugtrace", "", "write a transcript of each session (both directions, every byte) to `PREFIX`.<id>, as the Perl original")
 	// The Perl original's process-pool flags: accepted, ignored.
 	var children, minPer, maxPer int
@@ -108,6 +123,11 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	for _, a := range positional {
 		if _, _, err := smtpproxy.SplitAddr(a); err != nil {
 			return nil, err
+		}
+	}
+	if o.metricsListen != "" {
+		if _, _, err := smtpproxy.SplitAddr(o.metricsListen); err != nil {
+			return nil, fmt.Errorf("-metrics-listen: %w", err)
 		}
 	}
 	for name, d := range map[string]time.Duration{
@@ -178,6 +198,11 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Warn(w)
 	}
 	o.cfg.Logger = log
+	var m *metrics.Metrics
+	if o.metricsListen != "" {
+		m = metrics.New()
+		o.cfg.Observer = m
+	}
 	srv, err := smtpproxy.New(o.cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "smtpprox-loopprevent: %v\n", err)
@@ -188,9 +213,56 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Error("cannot listen", "err", err)
 		return exitError
 	}
+	if m != nil {
+		stop, err := serveMetrics(ctx, m, o.metricsListen, log)
+		if err != nil {
+			ln.Close()
+			log.Error("cannot listen for metrics", "err", err)
+			return exitError
+		}
+		// Scrapes go on while the sessions drain; the endpoint closes
+		// only when the proxy has stopped.
+		defer stop()
+	}
 	if err := srv.Serve(ctx, ln); err != nil {
 		log.Error("proxy stopped", "err", err)
 		return exitError
 	}
 	return exitOK
+}
+
+// serveMetrics serves m on addr until stop is called. /healthz is live
+// until ctx is done (the shutdown signal): during the drain it answers 503
+// "shutting down", so a monitor sees the stop before the port goes away.
+func serveMetrics(ctx context.Context, m *metrics.Metrics, addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := smtpproxy.Listen(addr)
+	if err != nil {
+		return nil, err
+	}
+	live := func() error {
+		if ctx.Err() != nil {
+			return errors.New("shutting down")
+		}
+		return nil
+	}
+	hs := &http.Server{
+		Handler:           m.Handler(live),
+		ReadHeaderTimeout: metricsReadHeaderTimeout,
+		WriteTimeout:      metricsWriteTimeout,
+		IdleTimeout:       metricsIdleTimeout,
+		MaxHeaderBytes:    metricsMaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("metrics listening", "listen", ln.Addr().String())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			log.Error("metrics listener failed", "err", err)
+		}
+	}()
+	return func() {
+		hs.Close()
+		<-done
+	}, nil
 }

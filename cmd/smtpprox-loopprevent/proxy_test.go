@@ -1,18 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,14 +21,15 @@ import (
 func TestParseArgs(t *testing.T) {
 	o, err := parseArgs([]string{"-dry-run", "127.0.0.1:10025", "-bare-lf=reject", "[::1]:10026",
 		"--drop-ehlo-keyword", "etrn,vrfy", "-drop-ehlo-keyword=dsn", "--max-sessions", "7",
-		"-client-data-timeout=1m", "--debugtrace=/tmp/t", "-log-format", "json", "-log-level=debug"}, io.Discard)
+		"-client-data-timeout=1m", "--debugtrace=/tmp/t", "-log-format", "json", "-log-level=debug",
+		"-metrics-listen=127.0.0.1:9125"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := o.cfg
 	if o.listen != "127.0.0.1:10025" || c.Upstream != "[::1]:10026" || !c.DryRun || c.BareLF != smtpproxy.BareLFReject ||
 		c.MaxSessions != 7 || c.DataIdleTimeout != time.Minute || c.DebugTrace != "/tmp/t" || o.logFormat != "json" ||
-		o.logLevel.String() != "DEBUG" || len(o.warnings) != 0 {
+		o.logLevel.String() != "DEBUG" || len(o.warnings) != 0 || o.metricsListen != "127.0.0.1:9125" {
 		t.Fatalf("parsed %+v", o)
 	}
 	if diff := cmp.Diff([]string{"ETRN", "VRFY", "DSN"}, c.DropEHLOKeywords); diff != "" {
@@ -45,7 +43,8 @@ func TestParseArgs(t *testing.T) {
 	c = o.cfg
 	if c.ConnectTimeout != 30*time.Second || c.ReplyTimeout != 90*time.Second || c.CommandTimeout != 300*time.Second ||
 		c.DataIdleTimeout != 180*time.Second || c.DrainTimeout != 30*time.Second || c.MaxSessions != 1000 ||
-		c.MaxHeaderBytes != 1<<20 || c.DryRun || c.BareLF != smtpproxy.BareLFNormalize || o.logFormat != "text" {
+		c.MaxHeaderBytes != 1<<20 || c.DryRun || c.BareLF != smtpproxy.BareLFNormalize || o.logFormat != "text" ||
+		o.metricsListen != "" {
 		t.Fatalf("defaults %+v", o)
 	}
 }
@@ -67,6 +66,7 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"-max-header-bytes=10", "a:1", "b:2"}, "-max-header-bytes must be at least"},
 		{[]string{"-drain-timeout=-1s", "a:1", "b:2"}, "-drain-timeout must be positive"},
 		{[]string{"-no-such-flag", "a:1", "b:2"}, "flag provided but not defined"},
+		{[]string{"-metrics-listen=9125", "a:1", "b:2"}, "-metrics-listen: "},
 		{[]string{"-client-command-timeout=soon", "a:1", "b:2"}, "invalid value"},
 	}
 	for _, c := range cases {
@@ -112,7 +112,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		"-client-data-timeout duration", "(default 3m0s)",
 		"-drain-timeout duration", "-max-sessions int", "(default 1000)",
 		"-max-header-bytes int", "(default 1048576)", "-dry-run", "-bare-lf MODE", `(default "normalize")`,
-		"-drop-ehlo-keyword KEYWORD", "-log-format string", "-log-level string", "-debugtrace PREFIX",
+		"-drop-ehlo-keyword KEYWORD", "-log-format string", "-log-level string", "-debugtrace PREFIX", "-metrics-listen ADDR",
 		"-children int", "-minperchild int", "-maxperchild int",
 	} {
 		if !strings.Contains(help, want) {
@@ -246,55 +246,4 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-// TestHelperProcess is not a test: TestSignalShutdown runs the test binary
-// as the command through it.
-func TestHelperProcess(t *testing.T) {
-	if os.Getenv("SMTPPROX_HELPER") != "1" {
-		return
-	}
-	args := os.Args
-	for i, a := range args {
-		if a == "--" {
-			args = args[i+1:]
-			break
-		}
-	}
-	os.Args = append([]string{"smtpprox-loopprevent"}, args...)
-	main()
-}
-
-// SIGTERM: a session between transactions gets 421 4.3.2, the process
-// exits 0.
-func TestSignalShutdown(t *testing.T) {
-	_, up := startUpstream(t)
-	sock := filepath.Join(t.TempDir(), "proxy.sock")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "--", "unix:"+sock, up)
-	cmd.Env = append(os.Environ(), "SMTPPROX_HELPER=1")
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	waitForSocket(t, sock)
-	conn, err := net.Dial("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	r := bufio.NewReader(conn)
-	if line, _ := r.ReadString('\n'); !strings.HasPrefix(line, "220 ") {
-		t.Fatalf("greeting %q", line)
-	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if line, _ := r.ReadString('\n'); line != "421 4.3.2 shutting down\r\n" {
-		t.Fatalf("after SIGTERM got %q", line)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("exit: %v; stderr:\n%s", err, stderr.String())
-	}
 }
