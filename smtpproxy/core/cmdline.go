@@ -84,3 +84,29 @@ func (r *lineReader) reset() {
 	r.fault = lineOK
 	r.lastCR = false
 }
+
+// upperASCII upper-cases the ASCII letters of s and nothing else. SMTP
+// verbs, EHLO keywords and xtext names are ASCII and compare
+// case-insensitively as ASCII, as Postfix compares them: Unicode case
+// mapping would make "quıt" (dotless i) QUIT and "ſtarttls" STARTTLS,
+// words the upstream reads as unknown.
+func upperASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if 'a' <= s[i] && s[i] <= 'z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if 'a' <= b[j] && b[j] <= 'z' {
+					b[j] -= 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
+// equalFoldASCII reports whether a and b are equal under ASCII case
+// folding (see upperASCII for why not Unicode's).
+func equalFoldASCII(a, b string) bool {
+	return len(a) == len(b) && upperASCII(a) == upperASCII(b)
+}

@@ -1,9 +1,6 @@
 package core
 
-import (
-	"bytes"
-	"strings"
-)
+import "bytes"
 
 // MaxReplyBytes bounds one upstream reply, all its lines together. Real
 // replies are a few hundred bytes (a long EHLO reply is about 300); a reply
@@ -174,12 +171,12 @@ func dropKeyword(line []byte, drop []string) bool {
 		kw = text[:i]
 	}
 	for _, d := range alwaysDroppedEHLOKeywords {
-		if strings.EqualFold(string(kw), d) {
+		if equalFoldASCII(string(kw), d) {
 			return true
 		}
 	}
 	for _, d := range drop {
-		if strings.EqualFold(string(kw), d) {
+		if equalFoldASCII(string(kw), d) {
 			return true
 		}
 	}

@@ -460,7 +460,7 @@ func (s *Session) commandInput(p []byte) int {
 		return n
 	}
 	verb, rest := splitVerb(line)
-	switch strings.ToUpper(verb) {
+	switch upperASCII(verb) {
 	case "STARTTLS":
 		s.localReply(replyNoTLS)
 	case "BDAT":
@@ -654,7 +654,7 @@ func (s *Session) xforward(args string) {
 		if !ok {
 			continue
 		}
-		switch strings.ToUpper(k) {
+		switch upperASCII(k) {
 		case "ADDR":
 			s.clientAddr = xtextDecode(v)
 		case "NAME":

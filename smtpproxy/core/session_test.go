@@ -915,3 +915,31 @@ func TestReplyAlongWith354IsNoEndOfDataReply(t *testing.T) {
 	h.fromClient("NOOP\r\n")
 	h.expect("421 4.4.2 upstream 127.0.0.1:10026 sent unexpected data\r\n")
 }
+
+// TestVerbsAndKeywordsCompareAsASCII: verbs and EHLO keywords are ASCII
+// words. Unicode case mapping once made "quıt" (dotless i) the QUIT verb,
+// so the session closed after the upstream's 502 to a word it did not
+// know, and made "ſtarttls" (long s) STARTTLS, answered locally.
+func TestVerbsAndKeywordsCompareAsASCII(t *testing.T) {
+	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h.got()
+	// The fake upstream looks verbs up with strings.ToUpper: "quıt" is
+	// "QUIT" to it, and it answers as Postfix would.
+	h.up.replies["QUIT"] = "502 5.5.2 Error: command not recognized\r\n"
+	h.fromClient("quıt\r\n")
+	h.expect("502 5.5.2 Error: command not recognized\r\n")
+	if h.s.Done() {
+		t.Fatal("the session ended after a 502 to an unknown verb")
+	}
+	h.fromClient("ſtarttls\r\nmaıl FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
+	h.expect("250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n")
+	if got, want := h.up.commands[len(h.up.commands)-3:], []string{"ſtarttls", "maıl FROM:<s@x>", "RCPT TO:<a@x>"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream got %q, want %q", got, want)
+	}
+	if h.s.inTx {
+		t.Fatal("a 250 to 'maıl' started a transaction")
+	}
+	if got := string(filterEHLO(nil, []byte("250-up\r\n250-ſTARTTLS\r\n250-starttls\r\n250 \u212aEEP\r\n"), []string{"keep"})); got != "250-up\r\n250-ſTARTTLS\r\n250 \u212aEEP\r\n" {
+		t.Fatalf("EHLO filter gave %q", got)
+	}
+}
