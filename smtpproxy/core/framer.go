@@ -111,18 +111,33 @@ func (d *decoder) next(p []byte) (tok token, n int) {
 			d.st = decMid
 			return token{kind: tokContent, content: contentCR}, n
 		case decMid:
-			i := bytes.IndexAny(p[n:], "\r\n")
+			// Only the LF and a CR right before it end a line; any other
+			// CR is content. So the search is for LF alone (IndexByte is
+			// vectorised; a search for either byte is not).
+			q := p[n:]
+			i := bytes.IndexByte(q, '\n')
 			switch {
 			case i < 0:
-				return token{kind: tokContent, content: p[n:]}, len(p)
-			case i > 0:
-				return token{kind: tokContent, content: p[n : n+i]}, n + i
-			case c == '\n':
+				k := len(q)
+				if q[k-1] == '\r' {
+					k-- // may be the CR of a CRLF: held until the next byte
+				}
+				if k > 0 {
+					return token{kind: tokContent, content: q[:k]}, n + k
+				}
+				d.st = decCR
+				n++
+			case i == 0:
 				// Bare LF: the next line is read as written.
 				return token{kind: tokLineEnd, bareLF: true}, n + 1
+			case q[i-1] != '\r':
+				return token{kind: tokContent, content: q[:i]}, n + i
+			case i > 1:
+				return token{kind: tokContent, content: q[:i-1]}, n + i - 1
+			default: // CRLF
+				d.st = decBOL
+				return token{kind: tokLineEnd}, n + 2
 			}
-			d.st = decCR
-			n++
 		case decDone:
 			return token{}, n
 		}
@@ -130,11 +145,39 @@ func (d *decoder) next(p []byte) (tok token, n int) {
 	return token{}, n
 }
 
+// atLineStart reports whether the decoder is at the start of a line that
+// follows a CRLF (or opens the data), where verbatimLines applies.
+func (d *decoder) atLineStart() bool { return d.st == decBOL }
+
+// verbatimLines returns the length of the longest prefix of p made of whole
+// lines that the decoder and encoder together pass on unchanged: each ends
+// in CRLF and none begins with "." (such a line is unstuffed, and may be
+// the end of data: the token path reads it). Any other byte, a bare CR
+// included, is content that goes upstream as it came. Valid only at the
+// start of a line (atLineStart) with the encoder between lines; the
+// decoder stays at a line start after the prefix. This is the fast path
+// for canonical data, the common case, which SPEC 2.6 relays verbatim.
+func verbatimLines(p []byte) int {
+	n := 0
+	for n < len(p) && p[n] != '.' {
+		i := bytes.IndexByte(p[n:], '\n')
+		if i <= 0 || p[n+i-1] != '\r' {
+			break // an unfinished line, or one ended by a bare LF
+		}
+		n += i + 1
+	}
+	return n
+}
+
 // encoder frames content lines for the upstream; the zero value is at the
 // start of the data.
 type encoder struct {
 	inLine bool // some content of the current line has been written
 }
+
+// betweenLines reports whether no content of the current line has been
+// written.
+func (e *encoder) betweenLines() bool { return !e.inLine }
 
 // content appends a piece of the current content line, stuffing a leading
 // dot.

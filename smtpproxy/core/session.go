@@ -843,6 +843,15 @@ func (s *Session) afterCaptureFlushed() {
 func (s *Session) streamInput(p []byte) int {
 	n := 0
 	for n < len(p) && len(s.upOut) < maxStreamOutput {
+		if s.dec.atLineStart() && s.enc.betweenLines() {
+			room := min(len(p), n+maxStreamOutput-len(s.upOut))
+			if k := verbatimLines(p[n:room]); k > 0 {
+				s.upOut = append(s.upOut, p[n:n+k]...)
+				s.tx.Size += int64(k)
+				n += k
+				continue
+			}
+		}
 		tok, k := s.dec.next(p[n:])
 		n += k
 		switch tok.kind {
@@ -869,6 +878,13 @@ func (s *Session) streamInput(p []byte) int {
 func (s *Session) drainInput(p []byte) int {
 	n := 0
 	for n < len(p) {
+		if s.dec.atLineStart() {
+			if k := verbatimLines(p[n:]); k > 0 {
+				s.tx.Size += int64(k)
+				n += k
+				continue
+			}
+		}
 		tok, k := s.dec.next(p[n:])
 		n += k
 		switch tok.kind {
