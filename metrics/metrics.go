@@ -204,9 +204,7 @@ func (m *Metrics) TransactionEnded(tx *core.Transaction, d time.Duration) {
 	}
 	c.Inc()
 	m.messageBytes.Add(float64(tx.Size))
-	if d > 0 {
-		m.txDuration.Observe(d.Seconds())
-	}
+	m.txDuration.Observe(d.Seconds())
 }
 
 // UpstreamFailed implements smtpproxy.Observer.
