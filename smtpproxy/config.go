@@ -28,16 +28,12 @@ const (
 	// DefaultDrainTimeout bounds graceful shutdown.
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultMaxSessions bounds concurrent sessions; each costs two
-	// connections, three goroutines, two 32 KiB buffers and at most one
-	// header buffer.
+	// connections, three goroutines, two 4 KiB read buffers (one more of
+	// 64 KiB while message data flows) and at most one header buffer.
 	DefaultMaxSessions = 1000
 	// DefaultMaxHeaderBytes bounds the header section buffer per session.
 	DefaultMaxHeaderBytes = core.DefaultMaxHeaderBytes
 )
-
-// ioBufferSize is the size of each connection's read buffer. The session
-// holds one per side and reads nothing more until it has used it up.
-const ioBufferSize = 32 << 10
 
 // rejectWriteTimeout bounds writing the "too many connections" reply: that
 // connection is not a session and must not hold resources for long.

@@ -23,8 +23,9 @@
 //     is the proxy's own: no input makes the upstream see a command or a
 //     message boundary the proxy did not see.
 //   - Memory per session is bounded: the header section buffer
-//     (-max-header-bytes), one command line, one upstream reply (64 KiB)
-//     and two 32 KiB read buffers. A connection is read only when its
+//     (-max-header-bytes), one command line, one upstream reply (64 KiB),
+//     two 4 KiB read buffers and, while message data flows, one 64 KiB
+//     client read buffer from a pool. A connection is read only when its
 //     bytes can be used, so neither a huge message nor a flood of pipelined
 //     commands piles up.
 //

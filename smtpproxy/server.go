@@ -22,6 +22,7 @@ type Server struct {
 	cfg  Config
 	dial func(ctx context.Context) (net.Conn, error)
 	log  *slog.Logger
+	bufs *bufferPools
 
 	idBase string
 	nextID atomic.Uint64
@@ -42,6 +43,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:    cfg,
 		dial:   dial,
 		log:    cfg.Logger,
+		bufs:   newBufferPools(),
 		idBase: strconv.Itoa(os.Getpid()),
 	}, nil
 }

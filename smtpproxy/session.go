@@ -18,24 +18,30 @@ type chunk struct {
 	err error
 }
 
-// reader reads conn into its one buffer and hands each chunk to the
-// session loop; it reads again only when the loop gives the buffer back.
-// That is the backpressure: a side the session is not ready for is simply
-// not read, and the kernel's flow control slows the sender.
+// reader reads conn into a buffer and hands each chunk to the session
+// loop; it reads again only when the loop hands a buffer back (own, or a
+// data buffer while message data flows). That is the backpressure: a side
+// the session is not ready for is simply not read, and the kernel's flow
+// control slows the sender.
 //
 // When the session ends (done), a client reader lingers: it reads and
 // throws away what the client still sends, for a short while, before it
 // closes the connection. Closing a TCP socket with unread input sends a
 // reset, which can destroy the last reply (a 421 or 221) before the
 // client has read it.
-func reader(conn net.Conn, out chan<- chunk, back <-chan struct{}, done <-chan struct{}, linger bool) {
-	buf := make([]byte, ioBufferSize)
+//
+// The loop may still be reading the last chunk when the reader stops, so
+// the reader waits for done, after which the buffers are its alone, before
+// it returns them to their pools.
+func reader(conn net.Conn, own *[]byte, pools *bufferPools, out chan<- chunk, back <-chan *[]byte, done <-chan struct{}, linger bool) {
+	buf := own
 	defer func() {
+		<-done
 		if linger {
-			<-done // the session may still write its last reply
+			// The session may have written its last reply just now.
 			conn.SetReadDeadline(time.Now().Add(closeLinger))
 			for total := 0; total < maxLingerBytes; {
-				n, err := conn.Read(buf)
+				n, err := conn.Read(*own)
 				total += n
 				if err != nil {
 					break
@@ -43,11 +49,15 @@ func reader(conn net.Conn, out chan<- chunk, back <-chan struct{}, done <-chan s
 			}
 			conn.Close()
 		}
+		if buf != own {
+			pools.put(buf)
+		}
+		pools.put(own)
 	}()
 	for {
-		n, err := conn.Read(buf)
+		n, err := conn.Read(*buf)
 		select {
-		case out <- chunk{buf[:n], err}:
+		case out <- chunk{(*buf)[:n], err}:
 		case <-done:
 			return
 		}
@@ -55,7 +65,7 @@ func reader(conn net.Conn, out chan<- chunk, back <-chan struct{}, done <-chan s
 			return
 		}
 		select {
-		case <-back:
+		case buf = <-back:
 		case <-done:
 			return
 		}
@@ -79,9 +89,14 @@ type runner struct {
 
 	done       chan struct{}
 	clientCh   chan chunk
-	clientBack chan struct{}
+	clientBack chan *[]byte
 	upCh       chan chunk
-	upBack     chan struct{}
+	upBack     chan *[]byte
+	// Read buffers: one command buffer per side, and a data buffer for
+	// the client while message data flows (nil otherwise). The runner
+	// hands them to the readers and, until done, takes the data buffer
+	// back to the pool when the message is over.
+	clientBuf, upBuf, dataBuf *[]byte
 
 	pending     []byte // client bytes not yet consumed
 	holding     bool   // the client reader's buffer is with us
@@ -130,9 +145,10 @@ func (s *Server) serveSession(client net.Conn, id string, shutdown, drain <-chan
 		client:      client,
 		done:        make(chan struct{}),
 		clientCh:    make(chan chunk),
-		clientBack:  make(chan struct{}, 1),
+		clientBack:  make(chan *[]byte, 1),
 		upCh:        make(chan chunk),
-		upBack:      make(chan struct{}, 1),
+		upBack:      make(chan *[]byte, 1),
+		clientBuf:   s.bufs.getCommand(),
 		clientTimer: stoppedTimer(),
 		upTimer:     stoppedTimer(),
 	}
@@ -158,7 +174,7 @@ func stoppedTimer() *time.Timer {
 
 func (r *runner) run(shutdown, drain <-chan struct{}) {
 	defer r.closeAll()
-	go reader(r.client, r.clientCh, r.clientBack, r.done, true)
+	go reader(r.client, r.clientBuf, r.srv.bufs, r.clientCh, r.clientBack, r.done, true)
 
 	dialCh := make(chan dialResult)
 	ctx, cancel := context.WithTimeout(context.Background(), r.srv.cfg.ConnectTimeout)
@@ -192,7 +208,8 @@ func (r *runner) run(shutdown, drain <-chan struct{}) {
 				res.conn.Close()
 			default:
 				r.up = res.conn
-				go reader(r.up, r.upCh, r.upBack, r.done, false)
+				r.upBuf = r.srv.bufs.getCommand()
+				go reader(r.up, r.upBuf, r.srv.bufs, r.upCh, r.upBack, r.done, false)
 				r.s.UpstreamConnected()
 			}
 		case c := <-r.clientCh:
@@ -214,7 +231,7 @@ func (r *runner) run(shutdown, drain <-chan struct{}) {
 				}
 				r.s.UpstreamClosed(ioPhrase(c.err))
 			} else {
-				r.upBack <- struct{}{}
+				r.upBack <- r.upBuf
 			}
 		case <-r.clientTimer.C:
 			r.s.TimerExpired(r.applied.Client)
@@ -248,7 +265,7 @@ func (r *runner) feedClient() {
 	}
 	if r.clientErr == nil {
 		r.holding = false
-		r.clientBack <- struct{}{}
+		r.clientBack <- r.nextClientBuffer()
 		return
 	}
 	if r.s.WantsClientInput() || r.s.Done() || r.clientGone {
@@ -259,6 +276,23 @@ func (r *runner) feedClient() {
 			r.flush()
 		}
 	}
+}
+
+// nextClientBuffer is the buffer for the next client read: the data
+// buffer while message data flows, else the command buffer (the data
+// buffer, no longer read into, goes back to the pool).
+func (r *runner) nextClientBuffer() *[]byte {
+	if r.s.Timers().Client == core.TimerClientData {
+		if r.dataBuf == nil {
+			r.dataBuf = r.srv.bufs.getData()
+		}
+		return r.dataBuf
+	}
+	if r.dataBuf != nil {
+		r.srv.bufs.putData(r.dataBuf)
+		r.dataBuf = nil
+	}
+	return r.clientBuf
 }
 
 // flush writes what the core produced, in order, and closes what it
