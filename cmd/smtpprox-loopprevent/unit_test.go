@@ -23,8 +23,8 @@ const (
 )
 
 // readAssignments reads KEY=VALUE lines (systemd unit or environment
-// file), skipping comments and section headers; repeated keys keep every
-// value in order.
+// file), skipping comments and section headers and removing the double
+// quotes around a value; repeated keys keep every value in order.
 func readAssignments(t *testing.T, path string) map[string][]string {
 	t.Helper()
 	f, err := os.Open(path)
@@ -42,6 +42,9 @@ func readAssignments(t *testing.T, path string) map[string][]string {
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
 			t.Fatalf("%s: line %q is not KEY=VALUE", path, line)
+		}
+		if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+			v = v[1 : len(v)-1] // systemd strips the quotes
 		}
 		kv[k] = append(kv[k], v)
 	}
