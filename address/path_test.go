@@ -124,6 +124,10 @@ func TestParsePathErrors(t *testing.T) {
 		{"a@b<x@y>", "unexpected '@' before '<'"},
 		{"<x)@y>", "unexpected ')' in the local part"},
 		{"Name<@a(c:d):x@y>", "':' inside the source route"},
+		// Found by FuzzPath: the route "@<" cannot be written back
+		// inside <...>.
+		{"@<:0>", "angle bracket in the source route"},
+		{"<@a>:x@y>", "angle bracket in the source route"},
 	}
 	for _, tc := range tests {
 		_, err := ParsePath(tc.arg)
