@@ -281,7 +281,11 @@ func bareLFToCRLFCount(msg []byte, at int) (out []byte, added int) {
 func FuzzHeaderTextproto(f *testing.F) {
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		src := bytes.NewReader(msg)
-		br := bufio.NewReader(src)
+		// A buffer that holds the whole input: with a smaller one,
+		// textproto drops an unterminated last line at least as long as
+		// the buffer (bufio reports it in pieces, then io.EOF) yet reads
+		// a shorter one, so its reading would depend on the line's length.
+		br := bufio.NewReaderSize(src, len(msg)+16)
 		h, err := textproto.NewReader(br).ReadMIMEHeader()
 		if err != nil && !errors.Is(err, io.EOF) {
 			return
