@@ -109,7 +109,8 @@ func scenarios() []scenario {
 type measurement struct {
 	rate     float64 // messages per second
 	p50, p99 time.Duration
-	allocs   float64 // heap allocations per message, whole process
+	allocs   float64       // heap allocations per message, whole process
+	cpu      time.Duration // CPU time per message, whole process
 }
 
 // BenchmarkPaths sends the loads of issue 6 along the three paths in the
@@ -127,6 +128,7 @@ func BenchmarkPaths(b *testing.B) {
 					b.ReportMetric(m.rate, "msgs/s")
 					b.ReportMetric(float64(m.p50.Microseconds()), "p50-us")
 					b.ReportMetric(float64(m.p99.Microseconds()), "p99-us")
+					b.ReportMetric(float64(m.cpu.Nanoseconds())/1e3, "cpu-us/msg")
 					if path == pathDirect {
 						return
 					}
@@ -134,6 +136,7 @@ func BenchmarkPaths(b *testing.B) {
 						b.ReportMetric(float64((m.p50 - d.p50).Microseconds()), "added-p50-us")
 						b.ReportMetric(float64((m.p99 - d.p99).Microseconds()), "added-p99-us")
 						b.ReportMetric(m.allocs-d.allocs, "added-allocs/msg")
+						b.ReportMetric(float64((m.cpu-d.cpu).Nanoseconds())/1e3, "added-cpu-us/msg")
 					}
 					if r, ok := got[pathRelay]; ok && path == pathProxy {
 						b.ReportMetric(m.rate/r.rate, "ratio-to-relay")
@@ -154,7 +157,9 @@ func measure(b *testing.B, e *env, path string, msg []byte, sc scenario) measure
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	res, err := l.Run(context.Background(), b.N)
+	cpu := cpuTime() - cpu0
 	b.StopTimer()
 	runtime.ReadMemStats(&ms1)
 	if err != nil {
@@ -168,6 +173,60 @@ func measure(b *testing.B, e *env, path string, msg []byte, sc scenario) measure
 		p50:    res.Percentile(50),
 		p99:    res.Percentile(99),
 		allocs: float64(ms1.Mallocs-ms0.Mallocs) / float64(b.N),
+		cpu:    cpu / time.Duration(b.N),
+	}
+}
+
+// BenchmarkInterleaved sends each scenario's load along the three paths
+// in turns of a few hundred milliseconds (direct, relay, proxy, then the
+// reverse order), so that all three share the same background load, and
+// reports each path's messages/s and CPU per message and the ratios
+// proxy/relay, proxy/direct and relay/direct. b.N is the number of
+// messages per path. On a shared machine these ratios are steadier than
+// those of BenchmarkPaths, whose paths run a second or more apart.
+func BenchmarkInterleaved(b *testing.B) {
+	e := startEnv(b, smtpproxy.Config{})
+	for _, sc := range scenarios() {
+		b.Run(sc.name, func(b *testing.B) {
+			msg := smtpload.Message(sc.size, "")
+			b.SetBytes(int64(len(msg)))
+			// A turn gives each worker several messages, so the wait for
+			// the slowest worker at its end weighs little.
+			turn := max(16, 8*sc.conc)
+			var elapsed, cpu [3]time.Duration
+			paths := pathNames()
+			b.ResetTimer()
+			for done, round := 0, 0; done < b.N; round++ {
+				n := min(turn, b.N-done)
+				for k := range paths {
+					i := k
+					if round%2 == 1 {
+						i = len(paths) - 1 - k
+					}
+					l := &smtpload.Load{Addr: e.addr(paths[i]), Message: msg, Concurrency: sc.conc, PerConn: sc.perConn}
+					start, cpu0 := time.Now(), cpuTime()
+					res, err := l.Run(context.Background(), n)
+					elapsed[i] += time.Since(start)
+					cpu[i] += cpuTime() - cpu0
+					if err != nil {
+						b.Fatalf("%s: %v", paths[i], err)
+					}
+					if res.Accepted != n {
+						b.Fatalf("%s: %d of %d messages accepted (last reply %q)", paths[i], res.Accepted, n, res.LastReply)
+					}
+				}
+				done += n
+			}
+			b.StopTimer()
+			rate := func(i int) float64 { return float64(b.N) / elapsed[i].Seconds() }
+			for i, path := range paths {
+				b.ReportMetric(rate(i), path+"-msgs/s")
+				b.ReportMetric(float64(cpu[i].Nanoseconds())/1e3/float64(b.N), path+"-cpu-us/msg")
+			}
+			b.ReportMetric(rate(2)/rate(1), "proxy/relay")
+			b.ReportMetric(rate(2)/rate(0), "proxy/direct")
+			b.ReportMetric(rate(1)/rate(0), "relay/direct")
+		})
 	}
 }
 
