@@ -31,6 +31,7 @@ func (r Reply) FirstLine() string {
 type replyReader struct {
 	buf  []byte // lines of the reply being read, CRLF-terminated
 	line []byte // the current, incomplete line
+	rep  Reply  // the reply last completed; its Raw is buf until the next call
 }
 
 // replyError says what was wrong with an upstream reply; its text is a
@@ -77,9 +78,11 @@ func (r *replyReader) feed(p []byte) (n int, reply *Reply, err error) {
 		r.line = r.line[:0]
 		if last {
 			code := int(line[0]-'0')*100 + int(line[1]-'0')*10 + int(line[2]-'0')
-			rep := &Reply{Raw: r.buf, Code: code}
-			r.buf = r.buf[:0:0] // the reply owns the bytes now
-			return n, rep, nil
+			// The reply lends buf until the next call, which starts a new
+			// reply in the same array: no allocation per reply.
+			r.rep = Reply{Raw: r.buf, Code: code}
+			r.buf = r.buf[:0]
+			return n, &r.rep, nil
 		}
 	}
 	return n, nil, nil
@@ -92,9 +95,6 @@ func (r *replyReader) appendLine(p []byte) error {
 	r.line = append(r.line, p...)
 	return nil
 }
-
-// pending reports whether part of a reply has been received.
-func (r *replyReader) pending() bool { return len(r.buf) > 0 || len(r.line) > 0 }
 
 // checkReplyLine checks one reply line (without line end): three digits,
 // the first 2-5, then end of line, SP or '-'. It reports whether the line
