@@ -422,6 +422,13 @@ func (r *runner) logEvents(events []core.Event) {
 
 // logTx writes the one line per transaction of SPEC section 6.
 func (r *runner) logTx(tx *core.Transaction) {
+	level := slog.LevelInfo
+	if tx.Outcome == core.OutcomeUpstreamFailed || tx.Outcome == core.OutcomeCheckFailed {
+		level = slog.LevelWarn
+	}
+	if !r.log.Enabled(context.Background(), level) {
+		return // parsing the addresses for a line nobody reads is waste
+	}
 	rcpts := make([]string, len(tx.Recipients))
 	for i, a := range tx.Recipients {
 		rcpts[i] = mailbox(a)
@@ -443,10 +450,6 @@ func (r *runner) logTx(tx *core.Transaction) {
 	}
 	if !r.dataStart.IsZero() {
 		attrs = append(attrs, "duration", time.Since(r.dataStart).Round(time.Millisecond))
-	}
-	level := slog.LevelInfo
-	if tx.Outcome == core.OutcomeUpstreamFailed || tx.Outcome == core.OutcomeCheckFailed {
-		level = slog.LevelWarn
 	}
 	r.log.Log(context.Background(), level, "transaction", attrs...)
 }

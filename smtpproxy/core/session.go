@@ -233,10 +233,11 @@ func take(buf *[]byte) []byte {
 	return b
 }
 
-// TakeEvents returns what happened since the last call, for logs.
+// TakeEvents returns what happened since the last call, for logs, valid
+// until the next input (the array is reused).
 func (s *Session) TakeEvents() []Event {
 	ev := s.events
-	s.events = nil
+	s.events = s.events[:0]
 	return ev
 }
 
