@@ -68,7 +68,7 @@ func (s *strictServer) receive(p []byte) (act *upAct, closedNow bool) {
 			if ended {
 				s.inData = false
 				if len(p) > 0 {
-					s.fail("the proxy wrote %q after an end of data, before its reply", p)
+					s.fail("the proxy wrote %s after an end of data, before its reply", clip(p))
 				}
 				if s.limit > 0 && len(u.raw) >= s.limit {
 					s.closed = true
@@ -93,24 +93,24 @@ func (s *strictServer) receive(p []byte) (act *upAct, closedNow bool) {
 		s.buf = nil
 		p = p[i+1:]
 		if !bytes.HasSuffix(line, []byte("\r\n")) {
-			s.fail("the upstream read a command line ended by a bare LF: %q", line)
+			s.fail("the upstream read a command line ended by a bare LF: %s", clip(line))
 		}
 		line = line[:len(line)-2]
 		if bytes.ContainsAny(line, "\r\n\x00") {
-			s.fail("the upstream read a command line holding CR, LF or NUL: %q", line)
+			s.fail("the upstream read a command line holding CR, LF or NUL: %s", clip(line))
 		}
 		k := len(s.units)
 		w := s.want(k, uCommand, string(line))
 		if w.what == uMessage || w.what == uGreeting {
-			s.fail("the upstream read the command %q where the model expects a %v", line, w.what)
+			s.fail("the upstream read the command %s where the model expects a %v", clip(line), w.what)
 		}
 		if w.line != string(line) {
-			s.fail("the upstream read %q (unit %d), the model expects %q (%v)", line, k, w.line, w.what)
+			s.fail("the upstream read %s (unit %d), the model expects %s (%v)", clip(line), k, clip(w.line), w.what)
 		}
 		s.units = append(s.units, &gotUnit{what: w.what, line: string(line)})
 		a := w.act
 		if len(p) > 0 && w.what != uQUIT {
-			s.fail("the proxy wrote %q after %q, before its reply", p, line)
+			s.fail("the proxy wrote %s after %s, before its reply", clip(p), clip(line))
 		}
 		s.track(string(line), a)
 		if a.kind == actReply && opensData(w.what) && endsIn354(a.reply) {
@@ -127,7 +127,7 @@ func (s *strictServer) receive(p []byte) (act *upAct, closedNow bool) {
 func (s *strictServer) want(k int, what unitKind, line string) *wantUnit {
 	s.t.Helper()
 	if k >= len(s.m.units) {
-		s.fail("the upstream read a %v %q (unit %d) the model does not expect (it expects %d units)", what, line, k, len(s.m.units))
+		s.fail("the upstream read a %v %s (unit %d) the model does not expect (it expects %d units)", what, clip(line), k, len(s.m.units))
 	}
 	return s.m.units[k]
 }
@@ -148,7 +148,7 @@ func (s *strictServer) readData(u *gotUnit, p []byte) (int, bool) {
 		line := s.buf
 		s.buf = nil
 		if len(line) < 2 || line[len(line)-2] != '\r' {
-			s.fail("the upstream read a data line ended by a bare LF: %q", line)
+			s.fail("the upstream read a data line ended by a bare LF: %s", clip(line))
 		}
 		content := string(line[:len(line)-2])
 		if content == "." {
@@ -233,6 +233,15 @@ func (d *driver) note(format string, args ...any) {
 	}
 }
 
+// clip quotes b for a failure message, at most about 1 KiB of it.
+func clip[T ~string | ~[]byte](b T) string {
+	const keep = 512
+	if len(b) <= 2*keep {
+		return fmt.Sprintf("%q", b)
+	}
+	return fmt.Sprintf("%q...(%d bytes)...%q", b[:keep], len(b), b[len(b)-keep:])
+}
+
 func newDriver(t tb, m *refModel, cut func(int) int) *driver {
 	d := &driver{t: t, m: m, cut: cut, limits: m.cfg}
 	d.srv = &strictServer{t: t, fail: d.fail, m: m, units: []*gotUnit{{what: uGreeting}}}
@@ -278,12 +287,12 @@ func (d *driver) settle() {
 	d.t.Helper()
 	for range 1 << 16 {
 		if c := d.s.TakeClientOutput(); len(c) > 0 {
-			d.note("P %q", c)
+			d.note("P %s", clip(c))
 			d.client = append(d.client, c...)
 		}
 		out := d.s.TakeUpstreamOutput()
 		if len(out) > 0 {
-			d.note("U %q", out)
+			d.note("U %s", clip(out))
 		}
 		for _, e := range d.s.TakeEvents() {
 			if e.Kind == EventTxEnd {
@@ -293,7 +302,7 @@ func (d *driver) settle() {
 		d.checkBounds(len(out))
 		if len(out) > 0 {
 			if d.upShut {
-				d.fail("%d bytes written upstream after the connection was closed: %q", len(out), out)
+				d.fail("%d bytes written upstream after the connection was closed: %s", len(out), clip(out))
 			}
 			act, closed := d.srv.receive(out)
 			if act != nil {
@@ -348,7 +357,7 @@ func (d *driver) feed(p []byte) {
 		}
 		k := max(1, min(d.cut(len(d.pending)), len(d.pending)))
 		n := d.s.ClientData(d.pending[:k])
-		d.note("C %q", d.pending[:n])
+		d.note("C %s", clip(d.pending[:n]))
 		d.pending = d.pending[n:]
 		d.settle()
 	}
@@ -402,12 +411,12 @@ func (d *driver) verify(final bool) {
 	got := readClientReplies(d.t, d.client)
 	d.checks++
 	if len(got) != len(m.replies) {
-		d.fail("the client got %d replies, the model expects %d:\ngot  %q\nwant %v", len(got), len(m.replies), got, m.replies)
+		d.fail("the client got %d replies, the model expects %d:\ngot  %s\nwant %s", len(got), len(m.replies), clip(fmt.Sprintf("%q", got)), clip(fmt.Sprint(m.replies)))
 	}
 	for i, r := range got {
 		d.checks++
 		if !m.replies[i].matches(r) {
-			d.fail("reply %d: got %q, want %v\nall: %q", i, r, m.replies[i], got)
+			d.fail("reply %d: got %s, want %s", i, clip(r), clip(m.replies[i].String()))
 		}
 	}
 
@@ -430,10 +439,10 @@ func (d *driver) verify(final bool) {
 		switch {
 		case w.inexact || w.limit > 0:
 			if !bytes.HasPrefix(want, g.raw) {
-				d.fail("message %d: the upstream read %q, not a prefix of %q", i, g.raw, want)
+				d.fail("message %d: the upstream read %s, not a prefix of %s", i, clip(g.raw), clip(want))
 			}
 		case !bytes.Equal(g.raw, want) || g.ended != w.ended || !slices.Equal(g.lines, wireLines(w.wire)):
-			d.fail("message %d: the upstream read %q (lines %q, ended %v), the model expects %q (lines %q, ended %v)", i, g.raw, g.lines, g.ended, want, wireLines(w.wire), w.ended)
+			d.fail("message %d: the upstream read %s (ended %v), the model expects %s (ended %v)", i, clip(g.raw), g.ended, clip(want), w.ended)
 		}
 	}
 
@@ -452,7 +461,7 @@ func (d *driver) verify(final bool) {
 	if !slices.EqualFunc(d.calls, m.checks, func(a, b checkCall) bool {
 		return a.Section == b.Section && slices.Equal(a.Rcpts, b.Rcpts)
 	}) {
-		d.fail("loop checks %q, the model's %q", d.calls, m.checks)
+		d.fail("loop checks %s, the model's %s", clip(fmt.Sprintf("%q", d.calls)), clip(fmt.Sprintf("%q", m.checks)))
 	}
 	d.checks++
 	if final && !slices.EqualFunc(d.txEnds, m.txRcpts, slices.Equal) {
@@ -492,7 +501,7 @@ func (d *driver) verifyInvariants(replies [][]byte) {
 		d.checks++
 		msg := strings.Join(u.lines, "\r\n") + "\r\n"
 		if v := loopcheck.Check(u.rcpts, []byte(msg)); v.Loop {
-			d.fail("the upstream read a loop for %s: %q", v.Recipient, u.raw)
+			d.fail("the upstream read a loop for %s: %s", v.Recipient, clip(u.raw))
 		}
 	}
 }
@@ -507,13 +516,13 @@ func readClientReplies(t tb, b []byte) [][]byte {
 	for off := 0; off < len(b); {
 		i := bytes.Index(b[off:], []byte("\r\n"))
 		if i < 0 {
-			t.Fatalf("the client got an unfinished line %q after %q", b[off:], b[:off])
+			t.Fatalf("the client got an unfinished line %s after %s", clip(b[off:]), clip(b[:off]))
 		}
 		line := b[off : off+i]
 		off += i + 2
 		if len(line) < 3 || !isDigit(line[0]) || !isDigit(line[1]) || !isDigit(line[2]) ||
 			len(line) > 3 && line[3] != ' ' && line[3] != '-' || bytes.IndexByte(line, '\n') >= 0 {
-			t.Fatalf("the client got a malformed reply line %q in %q", line, b)
+			t.Fatalf("the client got a malformed reply line %s in %s", clip(line), clip(b))
 		}
 		if len(line) == 3 || line[3] == ' ' {
 			out = append(out, b[start:off])
@@ -521,7 +530,7 @@ func readClientReplies(t tb, b []byte) [][]byte {
 		}
 	}
 	if start != len(b) {
-		t.Fatalf("the client got an unfinished reply %q", b[start:])
+		t.Fatalf("the client got an unfinished reply %s", clip(b[start:]))
 	}
 	return out
 }
@@ -529,9 +538,9 @@ func readClientReplies(t tb, b []byte) [][]byte {
 func gotUnits(us []*gotUnit) string {
 	var b strings.Builder
 	for i, u := range us {
-		fmt.Fprintf(&b, "\n  %d %v %q", i, u.what, u.line)
+		fmt.Fprintf(&b, "\n  %d %v %s", i, u.what, clip(u.line))
 		if u.what == uMessage {
-			fmt.Fprintf(&b, " %q", u.raw)
+			fmt.Fprintf(&b, " %s", clip(u.raw))
 		}
 	}
 	return b.String()
@@ -540,9 +549,9 @@ func gotUnits(us []*gotUnit) string {
 func wantUnits(us []*wantUnit) string {
 	var b strings.Builder
 	for i, u := range us {
-		fmt.Fprintf(&b, "\n  %d %v %q", i, u.what, u.line)
+		fmt.Fprintf(&b, "\n  %d %v %s", i, u.what, clip(u.line))
 		if u.what == uMessage {
-			fmt.Fprintf(&b, " %q", u.wire)
+			fmt.Fprintf(&b, " %s", clip(u.wire))
 		}
 		fmt.Fprintf(&b, " -> %v", u.act)
 	}

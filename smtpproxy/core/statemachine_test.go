@@ -30,35 +30,47 @@ func (s rapidSource) act(k int, what unitKind, line string) upAct {
 
 // Generated client behaviour.
 
-var (
-	smRecipients = []string{
+// smRecipients are RCPT TO: arguments: plain, postmaster, an address
+// literal, a quoted local part with a parameter, a source route, no
+// brackets, and one no Delivered-To value below names.
+func smRecipients() []string {
+	return []string{
 		"<a@loop.test>", "<b@loop.test>", "<Postmaster>", "<c@[192.0.2.1]>",
 		"<\"d e\"@loop.test> NOTIFY=NEVER", "<@relay.test:f@loop.test>", "g@nobrackets.test",
 		"<x@elsewhere.test>",
 	}
-	// smDeliveredTo spells the recipients' mailboxes as Delivered-To
-	// values, and some that match none of them.
-	smDeliveredTo = []string{
+}
+
+// smDeliveredTo spells the recipients' mailboxes as Delivered-To values
+// in other ways (case, brackets, quotes, display names, comments, a
+// trailing dot, lists), and some values that match none of them.
+func smDeliveredTo() []string {
+	return []string{
 		"a@loop.test", "A@LOOP.TEST", "<a@loop.test>", "\"a\"@loop.test", "Name <a@loop.test> (comment)",
 		"a@loop.test.", "x@y.test, b@loop.test", "b@loop.test (fwd)", "postmaster", "c@[192.0.2.1]",
 		"\"d e\"@loop.test", "f@LOOP.test", "g@nobrackets.test",
 		"a+ext@loop.test", "z@loop.test", "a@loop.test.example", "", "<>",
 	}
-	smCommands = []string{
+}
+
+// smCommands are command lines other than RCPT: valid, lower case,
+// answered by the proxy, unknown, a SASL answer, a Unicode look-alike.
+func smCommands() []string {
+	return []string{
 		"EHLO client.test", "HELO client.test", "ehlo client.test",
 		"MAIL FROM:<s@remote.test>", "MAIL FROM:<> SIZE=100", "mail from:<s@remote.test> BODY=8BITMIME",
 		"RSET", "NOOP", "noop x", "VRFY a", "HELP", "XFORWARD NAME=x.test ADDR=192.0.2.1",
 		"XCLIENT ADDR=192.0.2.2", "XYZZY", "STARTTLS", "starttls", "BDAT 10 LAST", "AUTH PLAIN",
 		"DATA x", "DATA", "DATA \t", "", "dGVzdA==", "*", "quıt",
 	}
-)
+}
 
 // smCommand draws one command line without its line end.
 func smCommand(t *rapid.T) string {
 	switch rapid.IntRange(0, 19).Draw(t, "command-kind") {
 	case 0, 1, 2, 3, 4:
 		verb := rapid.SampledFrom([]string{"RCPT TO:", "rcpt to:", "RCPT TO: ", "RCPT "}).Draw(t, "rcpt-verb")
-		return verb + rapid.SampledFrom(smRecipients).Draw(t, "rcpt")
+		return verb + rapid.SampledFrom(smRecipients()).Draw(t, "rcpt")
 	case 5:
 		return "NOOP " + strings.Repeat("n", rapid.SampledFrom([]int{MaxCommandLine - 5, MaxCommandLine - 4, MaxCommandLine + 10, 3 * MaxCommandLine}).Draw(t, "long"))
 	case 6:
@@ -68,7 +80,7 @@ func smCommand(t *rapid.T) string {
 			return "QUIT"
 		}
 	}
-	return rapid.SampledFrom(smCommands).Draw(t, "command")
+	return rapid.SampledFrom(smCommands()).Draw(t, "command")
 }
 
 func smEOL(t *rapid.T) string {
@@ -96,9 +108,9 @@ func smMessage(t *rapid.T) string {
 	for range rapid.IntRange(0, 6).Draw(t, "fields") {
 		switch rapid.IntRange(0, 11).Draw(t, "field") {
 		case 0, 1, 2:
-			line("Delivered-To: " + rapid.SampledFrom(smDeliveredTo).Draw(t, "delivered-to"))
+			line("Delivered-To: " + rapid.SampledFrom(smDeliveredTo()).Draw(t, "delivered-to"))
 		case 3:
-			line(rapid.SampledFrom([]string{"Delivered-To : ", "DELIVERED-TO:", "delivered-to:\t"}).Draw(t, "dt-name") + rapid.SampledFrom(smDeliveredTo).Draw(t, "delivered-to"))
+			line(rapid.SampledFrom([]string{"Delivered-To : ", "DELIVERED-TO:", "delivered-to:\t"}).Draw(t, "dt-name") + rapid.SampledFrom(smDeliveredTo()).Draw(t, "delivered-to"))
 		case 4:
 			line("Delivered-To: \"Some Name\"")
 			line("\t<" + rapid.SampledFrom([]string{"a@loop.test", "b@loop.test", "q@loop.test"}).Draw(t, "folded") + ">")
@@ -215,7 +227,7 @@ func TestSessionStateMachine(t *testing.T) {
 				// MAIL, RCPTs and DATA, pipelined or not, and a message.
 				cmds := "MAIL FROM:<s@remote.test>\r\n"
 				for range rapid.IntRange(1, 3).Draw(t, "rcpts") {
-					cmds += "RCPT TO:" + rapid.SampledFrom(smRecipients).Draw(t, "rcpt") + "\r\n"
+					cmds += "RCPT TO:" + rapid.SampledFrom(smRecipients()).Draw(t, "rcpt") + "\r\n"
 				}
 				if rapid.Bool().Draw(t, "pipelined") {
 					send(cmds + "DATA\r\n" + smMessage(t))
