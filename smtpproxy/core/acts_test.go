@@ -69,6 +69,9 @@ func makeAct(op upOp, p int, k int, what unitKind, line string) upAct {
 		if what == uCommand {
 			return upAct{reply: []byte("334 VXNlcm5hbWU6\r\n")}
 		}
+		// Elsewhere a 2xx nothing asked for (to the proxy's DATA it is
+		// a protocol error; to an end of data, an acceptance).
+		return upAct{reply: []byte("250 2.0.0 unexpected\r\n")}
 	case opMalformed:
 		return upAct{reply: []byte([]string{"hello\r\n", "2x0 what\r\n", "250x\r\n", "25\r\n", "650 six\r\n", "\r\n", "250-go on\r\nno\r\n"}[p%7])}
 	case opBareLF:

@@ -296,7 +296,7 @@ func (d *driver) settle() {
 		}
 		for _, e := range d.s.TakeEvents() {
 			if e.Kind == EventTxEnd {
-				d.txEnds = append(d.txEnds, e.Tx.Recipients)
+				d.txEnds = append(d.txEnds, slices.Clone(e.Tx.Recipients)) // events are lent until the next input
 			}
 		}
 		d.checkBounds(len(out))
