@@ -78,12 +78,6 @@ func ParsePath(arg string) (Path, error) {
 		if i := strings.IndexByte(t, ':'); i >= 0 {
 			p.Route = strings.TrimRight(t[:i], " \t\r\n")
 			text = t[i+1:]
-			// A route is "@domain,@domain"; an angle bracket in it
-			// ("@<:x>") is no route, and written back as <Route:...> it
-			// would open or close the path in the wrong place.
-			if strings.ContainsAny(p.Route, "<>") {
-				return fail("angle bracket in the source route")
-			}
 		}
 	}
 
@@ -131,6 +125,12 @@ func ParsePath(arg string) (Path, error) {
 		return fail(msg)
 	}
 	p.Route = joinRoute(p.Route, route)
+	// A route is "@domain,@domain"; an angle bracket in it, bare ("@<:x")
+	// or in a comment ("<@(>):x>"), is no route, and written back as
+	// <Route:...> it would open or close the path in the wrong place.
+	if strings.ContainsAny(p.Route, "<>") {
+		return fail("angle bracket in the source route")
+	}
 	if len(el) == 0 {
 		p.Null = true
 		return p, nil

@@ -128,6 +128,8 @@ func TestParsePathErrors(t *testing.T) {
 		// inside <...>.
 		{"@<:0>", "angle bracket in the source route"},
 		{"<@a>:x@y>", "angle bracket in the source route"},
+		{"0<@(>):0>", "angle bracket in the source route"},
+		{"<@a,@(b>):x@y>", "angle bracket in the source route"},
 	}
 	for _, tc := range tests {
 		_, err := ParsePath(tc.arg)
