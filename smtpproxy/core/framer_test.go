@@ -304,3 +304,21 @@ func TestPropertyStuffUnstuffIdentity(t *testing.T) {
 		}
 	})
 }
+
+// TestPropertyReferenceReadersAgree: the two readings of message data
+// written for the tests, modelDecode here and readData in the reference
+// model, were written apart; on any data they agree on the content
+// lines, the unfinished line, the end and what follows it.
+func TestPropertyReferenceReadersAgree(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		in := messageBytes().Draw(t, "data")
+		a, b := modelDecode(in), readData(in)
+		lines := make([]string, len(b.lines))
+		for i, l := range b.lines {
+			lines[i] = l.content
+		}
+		if strings.Join(a.Lines, "\x00|") != strings.Join(lines, "\x00|") || a.Partial != b.partial || a.End != b.end || a.Rest != b.rest {
+			t.Fatalf("for %q: modelDecode %+v, readData %+v", in, a, b)
+		}
+	})
+}
