@@ -224,24 +224,32 @@ func unwrapAngle(lx *lexer, toks []token) (mbox []token, route, msg string) {
 }
 
 // cutRoute splits a source route (@a,@b:) off the front of toks and returns
-// it as written.
+// it as written. Routes written one after another (@a:@b:) are all cut, as
+// a path written back as <Route:Mailbox> would cut them: what follows a
+// route and starts with '@' again is more route, never a local part.
 func cutRoute(lx *lexer, toks []token) (rest []token, route, msg string) {
-	if len(toks) == 0 || !isSpecial(toks[0], '@') {
-		return toks, "", ""
-	}
-	for i, t := range toks {
-		if isSpecial(t, ':') {
-			route = string(lx.in[toks[0].start:t.start])
-			route = strings.TrimRight(route, " \t\r\n")
-			if strings.IndexByte(route, ':') >= 0 {
-				// A ':' in a comment or quoted string: written back as
-				// <route:mailbox>, the route would end there.
-				return nil, "", "':' inside the source route"
+	for len(toks) > 0 && isSpecial(toks[0], '@') {
+		colon := -1
+		for i, t := range toks {
+			if isSpecial(t, ':') {
+				colon = i
+				break
 			}
-			return toks[i+1:], route, ""
 		}
+		if colon < 0 {
+			break
+		}
+		r := string(lx.in[toks[0].start:toks[colon].start])
+		r = strings.TrimRight(r, " \t\r\n")
+		if strings.IndexByte(r, ':') >= 0 {
+			// A ':' in a comment or quoted string: written back as
+			// <route:mailbox>, the route would end there.
+			return nil, "", "':' inside the source route"
+		}
+		route = joinRoute(route, r)
+		toks = toks[colon+1:]
 	}
-	return toks, "", ""
+	return toks, route, ""
 }
 
 // mailbox reads one address from its tokens: a local part, and a domain

@@ -47,6 +47,7 @@ func TestParsePath(t *testing.T) {
 		{"< @a , @b : x@y >", with(addr("x", "y"), "@a , @b", "")},
 		{"<@a:@b:x@y>", with(addr("x", "y"), "@a:@b", "")},
 		{",@a:x@y", with(addr("x", "y"), "@a", "")},
+		{",@a:@b:x@y", with(addr("x", "y"), "@a:@b", "")}, // as <@a:@b:x@y> reads
 		{"Name<@a:x@y>", with(addr("x", "y"), "@a", "")},
 		{"<<x@y>>", addr("x", "y")},
 		{"Name <x@y>", with(addr("Name", ""), "", "<x@y>")}, // split as Postfix splits: a parameter
@@ -129,6 +130,9 @@ func TestParsePathErrors(t *testing.T) {
 		{"@<:0>", "angle bracket in the source route"},
 		{"<@a>:x@y>", "angle bracket in the source route"},
 		{"0<@(>):0>", "angle bracket in the source route"},
+		// Found by FuzzPath: "@0:" after a route is more route, so
+		// nothing is left for the local part.
+		{",@:@0:@0", "empty local part"},
 		{"<@a,@(b>):x@y>", "angle bracket in the source route"},
 	}
 	for _, tc := range tests {
