@@ -2,6 +2,7 @@ package address
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -133,6 +134,10 @@ func TestParsePathErrors(t *testing.T) {
 		// Found by FuzzPath: "@0:" after a route is more route, so
 		// nothing is left for the local part.
 		{",@:@0:@0", "empty local part"},
+		{",@a(b:c):x@y", "':' inside the source route"},
+		{"<x@y (>)", "missing closing '>'"}, // the '>' is in a comment
+		{"[192.0.2.1]<x@y>", "unexpected address literal before '<'"},
+		{"<x@y>" + strings.Repeat("w", 50), `unexpected word "` + strings.Repeat("w", 40) + `"... after '>'`},
 		{"<@a,@(b>):x@y>", "angle bracket in the source route"},
 	}
 	for _, tc := range tests {
