@@ -11,105 +11,59 @@ import (
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
 
-// chunk is one read from a connection: the bytes (in the reader's own
-// buffer) and the error that ended the read, if any.
-type chunk struct {
-	b   []byte
-	err error
-}
-
-// reader reads conn into a buffer and hands each chunk to the session
-// loop; it reads again only when the loop hands a buffer back (own, or a
-// data buffer while message data flows). That is the backpressure: a side
-// the session is not ready for is simply not read, and the kernel's flow
+// The session runtime. The goroutine that reads a connection drives the
+// core itself: it takes the session lock, hands the core what it read,
+// writes what the core produced and arms the clocks, then reads again. A
+// third goroutine (the session's own) waits for the clocks, shutdown and
+// the end of the session. So a command, a reply or a piece of message data
+// costs one wake-up of the goroutine that reads it, as in a blind relay,
+// rather than a hand-over between goroutines for every read: the CPU
+// profiles showed the scheduler's hand-overs costing a blind relay's worth
+// of time per message.
+//
+// Backpressure stays as it was: the client is read only when the core can
+// use the bytes. The client goroutine holds what it read (one buffer) and
+// waits, without the lock, until the core takes input again; a side the
+// session is not ready for is simply not read, and the kernel's flow
 // control slows the sender.
-//
-// When the session ends (done), a client reader lingers: it reads and
-// throws away what the client still sends, for a short while, before it
-// closes the connection. Closing a TCP socket with unread input sends a
-// reset, which can destroy the last reply (a 421 or 221) before the
-// client has read it.
-//
-// The loop may still be reading the last chunk when the reader stops, so
-// the reader waits for done, after which the buffers are its alone, before
-// it returns them to their pools.
-func reader(conn net.Conn, own *[]byte, pools *bufferPools, out chan<- chunk, back <-chan *[]byte, done <-chan struct{}, linger bool) {
-	buf := own
-	defer func() {
-		<-done
-		if linger {
-			// The session may have written its last reply just now.
-			conn.SetReadDeadline(time.Now().Add(closeLinger))
-			for total := 0; total < maxLingerBytes; {
-				n, err := conn.Read(*own)
-				total += n
-				if err != nil {
-					break
-				}
-			}
-			conn.Close()
-		}
-		if buf != own {
-			pools.put(buf)
-		}
-		pools.put(own)
-	}()
-	for {
-		n, err := conn.Read(*buf)
-		select {
-		case out <- chunk{(*buf)[:n], err}:
-		case <-done:
-			return
-		}
-		if err != nil {
-			return
-		}
-		select {
-		case buf = <-back:
-		case <-done:
-			return
-		}
-	}
-}
 
-type dialResult struct {
-	conn net.Conn
-	err  error
-}
+// sessionLock is a mutex made of a channel. Whoever waits for it is
+// blocked on a channel, which testing/synctest counts as durably blocked
+// (a sync.Mutex it does not), so the runtime's tests can let fake time
+// pass while a goroutine waits for the lock; it costs about what a
+// sync.Mutex does here, where it is rarely contended.
+type sessionLock chan struct{}
 
-// runner is the I/O loop of one session: it feeds the core what the
-// connections and clocks say and carries out what the core asks.
+func (l sessionLock) Lock()   { l <- struct{}{} }
+func (l sessionLock) Unlock() { <-l }
+
+// runner is one session's runtime. mu guards the core and every field
+// below it; the readers, the clocks and shutdown all go through it.
 type runner struct {
 	srv    *Server
-	s      *core.Session
 	log    *slog.Logger
-	trace  *tracer
 	client net.Conn
-	up     net.Conn
+	obs    Observer
 
-	done       chan struct{}
-	clientCh   chan chunk
-	clientBack chan *[]byte
-	upCh       chan chunk
-	upBack     chan *[]byte
-	// Read buffers: one command buffer per side, and a data buffer for
-	// the client while message data flows (nil otherwise). The runner
-	// hands them to the readers and, until done, takes the data buffer
-	// back to the pool when the message is over.
-	clientBuf, upBuf, dataBuf *[]byte
+	done       chan struct{} // closed when the session is over
+	clientWake chan struct{} // the client goroutine may find the core ready
 
-	pending     []byte // client bytes not yet consumed
-	holding     bool   // the client reader's buffer is with us
-	clientErr   error  // the client's read ended; told to the core once pending is used
-	clientGone  bool
-	upClosed    bool
-	dialCancel  context.CancelFunc
-	clientTimer *time.Timer
-	upTimer     *time.Timer
-	applied     core.Timers
-	dataStart   time.Time
+	mu            sessionLock
+	s             *core.Session
+	trace         *tracer
+	up            net.Conn
+	clientWaiting bool    // the client goroutine waits for clientWake
+	dataBuf       *[]byte // the client's read buffer while message data flows
+	clientGone    bool
+	upClosed      bool
+	dialCancel    context.CancelFunc
+	clientTimer   *time.Timer
+	upTimer       *time.Timer
+	applied       core.Timers
+	clientDue     time.Time // when the client clock armed last runs out
+	upDue         time.Time // likewise for the upstream clock
+	dataStart     time.Time
 
-	obs         Observer
 	inData      bool      // between EventDataStart and EventTxEnd, for obs
 	upWaitStart time.Time // when the current wait for an upstream reply began
 	upWaitData  bool      // that wait belongs to a message
@@ -143,25 +97,27 @@ func (s *Server) serveSession(client net.Conn, id string, shutdown, drain <-chan
 			Check:            s.cfg.Check,
 		}),
 		client:      client,
+		mu:          make(sessionLock, 1),
 		done:        make(chan struct{}),
-		clientCh:    make(chan chunk),
-		clientBack:  make(chan *[]byte, 1),
-		upCh:        make(chan chunk),
-		upBack:      make(chan *[]byte, 1),
-		clientBuf:   s.bufs.getCommand(),
+		clientWake:  make(chan struct{}, 1),
 		clientTimer: stoppedTimer(),
 		upTimer:     stoppedTimer(),
 	}
 	defer func() {
 		// A bug in one session must not take the others down with it.
 		if p := recover(); p != nil {
-			log.Error("session failed", "panic", p)
-			r.closeAll()
+			r.failed(p)
 		}
-		if err := tr.close(); err != nil {
+		// The goroutine that ended the session may still hold the lock;
+		// once it is ours, nothing touches the core or the trace again.
+		r.mu.Lock()
+		reason := r.s.EndReason()
+		err := tr.close()
+		r.mu.Unlock()
+		if err != nil {
 			log.Error("debug trace incomplete", "err", err)
 		}
-		log.Info("session end", "peer", peer, "reason", r.s.EndReason(), "duration", time.Since(start).Round(time.Millisecond))
+		log.Info("session end", "peer", peer, "reason", reason, "duration", time.Since(start).Round(time.Millisecond))
 	}()
 	r.run(shutdown, drain)
 }
@@ -172,116 +128,192 @@ func stoppedTimer() *time.Timer {
 	return t
 }
 
+// run starts the two readers and waits for the clocks, shutdown, the
+// drain deadline and the end of the session.
 func (r *runner) run(shutdown, drain <-chan struct{}) {
-	defer r.closeAll()
-	go reader(r.client, r.clientBuf, r.srv.bufs, r.clientCh, r.clientBack, r.done, true)
-
-	dialCh := make(chan dialResult)
 	ctx, cancel := context.WithTimeout(context.Background(), r.srv.cfg.ConnectTimeout)
+	r.mu.Lock()
 	r.dialCancel = cancel
-	go func() {
-		conn, err := r.srv.dial(ctx)
+	r.settle()
+	r.mu.Unlock()
+	go r.upstreamLoop(ctx)
+	go r.clientLoop()
+	for {
 		select {
-		case dialCh <- dialResult{conn, err}:
 		case <-r.done:
-			if conn != nil {
-				conn.Close()
-			}
-		}
-	}()
-
-	for !r.s.Done() {
-		r.feedClient()
-		if r.s.Done() {
-			break
-		}
-		r.applyTimers()
-		select {
-		case res := <-dialCh:
-			r.dialCancel()
-			switch {
-			case res.err != nil:
-				r.log.Warn("upstream unreachable", "upstream", r.srv.upstreamName(), "err", res.err)
-				r.trace.note("upstream unreachable: " + res.err.Error())
-				r.s.UpstreamConnectFailed(connectPhrase(res.err))
-			case r.s.UpstreamGone():
-				res.conn.Close()
-			default:
-				r.up = res.conn
-				r.upBuf = r.srv.bufs.getCommand()
-				go reader(r.up, r.upBuf, r.srv.bufs, r.upCh, r.upBack, r.done, false)
-				r.s.UpstreamConnected()
-			}
-		case c := <-r.clientCh:
-			r.holding = true
-			r.trace.record(traceClientIn, c.b)
-			r.pending = c.b
-			if c.err != nil {
-				r.clientErr = c.err
-			}
-		case c := <-r.upCh:
-			r.trace.record(traceUpIn, c.b)
-			if len(c.b) > 0 {
-				r.s.UpstreamData(c.b)
-				r.observeReply()
-			}
-			if c.err != nil {
-				if !r.s.UpstreamGone() {
-					r.log.Debug("upstream read ended", "err", c.err)
-				}
-				r.s.UpstreamClosed(ioPhrase(c.err))
-			} else {
-				r.upBack <- r.upBuf
-			}
+			return
 		case <-r.clientTimer.C:
-			r.s.TimerExpired(r.applied.Client)
+			r.input(func() {
+				// The clock may have been started again or stopped
+				// after it fired and before the lock was ours.
+				if r.applied.Client != core.TimerNone && !time.Now().Before(r.clientDue) {
+					r.s.TimerExpired(r.applied.Client)
+				}
+			})
 		case <-r.upTimer.C:
-			r.s.TimerExpired(core.TimerUpstreamReply)
+			r.input(func() {
+				if r.applied.Upstream && !time.Now().Before(r.upDue) {
+					r.s.TimerExpired(core.TimerUpstreamReply)
+				}
+			})
 		case <-shutdown:
 			shutdown = nil
-			r.s.Shutdown()
+			r.input(r.s.Shutdown)
 		case <-drain:
 			drain = nil
-			r.s.DrainExpired()
+			r.input(r.s.DrainExpired)
 		}
-		r.flush()
 	}
+}
+
+// input gives the core one input under the lock, unless the session is
+// over, and carries out what it asks.
+func (r *runner) input(fn func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.isDone() {
+		return
+	}
+	fn()
+	r.settle()
+}
+
+func (r *runner) isDone() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// settle carries out what the core asks after an input: writes, closes,
+// clocks; it ends the session when the core is done and lets a waiting
+// client goroutine look again. Called with the lock held.
+func (r *runner) settle() {
 	r.flush()
-}
-
-// feedClient gives the core the client bytes it is ready for; once all
-// are used the buffer goes back to the reader. The end of the client's
-// input is reported only when the core is ready for more input: a client
-// that sends QUIT, or its last message, and half-closes at once still
-// gets its reply.
-func (r *runner) feedClient() {
-	for len(r.pending) > 0 && r.s.WantsClientInput() {
-		n := r.s.ClientData(r.pending)
-		r.pending = r.pending[n:]
-		r.flush()
-	}
-	if len(r.pending) > 0 || !r.holding {
+	if r.s.Done() {
+		r.closeAll()
 		return
 	}
-	if r.clientErr == nil {
-		r.holding = false
-		r.clientBack <- r.nextClientBuffer()
-		return
-	}
-	if r.s.WantsClientInput() || r.s.Done() || r.clientGone {
-		r.holding = false
-		if !r.s.Done() {
-			r.log.Debug("client read ended", "err", r.clientErr)
-			r.s.ClientClosed()
-			r.flush()
+	r.applyTimers()
+	if r.clientWaiting {
+		select {
+		case r.clientWake <- struct{}{}:
+		default:
 		}
 	}
 }
 
-// nextClientBuffer is the buffer for the next client read: the data
-// buffer while message data flows, else the command buffer (the data
+// failed ends a session whose code panicked.
+func (r *runner) failed(p any) {
+	r.log.Error("session failed", "panic", p)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closeAll()
+}
+
+// clientStep says what the client goroutine does after offering a read.
+type clientStep uint8
+
+const (
+	clientRead clientStep = iota // read again
+	clientWait                   // wait for clientWake, then offer the rest
+	clientStop                   // the session is over
+)
+
+// clientLoop reads the client and drives the core with what it reads.
+// When the session ends it lingers: it reads and throws away what the
+// client still sends, for a short while, before it closes the connection.
+// Closing a TCP socket with unread input sends a reset, which can destroy
+// the last reply (a 421 or 221) before the client has read it.
+func (r *runner) clientLoop() {
+	own := r.srv.bufs.getCommand()
+	buf := own
+	defer func() {
+		if p := recover(); p != nil {
+			r.failed(p)
+		}
+		<-r.done
+		r.client.SetReadDeadline(time.Now().Add(closeLinger))
+		for total := 0; total < maxLingerBytes; {
+			n, err := r.client.Read(*own)
+			total += n
+			if err != nil {
+				break
+			}
+		}
+		r.client.Close()
+		// The session is over: the buffers are this goroutine's alone.
+		if buf != own {
+			r.srv.bufs.put(buf)
+		}
+		r.srv.bufs.put(own)
+	}()
+	for {
+		n, err := r.client.Read(*buf)
+		p := (*buf)[:n]
+		step := r.offerClient(&p, err, true)
+		for step == clientWait {
+			select {
+			case <-r.clientWake:
+			case <-r.done:
+				return
+			}
+			step = r.offerClient(&p, err, false)
+		}
+		if step == clientStop {
+			return
+		}
+		buf = r.nextClientBuffer(own)
+	}
+}
+
+// offerClient gives the core the client bytes *p it is ready for. The
+// end of the client's input (err) is reported only when the core is ready
+// for more input: a client that sends QUIT, or its last message, and
+// half-closes at once still gets its reply.
+func (r *runner) offerClient(p *[]byte, err error, fresh bool) clientStep {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.clientWaiting = false
+	if r.isDone() {
+		return clientStop
+	}
+	if fresh {
+		r.trace.record(traceClientIn, *p)
+	}
+	for len(*p) > 0 && r.s.WantsClientInput() {
+		k := r.s.ClientData(*p)
+		*p = (*p)[k:]
+		r.settle()
+		if r.isDone() {
+			return clientStop
+		}
+	}
+	if len(*p) > 0 {
+		r.clientWaiting = true
+		return clientWait
+	}
+	if err == nil {
+		return clientRead
+	}
+	if !r.s.WantsClientInput() && !r.clientGone {
+		r.clientWaiting = true
+		return clientWait
+	}
+	r.log.Debug("client read ended", "err", err)
+	r.s.ClientClosed()
+	r.settle()
+	return clientStop
+}
+
+// nextClientBuffer is the buffer for the next client read: a data buffer
+// while message data flows, else the command buffer own (the data
 // buffer, no longer read into, goes back to the pool).
-func (r *runner) nextClientBuffer() *[]byte {
+func (r *runner) nextClientBuffer(own *[]byte) *[]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.s.Timers().Client == core.TimerClientData {
 		if r.dataBuf == nil {
 			r.dataBuf = r.srv.bufs.getData()
@@ -292,7 +324,80 @@ func (r *runner) nextClientBuffer() *[]byte {
 		r.srv.bufs.putData(r.dataBuf)
 		r.dataBuf = nil
 	}
-	return r.clientBuf
+	return own
+}
+
+// upstreamLoop connects to the upstream, then reads it and drives the
+// core with what it reads.
+func (r *runner) upstreamLoop(ctx context.Context) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.failed(p)
+		}
+	}()
+	conn, err := r.srv.dial(ctx)
+	if !r.connected(conn, err) {
+		return
+	}
+	buf := r.srv.bufs.getCommand()
+	for {
+		n, err := conn.Read(*buf)
+		if !r.offerUpstream((*buf)[:n], err) {
+			break
+		}
+	}
+	// Nothing reads the buffer once offerUpstream has returned.
+	r.srv.bufs.putCommand(buf)
+}
+
+// connected reports the dial's outcome to the core; it returns whether
+// the connection is the session's upstream now.
+func (r *runner) connected(conn net.Conn, err error) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dialCancel()
+	if r.isDone() {
+		if conn != nil {
+			conn.Close()
+		}
+		return false
+	}
+	switch {
+	case err != nil:
+		r.log.Warn("upstream unreachable", "upstream", r.srv.upstreamName(), "err", err)
+		r.trace.note("upstream unreachable: " + err.Error())
+		r.s.UpstreamConnectFailed(connectPhrase(err))
+	case r.s.UpstreamGone():
+		conn.Close()
+	default:
+		r.up = conn
+		r.s.UpstreamConnected()
+	}
+	r.settle()
+	return r.up == conn && conn != nil && !r.isDone()
+}
+
+// offerUpstream gives the core what the upstream sent; it returns whether
+// to read on.
+func (r *runner) offerUpstream(p []byte, err error) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.isDone() {
+		return false
+	}
+	r.trace.record(traceUpIn, p)
+	if len(p) > 0 {
+		r.s.UpstreamData(p)
+		r.observeReply()
+	}
+	if err != nil {
+		if !r.s.UpstreamGone() {
+			r.log.Debug("upstream read ended", "err", err)
+		}
+		r.s.UpstreamClosed(ioPhrase(err))
+	}
+	r.settle()
+	return err == nil && !r.isDone()
 }
 
 // flush writes what the core produced, in order, and closes what it
@@ -342,18 +447,24 @@ func (r *runner) flush() {
 func (r *runner) applyTimers() {
 	t := r.s.Timers()
 	if t.Client != r.applied.Client || t.ClientGen != r.applied.ClientGen {
+		var d time.Duration
 		switch t.Client {
 		case core.TimerClientCommand:
-			r.clientTimer.Reset(r.srv.cfg.CommandTimeout)
+			d = r.srv.cfg.CommandTimeout
 		case core.TimerClientData:
-			r.clientTimer.Reset(r.srv.cfg.DataIdleTimeout)
-		default:
+			d = r.srv.cfg.DataIdleTimeout
+		}
+		if d > 0 {
+			r.clientDue = time.Now().Add(d)
+			r.clientTimer.Reset(d)
+		} else {
 			r.clientTimer.Stop()
 		}
 	}
 	if t.Upstream != r.applied.Upstream || t.UpstreamGen != r.applied.UpstreamGen {
 		if t.Upstream {
 			r.upWaitStart, r.upWaitData = time.Now(), r.inData
+			r.upDue = r.upWaitStart.Add(r.srv.cfg.ReplyTimeout)
 			r.upTimer.Reset(r.srv.cfg.ReplyTimeout)
 		} else {
 			r.upTimer.Stop()
@@ -371,15 +482,15 @@ func (r *runner) observeReply() {
 	}
 }
 
+// closeAll ends the session: the readers stop at their next look, the
+// upstream is closed, and the client gets a half-close at once; its
+// goroutine closes it after lingering. Called with the lock held.
 func (r *runner) closeAll() {
-	select {
-	case <-r.done:
+	if r.isDone() {
 		return
-	default:
 	}
 	close(r.done)
-	// The client reader closes the client connection after lingering;
-	// the half-close tells the client at once that nothing more comes.
+	// The half-close tells the client at once that nothing more comes.
 	if cw, ok := r.client.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
