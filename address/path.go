@@ -76,7 +76,7 @@ func ParsePath(arg string) (Path, error) {
 	// first colon before parsing anything; so do we.
 	if t := strings.TrimLeft(text, " \t\r\n"); strings.HasPrefix(t, "@") {
 		if i := strings.IndexByte(t, ':'); i >= 0 {
-			p.Route = strings.TrimRight(t[:i], " \t\r\n")
+			p.Route = trimRouteSpace(t[:i])
 			text = t[i+1:]
 		}
 	}
@@ -240,7 +240,7 @@ func cutRoute(lx *lexer, toks []token) (rest []token, route, msg string) {
 			break
 		}
 		r := string(lx.in[toks[0].start:toks[colon].start])
-		r = strings.TrimRight(r, " \t\r\n")
+		r = trimRouteSpace(r)
 		if strings.IndexByte(r, ':') >= 0 {
 			// A ':' in a comment or quoted string: written back as
 			// <route:mailbox>, the route would end there.
@@ -334,6 +334,23 @@ func mailbox(lx *lexer, el []token) (Addr, string) {
 
 // joinRoute joins a route cut off the front of the text with one found
 // after it (@a:@b:x@y): written back, the colon separates them again.
+// trimRouteSpace removes the white space that ends a route, but not a
+// space a backslash escapes ("@a\ "): cut off, its backslash would be left
+// to escape the ':' of the path written back.
+func trimRouteSpace(r string) string {
+	for n := len(r); n > 0 && strings.IndexByte(" \t\r\n", r[n-1]) >= 0; n = len(r) {
+		escapes := 0
+		for i := n - 2; i >= 0 && r[i] == '\\'; i-- {
+			escapes++
+		}
+		if escapes%2 == 1 {
+			break
+		}
+		r = r[:n-1]
+	}
+	return r
+}
+
 func joinRoute(outer, inner string) string {
 	if outer == "" {
 		return inner

@@ -49,6 +49,9 @@ func TestParsePath(t *testing.T) {
 		{"<@a:@b:x@y>", with(addr("x", "y"), "@a:@b", "")},
 		{",@a:x@y", with(addr("x", "y"), "@a", "")},
 		{",@a:@b:x@y", with(addr("x", "y"), "@a:@b", "")}, // as <@a:@b:x@y> reads
+		// Found by FuzzPath: an escaped space ends the route and stays.
+		{`@:@\ :`, Path{Route: `@:@\ `, Null: true}},
+		{`<@a\  :x@y>`, with(addr("x", "y"), `@a\ `, "")},
 		{"Name<@a:x@y>", with(addr("x", "y"), "@a", "")},
 		{"<<x@y>>", addr("x", "y")},
 		{"Name <x@y>", with(addr("Name", ""), "", "<x@y>")}, // split as Postfix splits: a parameter
