@@ -2,8 +2,10 @@ package smtpproxy
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -128,8 +130,11 @@ func stoppedTimer() *time.Timer {
 	return t
 }
 
-// run starts the two readers and waits for the clocks, shutdown, the
-// drain deadline and the end of the session.
+// run starts the upstream side and the clocks, then reads the client
+// until the session is over. The client side runs in the session's own
+// goroutine, which the server keeps for the next session: it is the one
+// whose stack grows deepest (the loop check), and a new goroutine would
+// grow it anew for every message.
 func (r *runner) run(shutdown, drain <-chan struct{}) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.srv.cfg.ConnectTimeout)
 	r.mu.Lock()
@@ -137,7 +142,18 @@ func (r *runner) run(shutdown, drain <-chan struct{}) {
 	r.settle()
 	r.mu.Unlock()
 	go r.upstreamLoop(ctx)
-	go r.clientLoop()
+	go r.watch(shutdown, drain)
+	r.clientLoop()
+}
+
+// watch waits for the clocks, shutdown, the drain deadline and the end of
+// the session.
+func (r *runner) watch(shutdown, drain <-chan struct{}) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.failed(p)
+		}
+	}()
 	for {
 		select {
 		case <-r.done:
@@ -222,36 +238,32 @@ const (
 	clientStop                   // the session is over
 )
 
-// clientLoop reads the client and drives the core with what it reads.
-// When the session ends it lingers: it reads and throws away what the
-// client still sends, for a short while, before it closes the connection.
-// Closing a TCP socket with unread input sends a reset, which can destroy
-// the last reply (a 421 or 221) before the client has read it.
+// clientLoop reads the client and drives the core with what it reads,
+// until the session is over.
 func (r *runner) clientLoop() {
 	own := r.srv.bufs.getCommand()
 	buf := own
+	var readErr error // how the last read ended
 	defer func() {
 		if p := recover(); p != nil {
 			r.failed(p)
 		}
 		<-r.done
-		r.client.SetReadDeadline(time.Now().Add(closeLinger))
-		for total := 0; total < maxLingerBytes; {
-			n, err := r.client.Read(*own)
-			total += n
-			if err != nil {
-				break
-			}
-		}
-		r.client.Close()
 		// The session is over: the buffers are this goroutine's alone.
 		if buf != own {
 			r.srv.bufs.put(buf)
 		}
-		r.srv.bufs.put(own)
+		if readErr != nil && !errors.Is(readErr, os.ErrDeadlineExceeded) {
+			// The client's input has ended: nothing is left unread.
+			r.client.Close()
+			r.srv.bufs.put(own)
+			return
+		}
+		go r.linger(own)
 	}()
 	for {
 		n, err := r.client.Read(*buf)
+		readErr = err
 		p := (*buf)[:n]
 		step := r.offerClient(&p, err, true)
 		for step == clientWait {
@@ -267,6 +279,23 @@ func (r *runner) clientLoop() {
 		}
 		buf = r.nextClientBuffer(own)
 	}
+}
+
+// linger reads and throws away what the client still sends, for a short
+// while, before it closes the connection. Closing a TCP socket with unread
+// input sends a reset, which can destroy the last reply (a 421 or 221)
+// before the client has read it.
+func (r *runner) linger(buf *[]byte) {
+	r.client.SetReadDeadline(time.Now().Add(closeLinger))
+	for total := 0; total < maxLingerBytes; {
+		n, err := r.client.Read(*buf)
+		total += n
+		if err != nil {
+			break
+		}
+	}
+	r.client.Close()
+	r.srv.bufs.put(buf)
 }
 
 // offerClient gives the core the client bytes *p it is ready for. The
@@ -482,9 +511,10 @@ func (r *runner) observeReply() {
 	}
 }
 
-// closeAll ends the session: the readers stop at their next look, the
-// upstream is closed, and the client gets a half-close at once; its
-// goroutine closes it after lingering. Called with the lock held.
+// closeAll ends the session: the readers stop at their next look (a read
+// of the client in progress returns at once), the upstream is closed, and
+// the client gets a half-close at once; the client side closes it, after
+// lingering if its input has not ended. Called with the lock held.
 func (r *runner) closeAll() {
 	if r.isDone() {
 		return
@@ -494,7 +524,7 @@ func (r *runner) closeAll() {
 	if cw, ok := r.client.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
-	r.client.SetReadDeadline(time.Now().Add(closeLinger))
+	r.client.SetReadDeadline(time.Now())
 	if r.up != nil {
 		r.up.Close()
 	}
