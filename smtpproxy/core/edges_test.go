@@ -214,3 +214,20 @@ func TestUpstream421ToProxyDATA(t *testing.T) {
 		t.Fatalf("the upstream's last command was %q, want DATA", last)
 	}
 }
+
+// TestUnexpectedReplyToProxyDATA: a 2xx to the proxy's own DATA is a
+// protocol error: the upstream is given up, the client gets 451 at the
+// end of its data (never a 2xx), and 421 at its next command.
+func TestUnexpectedReplyToProxyDATA(t *testing.T) {
+	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h.up.replies["DATA"] = "250 2.0.0 Ok\r\n"
+	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
+	h.got()
+	h.fromClient("DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
+	h.expect(replyData354 + "451 4.4.2 upstream 127.0.0.1:10026 sent an unexpected reply to DATA (250)\r\n")
+	if !h.upGone || len(h.up.messages) != 0 {
+		t.Fatalf("upstream gone %v, messages %q; want gone and none", h.upGone, h.up.messages)
+	}
+	h.fromClient("NOOP\r\n")
+	h.expect("421 4.4.2 upstream 127.0.0.1:10026 sent an unexpected reply to DATA (250)\r\n")
+}
