@@ -55,6 +55,7 @@ type runner struct {
 	trace         *tracer
 	up            net.Conn
 	clientWaiting bool    // the client goroutine waits for clientWake
+	clientHolds   bool    // ... holding client bytes the core has not taken
 	dataBuf       *[]byte // the client's read buffer while message data flows
 	clientGone    bool
 	upClosed      bool
@@ -207,7 +208,10 @@ func (r *runner) isDone() bool {
 // clocks; it ends the session when the core is done and lets a waiting
 // client goroutine look again. Called with the lock held.
 func (r *runner) settle() {
-	r.flush()
+	// When the core takes client input again and the waiting client
+	// goroutine holds some (the body after the upstream's 354, typically),
+	// the upstream output waits for it, so that both go in one write.
+	r.flush(r.clientWaiting && r.clientHolds && r.s.WantsClientInput())
 	if r.s.Done() {
 		r.closeAll()
 		return
@@ -305,7 +309,7 @@ func (r *runner) linger(buf *[]byte) {
 func (r *runner) offerClient(p *[]byte, err error, fresh bool) clientStep {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.clientWaiting = false
+	r.clientWaiting, r.clientHolds = false, false
 	if r.isDone() {
 		return clientStop
 	}
@@ -321,7 +325,7 @@ func (r *runner) offerClient(p *[]byte, err error, fresh bool) clientStep {
 		}
 	}
 	if len(*p) > 0 {
-		r.clientWaiting = true
+		r.clientWaiting, r.clientHolds = true, true
 		return clientWait
 	}
 	if err == nil {
@@ -431,19 +435,14 @@ func (r *runner) offerUpstream(p []byte, err error) bool {
 
 // flush writes what the core produced, in order, and closes what it
 // asks to close. A failed write is an input to the core like any other.
-func (r *runner) flush() {
+// With holdUp the upstream output stays in the core, to go with what the
+// next input adds to it; if that input discards it instead (the upstream
+// lost, a message refused), it was never to be sent.
+func (r *runner) flush(holdUp bool) {
 	for {
 		progress := false
-		if out := r.s.TakeUpstreamOutput(); len(out) > 0 && r.up != nil && !r.upClosed {
-			progress = true
-			r.trace.record(traceUpOut, out)
-			r.up.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplyTimeout))
-			n, err := r.up.Write(out)
-			r.obs.Relayed(n, 0)
-			if err != nil {
-				r.log.Debug("upstream write failed", "err", err)
-				r.s.UpstreamClosed(ioPhrase(err))
-			}
+		if !holdUp {
+			progress = r.writeUpstream()
 		}
 		if out := r.s.TakeClientOutput(); len(out) > 0 && !r.clientGone {
 			progress = true
@@ -470,6 +469,24 @@ func (r *runner) flush() {
 			return
 		}
 	}
+}
+
+// writeUpstream writes the core's upstream output, if any; it reports
+// whether there was some.
+func (r *runner) writeUpstream() bool {
+	out := r.s.TakeUpstreamOutput()
+	if len(out) == 0 || r.up == nil || r.upClosed {
+		return false
+	}
+	r.trace.record(traceUpOut, out)
+	r.up.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplyTimeout))
+	n, err := r.up.Write(out)
+	r.obs.Relayed(n, 0)
+	if err != nil {
+		r.log.Debug("upstream write failed", "err", err)
+		r.s.UpstreamClosed(ioPhrase(err))
+	}
+	return true
 }
 
 // applyTimers starts and stops the clocks as the core asks.
