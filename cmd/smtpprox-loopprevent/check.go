@@ -13,6 +13,7 @@ import (
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/header"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
 
 // Exit codes of the check subcommand.
@@ -26,10 +27,10 @@ const (
 // message the proxy would refuse as too large is reported, not judged.
 const defaultCheckMaxHeader = 1 << 20
 
-// checkLookahead is how far past the limit the check command reads to see
-// that the line after a section of nearly max bytes is no header line. A
-// line whose first 4 KiB still look like a header name counts as header.
-const checkLookahead = 4096
+// checkLookahead is how far past the limit the line after the header
+// section may run before it shows it is no header line: the proxy's own
+// bound, so that check and proxy refuse exactly the same messages.
+const checkLookahead = core.HeaderLookahead
 
 // rcptFlags collects repeated -rcpt values.
 type rcptFlags []string
@@ -127,10 +128,11 @@ func readHeaderSection(r io.Reader, max int) ([]byte, error) {
 			break
 		}
 	}
-	// Read the limit and a little more: the section may take up to max
-	// bytes, and the line after it must be seen far enough to show that it
-	// is no header line ("Subj" could still become "Subject:").
-	buf, err := io.ReadAll(io.LimitReader(br, int64(max)+checkLookahead))
+	// Read the limit, the lookahead, and two bytes more: enough to see
+	// whether the line after the section runs past the lookahead (one more
+	// content byte, or a CR that may be its line end).
+	readLimit := max + checkLookahead + 2
+	buf, err := io.ReadAll(io.LimitReader(br, int64(readLimit)))
 	if err != nil {
 		return nil, fmt.Errorf("read error: %w", err)
 	}
@@ -139,15 +141,17 @@ func readHeaderSection(r io.Reader, max int) ([]byte, error) {
 	if end > max {
 		return nil, tooLarge
 	}
-	if len(buf) < max+checkLookahead {
-		return buf[:end], nil // the whole message is here: end is final
+	// The line after the section counts against max+checkLookahead while
+	// its first bytes still look like a header name ("Subj" could become
+	// "Subject:"), exactly as the proxy counts it.
+	line := buf[end:]
+	if i := bytes.IndexByte(line, '\n'); i >= 0 {
+		line = line[:i]
 	}
-	// The message was cut. If the line that ended the section is the cut
-	// one, its bytes so far must already rule out a header line. A final CR
-	// is held back: before LF it is the line end, else a content byte.
-	if rest := buf[end:]; bytes.IndexByte(rest, '\n') < 0 {
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	if room := max + checkLookahead - end; len(line) > room {
 		var c header.Classifier
-		if c.Feed(bytes.TrimSuffix(rest, []byte("\r"))) != header.End {
+		if c.Feed(line[:room+1]) != header.End {
 			return nil, tooLarge
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
 
 func runCheckString(t *testing.T, stdin string, args ...string) (code int, stdout, stderr string) {
@@ -80,6 +82,9 @@ func TestCheckHeaderLimitBoundary(t *testing.T) {
 		{"limit, then a line whose first byte rules out a header", section + ":no header\r\n", 1},
 		{"limit, then a non-header line", section + "no header line here\r\n", 1},
 		{"limit, then a name longer than the lookahead", section + strings.Repeat("n", 2*checkLookahead), 2},
+		{"limit, then a name-like line as long as the lookahead", section + strings.Repeat("n", checkLookahead) + "\r\n\r\nbody\r\n", 1},
+		{"limit, then a name-like line one byte longer", section + strings.Repeat("n", checkLookahead+1) + "\r\n\r\nbody\r\n", 2},
+		{"limit, then a name-like line as long as the lookahead, at the end", section + strings.Repeat("n", checkLookahead), 1},
 		{"one byte over", section + "X: y\r\n\r\n", 2},
 		{"limit, then a line that could still be a header", section + "Subject: y\r\n", 2},
 	} {
@@ -90,4 +95,70 @@ func TestCheckHeaderLimitBoundary(t *testing.T) {
 			}
 		})
 	}
+}
+
+// proxyRefusesHeader runs msg through the proxy's own session core with the
+// given header limit and reports whether it answered 552 5.3.4.
+func proxyRefusesHeader(t *testing.T, msg string, limit int) bool {
+	t.Helper()
+	s := core.NewSession(core.Config{MaxHeaderBytes: limit, UpstreamName: "test"})
+	s.UpstreamConnected()
+	var client []byte
+	step := func(up string) {
+		s.TakeUpstreamOutput()
+		if up != "" {
+			s.UpstreamData([]byte(up))
+		}
+		client = append(client, s.TakeClientOutput()...)
+	}
+	step("220 up ESMTP\r\n")
+	send := func(p string) {
+		for len(p) > 0 && s.WantsClientInput() {
+			p = p[s.ClientData([]byte(p)):]
+		}
+	}
+	send("MAIL FROM:<a@b>\r\n")
+	step("250 ok\r\n")
+	send("RCPT TO:<user@local.test>\r\n")
+	step("250 ok\r\n")
+	send("DATA\r\n" + strings.ReplaceAll(msg, "\r\n.", "\r\n..") + "\r\n.\r\n")
+	step("")
+	return strings.Contains(string(client), "552 5.3.4")
+}
+
+// TestCheckAgreesWithProxyAtTheLimit holds check and proxy to one reading
+// of the header limit: the same messages around the boundary are refused by
+// both or by neither.
+func TestCheckAgreesWithProxyAtTheLimit(t *testing.T) {
+	const limit = 4096
+	field := "Delivered-To: user@local.test\r\n"
+	pad := func(n int) string { // a header section of exactly n bytes
+		return field + "X: " + strings.Repeat("x", n-len(field)-5) + "\r\n"
+	}
+	var msgs []string
+	for _, sect := range []int{limit - 1, limit, limit + 1} {
+		for _, next := range []int{0, 1, checkLookahead - 1, checkLookahead, checkLookahead + 1, checkLookahead + 2} {
+			name := strings.Repeat("n", max(0, next-(sect-limit)))
+			msgs = append(msgs,
+				pad(sect)+name+"\r\n\r\nbody\r\n",
+				pad(sect)+name+" x\r\nbody\r\n",
+				pad(sect)+name+":\r\n\r\nbody\r\n")
+		}
+	}
+	refused := 0
+	for i, msg := range msgs {
+		_, stdout, _ := runCheckString(t, msg, "-rcpt", "user@local.test", "-max-header-bytes", strconv.Itoa(limit))
+		checkRefuses := stdout == ""
+		if checkRefuses {
+			refused++
+		}
+		if proxy := proxyRefusesHeader(t, msg, limit); proxy != checkRefuses {
+			t.Errorf("message %d (%d bytes): proxy refuses %v, check refuses %v", i, len(msg), proxy, checkRefuses)
+		}
+	}
+	// Both outcomes occur, or the comparison proves nothing.
+	if refused == 0 || refused == len(msgs) {
+		t.Errorf("%d of %d boundary messages refused; want some of each", refused, len(msgs))
+	}
+	t.Logf("%d of %d boundary messages refused by both", refused, len(msgs))
 }

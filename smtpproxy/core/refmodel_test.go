@@ -610,7 +610,7 @@ func (m *refModel) dataLine(content string, bareLF bool) {
 		}
 		// The line ends the section. Bytes of it that leave it undecided
 		// count against the limit and the lookahead.
-		if msg.sectLen+idx > m.cfg.maxHeader+headerLookahead {
+		if msg.sectLen+idx > m.cfg.maxHeader+HeaderLookahead {
 			m.localReject(exactReply([]byte("552 5.3.4 header section too large\r\n"), "end of data"))
 			return
 		}
@@ -673,7 +673,7 @@ func (m *refModel) dataPartial(content string) {
 			}
 			return
 		case kind == 'U':
-			if msg.sectLen+len(content) > m.cfg.maxHeader+headerLookahead {
+			if msg.sectLen+len(content) > m.cfg.maxHeader+HeaderLookahead {
 				m.localReject(exactReply([]byte("552 5.3.4 header section too large\r\n"), "end of data"))
 			}
 			return
@@ -681,7 +681,7 @@ func (m *refModel) dataPartial(content string) {
 		if !inContent {
 			panic("model: a partial line decided without content")
 		}
-		if msg.sectLen+idx > m.cfg.maxHeader+headerLookahead {
+		if msg.sectLen+idx > m.cfg.maxHeader+HeaderLookahead {
 			m.localReject(exactReply([]byte("552 5.3.4 header section too large\r\n"), "end of data"))
 			return
 		}

@@ -26,12 +26,12 @@ const maxStreamOutput = 64 << 10
 // header buffer beyond its limit.
 const captureStep = 4 << 10
 
-// headerLookahead is how far past MaxHeaderBytes the line after the header
+// HeaderLookahead is how far past MaxHeaderBytes the line after the header
 // section may run before it shows it is no header line ("Subj..." could
 // still become "Subject:"). With it the verdict does not depend on where
-// the client's data happened to be cut into chunks, and it matches the
-// check subcommand, which reads the same lookahead.
-const headerLookahead = 4 << 10
+// the client's data happened to be cut into chunks. The check subcommand
+// reads the same lookahead, so both refuse exactly the same messages.
+const HeaderLookahead = 4 << 10
 
 // keepBufferCap: after a message, buffers grown beyond this are released,
 // so an idle session holds only small buffers.
@@ -709,12 +709,12 @@ func (s *Session) captureInput(p []byte) int {
 	n := 0
 	for n < len(p) {
 		q := p[n:]
-		// An undecided line may hold at most MaxHeaderBytes+headerLookahead
+		// An undecided line may hold at most MaxHeaderBytes+HeaderLookahead
 		// bytes. The classifier gets no more than one byte past that room,
 		// so a piece that would cross it is seen to cross it: given more, it
 		// could decide the line within the piece and skip the check, and
 		// the verdict would depend on how the client's bytes were cut.
-		step := min(captureStep, s.cfg.MaxHeaderBytes+headerLookahead-len(s.hbuf)+1)
+		step := min(captureStep, s.cfg.MaxHeaderBytes+HeaderLookahead-len(s.hbuf)+1)
 		if len(q) > step {
 			q = q[:max(step, 1)]
 		}
@@ -765,7 +765,7 @@ func (s *Session) captureInput(p []byte) int {
 // one may run into the lookahead.
 func (s *Session) headerLimit(kind header.LineKind) int {
 	if kind == header.Undecided {
-		return s.cfg.MaxHeaderBytes + headerLookahead
+		return s.cfg.MaxHeaderBytes + HeaderLookahead
 	}
 	return s.cfg.MaxHeaderBytes
 }

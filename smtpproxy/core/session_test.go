@@ -860,18 +860,18 @@ func TestHeaderLimitIndependentOfChunking(t *testing.T) {
 
 // TestHeaderLookaheadIndependentOfChunking: the line after the header
 // section may stay undecided ("XXXX" could still become a field name) for
-// at most MaxHeaderBytes+headerLookahead bytes of header buffer. Whether a
+// at most MaxHeaderBytes+HeaderLookahead bytes of header buffer. Whether a
 // message crosses that bound must not depend on how its bytes are cut:
 // once, a piece that crossed the bound and decided the line within itself
 // skipped the check (552 byte by byte, 250 in one piece).
 func TestHeaderLookaheadIndependentOfChunking(t *testing.T) {
 	const limit = 256
-	for _, undecided := range []int{limit + headerLookahead - 1, limit + headerLookahead, limit + headerLookahead + 1, limit + headerLookahead + captureStep} {
+	for _, undecided := range []int{limit + HeaderLookahead - 1, limit + HeaderLookahead, limit + HeaderLookahead + 1, limit + HeaderLookahead + captureStep} {
 		// undecided-1 name bytes and a space leave the line open; the 'b'
 		// after them decides it is no field line.
 		data := strings.Repeat("X", undecided-1) + " b\r\n.\r\n"
 		want := queued
-		if undecided > limit+headerLookahead {
+		if undecided > limit+HeaderLookahead {
 			want = replyHeaderTooBig
 		}
 		for _, step := range []int{1, 7, captureStep - 1, captureStep, len(data)} {
