@@ -142,7 +142,8 @@ func TestCheckAgreesWithProxyAtTheLimit(t *testing.T) {
 			msgs = append(msgs,
 				pad(sect)+name+"\r\n\r\nbody\r\n",
 				pad(sect)+name+" x\r\nbody\r\n",
-				pad(sect)+name+":\r\n\r\nbody\r\n")
+				pad(sect)+name+":\r\n\r\nbody\r\n",
+				pad(sect)+name+"\rX\r\n\r\nbody\r\n")
 		}
 	}
 	refused := 0
