@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 )
@@ -66,6 +67,17 @@ func (c *Config) dialer() (func(ctx context.Context) (net.Conn, error), error) {
 		return nil, err
 	}
 	var d net.Dialer
+	if ap, err := netip.ParseAddrPort(address); err == nil && network == "tcp" {
+		// An address literal needs no lookup: dialing it directly spares
+		// every connection (one per message) the resolver's work.
+		return func(ctx context.Context) (net.Conn, error) {
+			c, err := d.DialTCP(ctx, network, netip.AddrPort{}, ap)
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		}, nil
+	}
 	return func(ctx context.Context) (net.Conn, error) {
 		return d.DialContext(ctx, network, address)
 	}, nil
