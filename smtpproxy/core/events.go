@@ -76,5 +76,5 @@ type Transaction struct {
 	Reply         string // first line of the end-of-data reply the client got
 	UpstreamReply string // first line of the upstream's end-of-data reply, if any
 	Size          int64  // message octets read (unstuffed, line ends counted as 2)
-	HeaderBytes   int    // octets of the header section
+	HeaderBytes   int    // octets of the header section; when too large, the octets read when it crossed the limit
 }

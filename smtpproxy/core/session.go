@@ -725,7 +725,7 @@ func (s *Session) captureInput(p []byte) int {
 			s.tx.Size += int64(len(tok.content))
 			kind := s.cls.Feed(tok.content)
 			if kind != header.End && len(s.hbuf)+len(tok.content) > s.headerLimit(kind) {
-				s.headerTooLarge()
+				s.headerTooLarge(len(tok.content))
 				return n
 			}
 			s.hbuf = append(s.hbuf, tok.content...)
@@ -741,7 +741,7 @@ func (s *Session) captureInput(p []byte) int {
 			}
 			kind := s.cls.EndLine()
 			if kind != header.End && len(s.hbuf)+2 > s.cfg.MaxHeaderBytes {
-				s.headerTooLarge()
+				s.headerTooLarge(2)
 				return n
 			}
 			s.hbuf = append(s.hbuf, '\r', '\n')
@@ -902,9 +902,12 @@ func (s *Session) drainInput(p []byte) int {
 	return n
 }
 
-func (s *Session) headerTooLarge() {
+// headerTooLarge refuses the message; extra is the part of the current
+// piece that crossed the limit, counted in the logged size so that the log
+// shows the limit crossed rather than what happened to be buffered.
+func (s *Session) headerTooLarge(extra int) {
 	s.tx.Outcome = OutcomeHeaderTooLarge
-	s.tx.HeaderBytes = len(s.hbuf)
+	s.tx.HeaderBytes = len(s.hbuf) + extra
 	s.rejectLocal([]byte(replyHeaderTooBig), true)
 }
 

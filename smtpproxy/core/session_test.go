@@ -362,6 +362,11 @@ func TestHeaderTooLarge(t *testing.T) {
 	if diff := cmp.Diff([]string{"MAIL FROM:<s@x>", "RCPT TO:<a@x>", "RSET", "NOOP"}, h.up.commands); diff != "" {
 		t.Fatalf("upstream commands (-want +got):\n%s", diff)
 	}
+	// The log shows the limit crossed, not what happened to be buffered
+	// before the crossing piece (here: nothing, one long first line).
+	if txs := h.txEvents(); len(txs) != 1 || txs[0].Outcome != OutcomeHeaderTooLarge || txs[0].HeaderBytes <= cfg.MaxHeaderBytes {
+		t.Fatalf("transactions: %+v, want one header-too-large with more than %d header bytes", txs, cfg.MaxHeaderBytes)
+	}
 	// A header at the limit passes, and a long first body line does not
 	// count against it.
 	sendMessage(h, "Subject: "+strings.Repeat("x", 89)+"\r\n\r\n"+strings.Repeat("b", 10000)+"\r\n.\r\n")
