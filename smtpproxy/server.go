@@ -68,10 +68,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	shutdown := make(chan struct{})
 	drain := make(chan struct{})
 	var wg sync.WaitGroup // sessions and refusals
-	// Session goroutines outlive their session for a while and take the
-	// next one (see sessionWorker).
-	jobs := make(chan sessionJob)
-	var workers sync.WaitGroup
+	// Sessions run on pooled goroutines (see goPool).
+	pool := newGoPool(shutdown)
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 
@@ -112,62 +110,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		s.active.Add(1)
-		job := sessionJob{conn, s.idBase + "." + strconv.FormatUint(s.nextID.Add(1), 10)}
-		select {
-		case jobs <- job: // an idle worker takes it
-		default:
-			workers.Add(1)
-			go s.sessionWorker(job, jobs, &wg, &workers, shutdown, drain)
-		}
+		id := s.idBase + "." + strconv.FormatUint(s.nextID.Add(1), 10)
+		pool.Go(func() {
+			defer wg.Done()
+			defer s.active.Add(-1)
+			s.serveSession(conn, id, pool, shutdown, drain)
+		})
 	}
 	close(shutdown)
 	s.log.Info("shutting down", "sessions", s.active.Load(), "drain", s.cfg.DrainTimeout)
 	t := time.AfterFunc(s.cfg.DrainTimeout, func() { close(drain) })
 	wg.Wait()
-	workers.Wait()
+	pool.wait()
 	t.Stop()
 	s.log.Info("stopped")
 	return acceptErr
-}
-
-// sessionJob is an accepted connection and its session id.
-type sessionJob struct {
-	conn net.Conn
-	id   string
-}
-
-// workerIdleTime is how long a session goroutine waits for another
-// session before it ends.
-const workerIdleTime = 10 * time.Second
-
-// sessionWorker serves job, then further jobs from jobs, until it has
-// waited workerIdleTime for one or the server shuts down. Postfix opens
-// a connection per message: a goroutine per connection would be created
-// and grow its stack (loop check, logging, dialing) anew for every
-// message, which the CPU profile showed at about 6% of the proxy's time.
-// At most one worker per concurrent session exists, so the session limit
-// bounds them too.
-func (s *Server) sessionWorker(job sessionJob, jobs <-chan sessionJob, sessions, workers *sync.WaitGroup, shutdown, drain <-chan struct{}) {
-	defer workers.Done()
-	idle := time.NewTimer(workerIdleTime)
-	defer idle.Stop()
-	for {
-		s.runSession(job, sessions, shutdown, drain)
-		idle.Reset(workerIdleTime)
-		select {
-		case job = <-jobs:
-		case <-idle.C:
-			return
-		case <-shutdown:
-			return
-		}
-	}
-}
-
-func (s *Server) runSession(job sessionJob, sessions *sync.WaitGroup, shutdown, drain <-chan struct{}) {
-	defer sessions.Done()
-	defer s.active.Add(-1)
-	s.serveSession(job.conn, job.id, shutdown, drain)
 }
 
 // reject answers a connection over the session limit.

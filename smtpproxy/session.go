@@ -16,8 +16,8 @@ import (
 // The session runtime. The goroutine that reads a connection drives the
 // core itself: it takes the session lock, hands the core what it read,
 // writes what the core produced and arms the clocks, then reads again. A
-// third goroutine (the session's own) waits for the clocks, shutdown and
-// the end of the session. So a command, a reply or a piece of message data
+// third goroutine waits for the clocks, shutdown and the end of the
+// session. All three run on the server's pooled goroutines (goPool). So a command, a reply or a piece of message data
 // costs one wake-up of the goroutine that reads it, as in a blind relay,
 // rather than a hand-over between goroutines for every read: the CPU
 // profiles showed the scheduler's hand-overs costing a blind relay's worth
@@ -72,7 +72,7 @@ type runner struct {
 	upWaitData  bool      // that wait belongs to a message
 }
 
-func (s *Server) serveSession(client net.Conn, id string, shutdown, drain <-chan struct{}) {
+func (s *Server) serveSession(client net.Conn, id string, pool *goPool, shutdown, drain <-chan struct{}) {
 	start := time.Now()
 	log := s.log.With("session", id)
 	peer := client.RemoteAddr().String()
@@ -122,7 +122,7 @@ func (s *Server) serveSession(client net.Conn, id string, shutdown, drain <-chan
 		}
 		log.Info("session end", "peer", peer, "reason", reason, "duration", time.Since(start).Round(time.Millisecond))
 	}()
-	r.run(shutdown, drain)
+	r.run(pool, shutdown, drain)
 }
 
 func stoppedTimer() *time.Timer {
@@ -131,19 +131,16 @@ func stoppedTimer() *time.Timer {
 	return t
 }
 
-// run starts the upstream side and the clocks, then reads the client
-// until the session is over. The client side runs in the session's own
-// goroutine, which the server keeps for the next session: it is the one
-// whose stack grows deepest (the loop check), and a new goroutine would
-// grow it anew for every message.
-func (r *runner) run(shutdown, drain <-chan struct{}) {
+// run starts the upstream side and the clocks on pooled goroutines, then
+// reads the client until the session is over.
+func (r *runner) run(pool *goPool, shutdown, drain <-chan struct{}) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.srv.cfg.ConnectTimeout)
 	r.mu.Lock()
 	r.dialCancel = cancel
 	r.settle()
 	r.mu.Unlock()
-	go r.upstreamLoop(ctx)
-	go r.watch(shutdown, drain)
+	pool.Go(func() { r.upstreamLoop(ctx) })
+	pool.Go(func() { r.watch(shutdown, drain) })
 	r.clientLoop()
 }
 
