@@ -63,12 +63,16 @@ func neverLoop([]string, []byte) loopcheck.Verdict { return loopcheck.Verdict{} 
 
 // proxyFraming runs a session through one transaction whose message data
 // is data, given in reads of the sizes in cuts (cycled), and returns the
-// upstream bytes written after the upstream's 354.
-func proxyFraming(t fatalfer, data []byte, cuts []int) []byte {
-	s := core.NewSession(core.Config{Check: neverLoop})
+// upstream bytes written after the upstream's 354. With lend the session
+// lends canonical data (core.Config.LendInput), and the lent bytes follow
+// the session's own; each read is overwritten once it has been offered,
+// as a runtime reusing its buffer would.
+func proxyFraming(t fatalfer, data []byte, cuts []int, lend bool) []byte {
+	s := core.NewSession(core.Config{Check: neverLoop, LendInput: lend})
 	var up bytes.Buffer
 	collect := func() {
 		up.Write(s.TakeUpstreamOutput())
+		up.Write(s.TakeUpstreamLent())
 		s.TakeClientOutput()
 		s.TakeEvents()
 	}
@@ -90,12 +94,14 @@ func proxyFraming(t fatalfer, data []byte, cuts []int) []byte {
 	dataSent := false
 	for i := 0; len(data) > 0 && !s.Done(); i++ {
 		step := min(cuts[i%len(cuts)], len(data))
-		p := data[:step]
+		buf := append([]byte(nil), data[:step]...)
+		p := buf
 		for len(p) > 0 && s.WantsClientInput() {
 			p = p[s.ClientData(p):]
 			collect()
 		}
 		data = data[step-len(p):]
+		clear(buf) // what the session lent must have been taken by now
 		switch {
 		case !dataSent && bytes.HasPrefix(up.Bytes(), []byte("DATA\r\n")):
 			dataSent = true
@@ -138,7 +144,7 @@ func TestPropertyCoreFramingMatchesReference(t *testing.T) {
 			t.Fatalf("drawn data has no end: %q", data)
 		}
 		cuts := rapid.SliceOfN(rapid.IntRange(1, 70_000), 1, 5).Draw(t, "cuts")
-		got := proxyFraming(t, data, cuts)
+		got := proxyFraming(t, data, cuts, rapid.Bool().Draw(t, "lend"))
 		if !bytes.Equal(got, want) {
 			t.Fatalf("upstream got\n%q\nwant\n%q", got, want)
 		}
@@ -154,9 +160,11 @@ func TestCoreFramingCanonicalIsVerbatim(t *testing.T) {
 		b.WriteString("The quick brown fox; ..dots inside and a bare\rCR\r\n..stuffed\r\n\r\n")
 	}
 	b.WriteString(".\r\n")
-	for _, cuts := range [][]int{{1 << 21}, {64 << 10}, {32 << 10}, {4096, 1}, {7, 70_000, 13}, {1}} {
-		if got := proxyFraming(t, b.Bytes(), cuts); !bytes.Equal(got, b.Bytes()) {
-			t.Fatalf("reads of %v: canonical data changed on its way (%d bytes in, %d out)", cuts, b.Len(), len(got))
+	for _, lend := range []bool{false, true} {
+		for _, cuts := range [][]int{{1 << 21}, {64 << 10}, {32 << 10}, {4096, 1}, {7, 70_000, 13}, {1}} {
+			if got := proxyFraming(t, b.Bytes(), cuts, lend); !bytes.Equal(got, b.Bytes()) {
+				t.Fatalf("lend %v, reads of %v: canonical data changed on its way (%d bytes in, %d out)", lend, cuts, b.Len(), len(got))
+			}
 		}
 	}
 }

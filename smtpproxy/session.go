@@ -57,6 +57,7 @@ type runner struct {
 	clientWaiting bool    // the client goroutine waits for clientWake
 	clientHolds   bool    // ... holding client bytes the core has not taken
 	dataBuf       *[]byte // the client's read buffer while message data flows
+	iov           net.Buffers
 	clientGone    bool
 	upClosed      bool
 	dialCancel    context.CancelFunc
@@ -98,6 +99,10 @@ func (s *Server) serveSession(client net.Conn, id string, pool *goPool, shutdown
 			BareLF:           s.cfg.BareLF,
 			DropEHLOKeywords: s.cfg.DropEHLOKeywords,
 			Check:            s.cfg.Check,
+			// Canonical message data goes upstream straight from the
+			// read buffer; the client side reads into that buffer again
+			// only after flush has written it.
+			LendInput: true,
 		}),
 		client:      client,
 		mu:          make(sessionLock, 1),
@@ -468,16 +473,32 @@ func (r *runner) flush(holdUp bool) {
 	}
 }
 
-// writeUpstream writes the core's upstream output, if any; it reports
-// whether there was some.
+// writeUpstream writes the core's upstream output, its own bytes then the
+// client input it lent, if any; it reports whether there was some.
 func (r *runner) writeUpstream() bool {
-	out := r.s.TakeUpstreamOutput()
-	if len(out) == 0 || r.up == nil || r.upClosed {
+	out, lent := r.s.TakeUpstreamOutput(), r.s.TakeUpstreamLent()
+	if len(out)+len(lent) == 0 || r.up == nil || r.upClosed {
 		return false
 	}
-	r.trace.record(traceUpOut, out)
 	r.up.SetWriteDeadline(time.Now().Add(r.srv.cfg.ReplyTimeout))
-	n, err := r.up.Write(out)
+	var n int
+	var err error
+	switch {
+	case len(lent) == 0:
+		r.trace.record(traceUpOut, out)
+		n, err = r.up.Write(out)
+	case len(out) == 0:
+		r.trace.record(traceUpOut, lent)
+		n, err = r.up.Write(lent)
+	default:
+		// Both in one system call (writev).
+		r.trace.record(traceUpOut, out)
+		r.trace.record(traceUpOut, lent)
+		r.iov = append(r.iov[:0], out, lent)
+		var n64 int64
+		n64, err = r.iov.WriteTo(r.up)
+		n = int(n64)
+	}
 	r.obs.Relayed(n, 0)
 	if err != nil {
 		r.log.Debug("upstream write failed", "err", err)

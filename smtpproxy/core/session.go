@@ -86,6 +86,13 @@ type Config struct {
 	DropEHLOKeywords []string
 	// Check judges a message; nil means loopcheck.Check.
 	Check CheckFunc
+	// LendInput lets runs of canonical message data (whole CRLF lines
+	// not starting with ".", which go upstream unchanged) pass without a
+	// copy: TakeUpstreamLent returns them, as a part of the very input
+	// given to ClientData, to be written after what TakeUpstreamOutput
+	// returned. The caller then leaves that input unchanged until it has
+	// taken the outputs. Without it, TakeUpstreamOutput returns all.
+	LendInput bool
 }
 
 // TimerKind names a clock the session wants running.
@@ -165,6 +172,7 @@ type Session struct {
 	st    state
 
 	clientOut, upOut []byte
+	upLent           []byte // client input passed upstream as it is (LendInput)
 	events           []Event
 	timers           Timers
 	restartClient    bool
@@ -223,6 +231,21 @@ func (s *Session) TakeClientOutput() []byte { return take(&s.clientOut) }
 // until the next input.
 func (s *Session) TakeUpstreamOutput() []byte { return take(&s.upOut) }
 
+// TakeUpstreamLent returns the client input lent to the upstream (see
+// Config.LendInput), to be written after TakeUpstreamOutput's bytes;
+// always empty without LendInput.
+func (s *Session) TakeUpstreamLent() []byte {
+	b := s.upLent
+	s.upLent = nil
+	return b
+}
+
+// dropUpstreamOutput discards what was not yet written upstream.
+func (s *Session) dropUpstreamOutput() {
+	s.upOut = s.upOut[:0]
+	s.upLent = nil
+}
+
 func take(buf *[]byte) []byte {
 	b := *buf
 	if cap(b) > 4*maxStreamOutput {
@@ -264,7 +287,8 @@ func (s *Session) WantsClientInput() bool {
 	case stCommand, stCapture, stDrain:
 		return true
 	case stStream:
-		return len(s.upOut) < maxStreamOutput
+		// Lent input must be taken before more output can follow it.
+		return len(s.upOut) < maxStreamOutput && s.upLent == nil
 	}
 	return false
 }
@@ -414,7 +438,7 @@ func (s *Session) DrainExpired() {
 	if !s.done {
 		s.abortTx("shutdown drain time over")
 		s.upGone = true
-		s.upOut = s.upOut[:0]
+		s.dropUpstreamOutput()
 		s.closeWith(replyShutdown, "shutdown drain time over")
 	}
 	s.after()
@@ -847,8 +871,13 @@ func (s *Session) streamInput(p []byte) int {
 		if s.dec.atLineStart() && s.enc.betweenLines() {
 			room := min(len(p), n+maxStreamOutput-len(s.upOut))
 			if k := verbatimLines(p[n:room]); k > 0 {
-				s.upOut = append(s.upOut, p[n:n+k]...)
 				s.tx.Size += int64(k)
+				if s.cfg.LendInput && s.upLent == nil {
+					// Nothing may follow lent input until it is taken.
+					s.upLent = p[n : n+k : n+k]
+					return n + k
+				}
+				s.upOut = append(s.upOut, p[n:n+k]...)
 				n += k
 				continue
 			}
@@ -1019,7 +1048,7 @@ func (s *Session) markGone(why string) {
 	if !s.upGone {
 		s.upGone = true
 		s.upReason = why
-		s.upOut = s.upOut[:0] // unsent content must not follow
+		s.dropUpstreamOutput() // unsent content must not follow
 	}
 }
 
@@ -1039,7 +1068,7 @@ func (s *Session) closeWith(reply, why string) {
 	s.clientOut = append(s.clientOut, reply...)
 	if !s.upGone {
 		s.upGone = true
-		s.upOut = s.upOut[:0]
+		s.dropUpstreamOutput()
 	}
 	s.done = true
 	s.st = stClosed
