@@ -16,7 +16,11 @@
 // Timers (which clocks to run; restart one when its generation changes)
 // and TakeEvents (for logs). WantsClientInput says whether the session
 // will take client bytes now; while it is false the caller must not read
-// the client: that is the backpressure that bounds memory.
+// the client: that is the backpressure that bounds memory. With
+// Config.LendInput, TakeUpstreamLent follows TakeUpstreamOutput: runs of
+// canonical message data the session passes on as they are, as part of
+// the input itself, which the caller leaves unchanged until it has taken
+// the outputs.
 //
 // # Guarantees
 //
