@@ -54,10 +54,11 @@ type runner struct {
 	s             *core.Session
 	trace         *tracer
 	up            net.Conn
-	clientWaiting bool    // the client goroutine waits for clientWake
-	clientHolds   bool    // ... holding client bytes the core has not taken
-	dataBuf       *[]byte // the client's read buffer while message data flows
-	iov           net.Buffers
+	clientWaiting bool        // the client goroutine waits for clientWake
+	clientHolds   bool        // ... holding client bytes the core has not taken
+	dataBuf       *[]byte     // the client's read buffer while message data flows
+	iov           [2][]byte   // writev's vector and the
+	iovBufs       net.Buffers // ... slice of it WriteTo consumes: no allocation per write
 	clientGone    bool
 	upClosed      bool
 	dialCancel    context.CancelFunc
@@ -494,10 +495,12 @@ func (r *runner) writeUpstream() bool {
 		// Both in one system call (writev).
 		r.trace.record(traceUpOut, out)
 		r.trace.record(traceUpOut, lent)
-		r.iov = append(r.iov[:0], out, lent)
+		r.iov = [2][]byte{out, lent}
+		r.iovBufs = r.iov[:]
 		var n64 int64
-		n64, err = r.iov.WriteTo(r.up)
+		n64, err = r.iovBufs.WriteTo(r.up)
 		n = int(n64)
+		r.iov = [2][]byte{} // the session's and the client's bytes are not kept
 	}
 	r.obs.Relayed(n, 0)
 	if err != nil {
