@@ -287,3 +287,40 @@ func TestProxyPathJudges(t *testing.T) {
 		}
 	}
 }
+
+// maxAllocGrowth bounds how many more heap allocations per message a
+// 1 MiB message may cost than a 10 KiB one (issue 6: allocations per
+// message independent of message size); a little slack covers the
+// runtime's own bookkeeping.
+const maxAllocGrowth = 4
+
+// TestAllocsPerMessageIndependentOfSize sends the same number of 10 KiB
+// and 1 MiB messages through the proxy and compares the allocations per
+// message of the whole process (the generator and the sink allocate
+// nothing that depends on the size).
+func TestAllocsPerMessageIndependentOfSize(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends 20 MiB")
+	}
+	e := startEnv(t, smtpproxy.Config{})
+	const n = 20
+	perMessage := func(size int) float64 {
+		l := &smtpload.Load{Addr: e.addr(pathProxy), Message: smtpload.Message(size, ""), Concurrency: 2}
+		if _, err := l.Run(context.Background(), 2); err != nil { // warm the pools
+			t.Fatal(err)
+		}
+		var ms0, ms1 runtime.MemStats
+		runtime.ReadMemStats(&ms0)
+		res, err := l.Run(context.Background(), n)
+		runtime.ReadMemStats(&ms1)
+		if err != nil || res.Accepted != n {
+			t.Fatalf("%d-byte messages: %d of %d accepted: %v", size, res.Accepted, n, err)
+		}
+		return float64(ms1.Mallocs-ms0.Mallocs) / n
+	}
+	small, large := perMessage(10<<10), perMessage(1<<20)
+	t.Logf("allocations per message, whole process: %.1f at 10 KiB, %.1f at 1 MiB", small, large)
+	if large-small > maxAllocGrowth {
+		t.Errorf("a 1 MiB message costs %.1f allocations, a 10 KiB one %.1f: allocation grows with size", large, small)
+	}
+}
