@@ -141,10 +141,7 @@ func stoppedTimer() *time.Timer {
 // reads the client until the session is over.
 func (r *runner) run(pool *goPool, shutdown, drain <-chan struct{}) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.srv.cfg.ConnectTimeout)
-	r.mu.Lock()
-	r.dialCancel = cancel
-	r.settle()
-	r.mu.Unlock()
+	r.input(func() { r.dialCancel = cancel })
 	pool.Go(func() { r.upstreamLoop(ctx) })
 	pool.Go(func() { r.watch(shutdown, drain) })
 	r.clientLoop()
