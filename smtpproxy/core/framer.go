@@ -69,6 +69,14 @@ type decoder struct {
 // done reports whether the end of data has been read.
 func (d *decoder) done() bool { return d.st == decDone }
 
+// endOfData is the end of data as the decoder reads it at a line start
+// that follows a CRLF, and as the encoder writes it between lines.
+var endOfData = []byte(".\r\n")
+
+// finish records that the caller found the end of data (endOfData at a
+// line start) itself.
+func (d *decoder) finish() { d.st = decDone }
+
 // next reads from p until it has a token. It returns the token and the
 // number of bytes of p consumed; a tokContent may report bytes held over
 // from an earlier call (a CR or dot) and then consume nothing. After

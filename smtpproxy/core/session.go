@@ -874,8 +874,17 @@ func (s *Session) streamInput(p []byte) int {
 				s.tx.Size += int64(k)
 				if s.cfg.LendInput && s.upLent == nil {
 					// Nothing may follow lent input until it is taken.
-					s.upLent = p[n : n+k : n+k]
-					return n + k
+					end := n + k
+					if bytes.HasPrefix(p[end:], endOfData) {
+						// The end of data right after them reads and
+						// frames the same: it goes in the same loan.
+						end += len(endOfData)
+						s.dec.finish()
+						s.dataEnded = true
+						s.await(stDataReply)
+					}
+					s.upLent = p[n:end:end]
+					return end
 				}
 				s.upOut = append(s.upOut, p[n:n+k]...)
 				n += k
