@@ -2,7 +2,6 @@ package postfixtest
 
 import (
 	"errors"
-	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -10,11 +9,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtpload"
 )
 
 func TestUnavailable(t *testing.T) {
@@ -97,36 +97,8 @@ func TestDeliveries(t *testing.T) {
 // connection it accepts and a new connection to upstream, and changes nothing.
 func blindRelay(t *testing.T, ln net.Listener, upstream string) {
 	t.Helper()
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				u, err := net.Dial("tcp", upstream)
-				if err != nil {
-					t.Errorf("blind relay: dial %s: %v", upstream, err)
-					return
-				}
-				defer u.Close()
-				var pipes sync.WaitGroup
-				pipe := func(dst, src net.Conn) {
-					io.Copy(dst, src)
-					dst.(*net.TCPConn).CloseWrite()
-				}
-				pipes.Go(func() { pipe(u, c) })
-				pipes.Go(func() { pipe(c, u) })
-				pipes.Wait()
-			})
-		}
-	})
+	r := smtpload.NewRelay(ln, upstream)
+	t.Cleanup(func() { r.Close() })
 }
 
 // TestHarnessBlindRelay proves the harness with a relay that changes nothing:
