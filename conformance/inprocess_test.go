@@ -1,7 +1,6 @@
 package conformance
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/syncbuf"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 )
@@ -59,7 +60,7 @@ func proxyConfig(c *Case, upstream string, log *slog.Logger) (smtpproxy.Config, 
 }
 
 func serveSMTPProxy(ln net.Listener, c *Case, upstream string) (func() string, error) {
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	cfg, err := proxyConfig(c, upstream, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		return nil, err
@@ -82,22 +83,4 @@ func serveSMTPProxy(ln net.Listener, c *Case, upstream string) (func() string, e
 		return logs.String()
 	}
 	return stop, nil
-}
-
-// syncBuffer is a bytes.Buffer that sessions may log to concurrently.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/syncbuf"
+
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
 
@@ -208,24 +210,7 @@ func (u *upstream) waitEnded(t testing.TB) {
 type proxy struct {
 	addr string
 	stop func() error
-	logs *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs *syncbuf.Buffer
 }
 
 // checkDeliveredTo is a simple injected verdict for runtime tests: a loop
@@ -257,7 +242,7 @@ func startProxy(t testing.TB, cfg Config) *proxy {
 
 func serveProxy(t testing.TB, cfg Config, ln net.Listener) *proxy {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}

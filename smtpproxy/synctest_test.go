@@ -10,6 +10,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/syncbuf"
 )
 
 // These tests run the whole runtime (Serve, sessions, readers, timers)
@@ -55,11 +57,11 @@ type bubble struct {
 	ln     *pipeListener
 	cancel context.CancelFunc
 	served chan error
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 }
 
 func newBubble(t *testing.T, cfg Config) *bubble {
-	b := &bubble{t: t, u: newScript(t), ln: newPipeListener(), served: make(chan error, 1), logs: &syncBuffer{}}
+	b := &bubble{t: t, u: newScript(t), ln: newPipeListener(), served: make(chan error, 1), logs: &syncbuf.Buffer{}}
 	if cfg.Dial == nil {
 		cfg.Dial = func(ctx context.Context) (net.Conn, error) {
 			a, z := net.Pipe()

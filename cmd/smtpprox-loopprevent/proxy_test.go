@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/syncbuf"
+
 	"github.com/emersion/go-smtp"
 	"github.com/google/go-cmp/cmp"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
@@ -181,7 +183,7 @@ func TestRunProxyEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "proxy.sock")
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"--children=4", "-log-format=json", "--debugtrace=" + filepath.Join(dir, "trace"), "unix:" + sock, up}, nil, io.Discard, &stderr)
@@ -229,21 +231,4 @@ func TestRunProxyEndToEnd(t *testing.T) {
 	if len(traces) != 2 || !found {
 		t.Fatalf("transcripts %v (the session's found: %v)", traces, found)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
