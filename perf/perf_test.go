@@ -14,22 +14,25 @@ import (
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 )
 
-// The three paths, in the order each run measures them: the direct path
-// first, since the others report what they add to it.
+// The paths, in the order each run measures them: the direct path first,
+// since the others report what they add to it, and the proxy last, since
+// it reports its ratio to both relays.
 const (
-	pathDirect = "direct"
-	pathRelay  = "relay"
-	pathProxy  = "proxy"
+	pathDirect    = "direct"
+	pathRelay     = "relay"     // io.Copy (splice): issue 6's baseline
+	pathCopyRelay = "copyrelay" // through a buffer: the floor of a proxy that reads the bytes
+	pathProxy     = "proxy"
 )
 
-func pathNames() []string { return []string{pathDirect, pathRelay, pathProxy} }
+func pathNames() []string { return []string{pathDirect, pathRelay, pathCopyRelay, pathProxy} }
 
-// env is one sink with the three paths to it.
+// env is one sink with the paths to it.
 type env struct {
-	sink  *smtpload.Sink
-	relay *smtpload.Relay
-	proxy string
-	stop  func() // stops all three and waits for their sessions to end
+	sink      *smtpload.Sink
+	relay     *smtpload.Relay
+	copyRelay *smtpload.Relay
+	proxy     string
+	stop      func() // stops them all and waits for their sessions to end
 }
 
 func listen(tb testing.TB) net.Listener {
@@ -41,7 +44,8 @@ func listen(tb testing.TB) net.Listener {
 	return ln
 }
 
-// startEnv starts a sink, a blind relay to it and the proxy to it, with
+// startEnv starts a sink, the two blind relays to it (splice, and copying
+// through a buffer of the proxy's data read size) and the proxy to it, with
 // the proxy's defaults except cfg's non-zero fields. The proxy logs to a
 // discarding handler: the benchmarks measure the relaying, not the log
 // sink. Everything stops at the end of the test, or at e.stop.
@@ -49,6 +53,7 @@ func startEnv(tb testing.TB, cfg smtpproxy.Config) *env {
 	tb.Helper()
 	sink := smtpload.NewSink(listen(tb))
 	relay := smtpload.NewRelay(listen(tb), sink.Addr())
+	copyRelay := smtpload.NewCopyRelay(listen(tb), sink.Addr(), smtpproxy.DataReadSize)
 	cfg.Upstream = sink.Addr()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -69,17 +74,20 @@ func startEnv(tb testing.TB, cfg smtpproxy.Config) *env {
 				tb.Errorf("proxy: %v", err)
 			}
 			relay.Close()
+			copyRelay.Close()
 			sink.Close()
 		})
 	}
 	tb.Cleanup(stop)
-	return &env{sink: sink, relay: relay, proxy: ln.Addr().String(), stop: stop}
+	return &env{sink: sink, relay: relay, copyRelay: copyRelay, proxy: ln.Addr().String(), stop: stop}
 }
 
 func (e *env) addr(path string) string {
 	switch path {
 	case pathRelay:
 		return e.relay.Addr()
+	case pathCopyRelay:
+		return e.copyRelay.Addr()
 	case pathProxy:
 		return e.proxy
 	}
@@ -113,7 +121,7 @@ type measurement struct {
 	cpu      time.Duration // CPU time per message, whole process
 }
 
-// BenchmarkPaths sends the loads of issue 6 along the three paths in the
+// BenchmarkPaths sends the loads of issue 6 along the four paths in the
 // same run; see the package comment for the metrics.
 func BenchmarkPaths(b *testing.B) {
 	e := startEnv(b, smtpproxy.Config{})
@@ -140,6 +148,9 @@ func BenchmarkPaths(b *testing.B) {
 					}
 					if r, ok := got[pathRelay]; ok && path == pathProxy {
 						b.ReportMetric(m.rate/r.rate, "ratio-to-relay")
+					}
+					if r, ok := got[pathCopyRelay]; ok && path == pathProxy {
+						b.ReportMetric(m.rate/r.rate, "ratio-to-copyrelay")
 					}
 				})
 			}
@@ -177,12 +188,12 @@ func measure(b *testing.B, e *env, path string, msg []byte, sc scenario) measure
 	}
 }
 
-// BenchmarkInterleaved sends each scenario's load along the three paths
-// in turns of a few hundred milliseconds (direct, relay, proxy, then the
-// reverse order), so that all three share the same background load, and
-// reports each path's messages/s and CPU per message and the ratios
-// proxy/relay, proxy/direct and relay/direct. b.N is the number of
-// messages per path. On a shared machine these ratios are steadier than
+// BenchmarkInterleaved sends each scenario's load along the four paths
+// in turns of a few hundred milliseconds (direct, relay, copyrelay, proxy,
+// then the reverse order), so that all four share the same background
+// load, and reports each path's messages/s and CPU per message and the
+// ratios proxy/relay, proxy/copyrelay, proxy/direct, relay/direct and
+// copyrelay/relay. b.N is the number of messages per path. On a shared machine these ratios are steadier than
 // those of BenchmarkPaths, whose paths run a second or more apart.
 func BenchmarkInterleaved(b *testing.B) {
 	e := startEnv(b, smtpproxy.Config{})
@@ -193,8 +204,9 @@ func BenchmarkInterleaved(b *testing.B) {
 			// A turn gives each worker several messages, so the wait for
 			// the slowest worker at its end weighs little.
 			turn := max(16, 8*sc.conc)
-			var elapsed, cpu [3]time.Duration
 			paths := pathNames()
+			elapsed := make([]time.Duration, len(paths))
+			cpu := make([]time.Duration, len(paths))
 			b.ResetTimer()
 			for done, round := 0, 0; done < b.N; round++ {
 				n := min(turn, b.N-done)
@@ -218,14 +230,18 @@ func BenchmarkInterleaved(b *testing.B) {
 				done += n
 			}
 			b.StopTimer()
-			rate := func(i int) float64 { return float64(b.N) / elapsed[i].Seconds() }
+			rates := map[string]float64{}
 			for i, path := range paths {
-				b.ReportMetric(rate(i), path+"-msgs/s")
+				rates[path] = float64(b.N) / elapsed[i].Seconds()
+				b.ReportMetric(rates[path], path+"-msgs/s")
 				b.ReportMetric(float64(cpu[i].Nanoseconds())/1e3/float64(b.N), path+"-cpu-us/msg")
 			}
-			b.ReportMetric(rate(2)/rate(1), "proxy/relay")
-			b.ReportMetric(rate(2)/rate(0), "proxy/direct")
-			b.ReportMetric(rate(1)/rate(0), "relay/direct")
+			direct, relay, copyRelay, proxy := rates[pathDirect], rates[pathRelay], rates[pathCopyRelay], rates[pathProxy]
+			b.ReportMetric(proxy/relay, "proxy/relay")
+			b.ReportMetric(proxy/copyRelay, "proxy/copyrelay")
+			b.ReportMetric(proxy/direct, "proxy/direct")
+			b.ReportMetric(relay/direct, "relay/direct")
+			b.ReportMetric(copyRelay/relay, "copyrelay/relay")
 		})
 	}
 }
@@ -240,7 +256,8 @@ func TestPathsDeliver(t *testing.T) {
 			msg := smtpload.Message(sc.size, "")
 			n := 3 * min(sc.conc, 4)
 			l := &smtpload.Load{Addr: e.addr(path), Message: msg, Concurrency: min(sc.conc, 4), PerConn: sc.perConn}
-			msgs, bytes, relayed := e.sink.Messages(), e.sink.Bytes(), e.relay.Sessions()
+			msgs, bytes := e.sink.Messages(), e.sink.Bytes()
+			relayed, copied := e.relay.Sessions(), e.copyRelay.Sessions()
 			res, err := l.Run(context.Background(), n)
 			if err != nil {
 				t.Fatalf("%s %s: %v", path, sc.name, err)
@@ -259,20 +276,23 @@ func TestPathsDeliver(t *testing.T) {
 			if relayedNow := e.relay.Sessions() - relayed; (path == pathRelay) != (relayedNow > 0) {
 				t.Errorf("%s %s: the relay carried %d sessions", path, sc.name, relayedNow)
 			}
+			if copiedNow := e.copyRelay.Sessions() - copied; (path == pathCopyRelay) != (copiedNow > 0) {
+				t.Errorf("%s %s: the copying relay carried %d sessions", path, sc.name, copiedNow)
+			}
 		}
 	}
 }
 
 // TestProxyPathJudges shows the proxy path is the proxy: a message whose
 // Delivered-To: names its recipient gets 554 and never reaches the sink,
-// while the blind relay lets it through.
+// while the blind relays let it through.
 func TestProxyPathJudges(t *testing.T) {
 	e := startEnv(t, smtpproxy.Config{})
 	loop := smtpload.Message(10<<10, "Delivered-To: "+smtpload.DefaultTo+"\r\n")
 	for _, c := range []struct {
 		path         string
 		wantAccepted int
-	}{{pathProxy, 0}, {pathRelay, 2}} {
+	}{{pathProxy, 0}, {pathRelay, 2}, {pathCopyRelay, 2}} {
 		before := e.sink.Messages()
 		l := &smtpload.Load{Addr: e.addr(c.path), Message: loop, Concurrency: 2}
 		res, err := l.Run(context.Background(), 2)

@@ -21,6 +21,12 @@ const (
 	dataBufferSize = 64 << 10
 )
 
+// DataReadSize is the size of the client reads while message data flows.
+// The benchmarks' copying relay (package perf) copies through a buffer of
+// this size: the floor of a proxy that reads every byte the way this one
+// does.
+const DataReadSize = dataBufferSize
+
 // bufferPools holds the read buffers not in use, as pointers so that
 // putting one back does not allocate.
 type bufferPools struct {

@@ -20,8 +20,10 @@
 //     as" and keeps only counts, so it costs the run as little as possible.
 //     It reads message data the lenient way (a line "." ends it) and takes
 //     pipelined commands.
-//   - The relay copies each direction with io.Copy (splice(2) on Linux
-//     between TCP sockets) and half-closes the other side when one ends.
+//   - NewRelay's relay copies each direction with io.Copy (splice(2) on
+//     Linux between TCP sockets); NewCopyRelay's reads each direction into
+//     a pooled buffer of the given size and writes it out, never with
+//     splice or sendfile. Both half-close the other side when one ends.
 //   - Nothing here asserts a duration. Per message, the generator and the
 //     sink allocate nothing that depends on the message size.
 //

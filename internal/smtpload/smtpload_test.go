@@ -138,20 +138,38 @@ func TestLoadToSink(t *testing.T) {
 }
 
 func TestLoadThroughRelay(t *testing.T) {
-	s := startSink(t)
-	r := NewRelay(listen(t), s.Addr())
-	t.Cleanup(func() { r.Close() })
-	msg := Message(200<<10, "")
-	l := &Load{Addr: r.Addr(), Message: msg, Concurrency: 3, WaitQuit: true}
-	res, err := l.Run(context.Background(), 6)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Accepted != 6 || s.Messages() != 6 || s.Bytes() != int64(6*len(msg)) {
-		t.Fatalf("accepted %d; sink has %d messages, %d bytes", res.Accepted, s.Messages(), s.Bytes())
-	}
-	if r.Sessions() != 6 {
-		t.Errorf("relay carried %d sessions, want 6", r.Sessions())
+	for _, c := range []struct {
+		name    string
+		bufSize int // 0: the splice relay
+	}{{"splice", 0}, {"copy", 64 << 10}, {"copy-small-buffer", 512}} {
+		t.Run(c.name, func(t *testing.T) {
+			s := startSink(t)
+			var r *Relay
+			if c.bufSize == 0 {
+				r = NewRelay(listen(t), s.Addr())
+			} else {
+				r = NewCopyRelay(listen(t), s.Addr(), c.bufSize)
+			}
+			t.Cleanup(func() { r.Close() })
+			msg := Message(200<<10, "")
+			l := &Load{Addr: r.Addr(), Message: msg, Concurrency: 3, WaitQuit: true}
+			res, err := l.Run(context.Background(), 6)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Accepted != 6 || s.Messages() != 6 || s.Bytes() != int64(6*len(msg)) {
+				t.Fatalf("accepted %d; sink has %d messages, %d bytes", res.Accepted, s.Messages(), s.Bytes())
+			}
+			if r.Sessions() != 6 {
+				t.Errorf("relay carried %d sessions, want 6", r.Sessions())
+			}
+			r.Close() // the sessions end, and their counts are in
+			// The copying relay reads every byte into its buffers: the
+			// messages, the commands and the replies.
+			if c.bufSize > 0 && r.Buffered() <= int64(6*len(msg)) {
+				t.Errorf("copying relay read %d bytes into its buffers, want more than the %d of the messages", r.Buffered(), 6*len(msg))
+			}
+		})
 	}
 }
 
