@@ -291,6 +291,11 @@ func (d *driver) settle() {
 			d.client = append(d.client, c...)
 		}
 		out := d.s.TakeUpstreamOutput()
+		if lent := d.s.TakeUpstreamLent(); len(lent) > 0 {
+			// Lent client input goes after the session's own bytes; the
+			// copy keeps the session's buffer out of it.
+			out = append(slices.Clip(out), lent...)
+		}
 		if len(out) > 0 {
 			d.note("U %s", clip(out))
 		}
@@ -356,10 +361,15 @@ func (d *driver) feed(p []byte) {
 			d.fail("the session takes no input, is not done and waits for nothing (state %d)", d.s.st)
 		}
 		k := max(1, min(d.cut(len(d.pending)), len(d.pending)))
-		n := d.s.ClientData(d.pending[:k])
-		d.note("C %s", clip(d.pending[:n]))
+		// Each read is a buffer of its own, overwritten once the outputs
+		// are taken, as the runtime reuses its buffer: input the session
+		// lent (Config.LendInput) must have been taken by then.
+		read := slices.Clone(d.pending[:k])
+		n := d.s.ClientData(read)
+		d.note("C %s", clip(read[:n]))
 		d.pending = d.pending[n:]
 		d.settle()
+		clear(read)
 	}
 	if d.s.Done() {
 		d.pending = nil // a closed connection reads nothing more

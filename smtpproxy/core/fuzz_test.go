@@ -29,6 +29,7 @@ func readFuzzOpts(opts uint8) fuzzConfig {
 	if opts&16 != 0 {
 		c.ref.drop = []string{"size", "XFORWARD"}
 	}
+	c.ref.lend = opts&128 != 0 // the runtime's way: canonical data lent, not copied
 	return c
 }
 
@@ -49,7 +50,7 @@ func pieceSizes(seed uint64) func(n int) int {
 // FuzzSession feeds an arbitrary client byte stream, cut into arbitrary
 // reads, to a session whose upstream follows an arbitrary script (one op
 // byte per thing it reads, see acts_test.go), then ends the session as
-// the option byte says. Oracles: the reference model (refmodel_test.go)
+// the option byte says (bit 7: with Config.LendInput). Oracles: the reference model (refmodel_test.go)
 // says reply by reply what the client gets and command by command, line
 // by line, what the strict RFC 5321 upstream reads, and which recipients
 // are accepted and checked; independently of it, every end-of-data 2xx
@@ -75,6 +76,7 @@ func FuzzSession(f *testing.F) {
 	}
 	for i, s := range seeds {
 		f.Add([]byte(s.client), []byte(s.script), uint64(i)*0x9e3779b97f4a7c15, s.opts)
+		f.Add([]byte(s.client), []byte(s.script), uint64(i)*0x9e3779b97f4a7c15, s.opts|128) // lending
 	}
 	f.Fuzz(func(t *testing.T, client, script []byte, cutSeed uint64, opts uint8) {
 		runSessionCase(t, client, script, cutSeed, opts)
@@ -119,7 +121,8 @@ func runSessionCase(t tb, client, script []byte, cutSeed uint64, opts uint8) *dr
 // after the last of them, and only if the data held one. What follows the
 // end of data is not data: it is read as commands. Both paths of the
 // framer are taken: the header section captured then written at once,
-// and the body streamed; a small header limit sends some messages down
+// and the body streamed, copied or (odd cut seeds) lent as the runtime
+// has it (Config.LendInput); a small header limit sends some messages down
 // the refusal path, where the upstream must read nothing of them.
 func FuzzFramer(f *testing.F) {
 	seeds := []string{
@@ -183,6 +186,9 @@ func FuzzFramer(f *testing.F) {
 		opts := uint8(2) // dry run: a loop passes too (the framer is the question here)
 		if limit > 0 {
 			opts |= 1 << 2 // the 256-byte header limit
+		}
+		if cutSeed&1 != 0 {
+			opts |= 128 // canonical data lent, as the runtime has it
 		}
 		dr := runSessionCase(t, client, nil, cutSeed, opts)
 		var delivered []*gotUnit

@@ -162,6 +162,7 @@ type refConfig struct {
 	reject    bool // BareLFReject
 	dryRun    bool
 	drop      []string
+	lend      bool // Config.LendInput: the model reads the same either way
 }
 
 func (c refConfig) config(check CheckFunc) Config {
@@ -172,6 +173,7 @@ func (c refConfig) config(check CheckFunc) Config {
 		BareLF:           map[bool]BareLFPolicy{false: BareLFNormalize, true: BareLFReject}[c.reject],
 		DropEHLOKeywords: c.drop,
 		Check:            check,
+		LendInput:        c.lend,
 	}
 }
 

@@ -172,6 +172,7 @@ func TestSessionStateMachine(t *testing.T) {
 			reject:    rapid.IntRange(0, 3).Draw(t, "bare-lf-reject") == 3,
 			dryRun:    rapid.IntRange(0, 9).Draw(t, "dry-run") == 9,
 			maxHeader: rapid.SampledFrom([]int{DefaultMaxHeaderBytes, 512, 2048}).Draw(t, "max-header"),
+			lend:      rapid.Bool().Draw(t, "lend-input"),
 		}
 		if rapid.Bool().Draw(t, "drop-keywords") {
 			cfg.drop = []string{"Size", "XFORWARD"}
