@@ -154,17 +154,15 @@ func (d *decoder) next(p []byte) (tok token, n int) {
 }
 
 // atLineStart reports whether the decoder is at the start of a line that
-// follows a CRLF (or opens the data), where verbatimLines applies.
+// follows a CRLF (or opens the data).
 func (d *decoder) atLineStart() bool { return d.st == decBOL }
 
 // verbatimLines returns the length of the longest prefix of p made of whole
-// lines that the decoder and encoder together pass on unchanged: each ends
-// in CRLF and none begins with "." (such a line is unstuffed, and may be
-// the end of data: the token path reads it). Any other byte, a bare CR
-// included, is content that goes upstream as it came. Valid only at the
-// start of a line (atLineStart) with the encoder between lines; the
-// decoder stays at a line start after the prefix. This is the fast path
-// for canonical data, the common case, which SPEC 2.6 relays verbatim.
+// lines that the decoder passes on unchanged: each ends in CRLF and none
+// begins with "." (such a line is unstuffed, and may be the end of data:
+// the token path reads it). Any other byte, a bare CR included, is content
+// that goes upstream as it came. Valid only at the start of a line
+// (atLineStart); the decoder stays there after the prefix.
 func verbatimLines(p []byte) int {
 	n := 0
 	for n < len(p) && p[n] != '.' {
@@ -175,6 +173,60 @@ func verbatimLines(p []byte) int {
 		n += i + 1
 	}
 	return n
+}
+
+// verbatimRun is the fast path for canonical data, the common case, which
+// SPEC 2.6 relays verbatim. From the decoder's and encoder's state it
+// reads the longest prefix of p that they together pass on unchanged, and
+// leaves them as the token path would have: the rest of a line begun
+// (when its content went upstream as it came), whole CRLF lines that do
+// not begin with ".", and then the start of a line that p cuts before its
+// end, if it does not begin with "." either. It returns the bytes passed
+// (p[:pass], unchanged) and read: one more when p ends in a CR, which the
+// decoder holds as the token path does, since it may be the CR of a CRLF.
+// It stops at anything else for the token path (a line ended by a bare
+// LF, a leading dot, the end of data) and reads nothing in any other
+// state (a held CR or dot, the line after a bare LF).
+func verbatimRun(d *decoder, e *encoder, p []byte) (pass, read int) {
+	switch {
+	case len(p) == 0:
+		return 0, 0
+	case d.st == decMid && e.inLine:
+		// The rest of a line whose content went upstream as it came.
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			return passUnfinished(d, e, p)
+		}
+		if i == 0 || p[i-1] != '\r' {
+			return 0, 0 // a bare LF ends it
+		}
+		pass = i + 1
+		d.st, e.inLine = decBOL, false
+	case d.st != decBOL || e.inLine:
+		return 0, 0
+	}
+	pass += verbatimLines(p[pass:])
+	if rest := p[pass:]; len(rest) > 0 && rest[0] != '.' && bytes.IndexByte(rest, '\n') < 0 {
+		k, r := passUnfinished(d, e, rest)
+		return pass + k, pass + r
+	}
+	return pass, pass
+}
+
+// passUnfinished reads p, the start or the rest of a content line (no LF,
+// and no leading dot at a line start), the way the token path does: its
+// content goes upstream as it came, but a final CR, which the decoder
+// holds.
+func passUnfinished(d *decoder, e *encoder, p []byte) (pass, read int) {
+	pass, d.st = len(p), decMid
+	if p[pass-1] == '\r' {
+		pass--
+		d.st = decCR
+	}
+	if pass > 0 {
+		e.inLine = true
+	}
+	return pass, len(p)
 }
 
 // encoder frames content lines for the upstream; the zero value is at the

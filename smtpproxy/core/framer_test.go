@@ -2,6 +2,8 @@ package core
 
 import (
 	"bytes"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -321,4 +323,105 @@ func TestPropertyReferenceReadersAgree(t *testing.T) {
 			t.Fatalf("for %q: modelDecode %+v, readData %+v", in, a, b)
 		}
 	})
+}
+
+// frameChunks frames input cut at the given offsets as the session
+// streams it, the token path alone or (fast) verbatimRun wherever it
+// reads something, and returns the upstream bytes, the content bytes
+// counted, and the decoder's and encoder's state after each piece.
+func frameChunks(input []byte, cuts []int, fast bool) (up []byte, size int, states []string) {
+	var d decoder
+	var e encoder
+	start := 0
+	for _, end := range append(append([]int{}, cuts...), len(input)) {
+		if end < start {
+			continue
+		}
+		p := input[start:end]
+		start = end
+		for len(p) > 0 && !d.done() {
+			if fast {
+				if pass, read := verbatimRun(&d, &e, p); read > 0 {
+					up = append(up, p[:pass]...)
+					size += pass
+					p = p[read:]
+					continue
+				}
+			}
+			tok, n := d.next(p)
+			p = p[n:]
+			switch tok.kind {
+			case tokContent:
+				size += len(tok.content)
+				up = e.content(up, tok.content)
+			case tokLineEnd:
+				size += 2
+				up = e.lineEnd(up)
+			case tokEnd:
+				up = e.end(up)
+			}
+		}
+		states = append(states, fmt.Sprintf("%d/%v", d.st, e.inLine))
+	}
+	return up, size, states
+}
+
+// canonicalish draws data that is mostly canonical lines, cut anywhere,
+// with the framing traps among them, so that verbatimRun starts in every
+// state and stops at every trap.
+func canonicalish() *rapid.Generator[[]byte] {
+	return rapid.Custom(func(t *rapid.T) []byte {
+		parts := rapid.SliceOfN(rapid.SampledFrom([]string{
+			"plain text line\r\n", "a\rb\r\n", "\r\n", "xy", "\r", "\n", ".", "..x\r\n", "\r\n.\r\n", ".\r\n", "x\n.\n", "\r\r\n",
+		}), 0, 40).Draw(t, "parts")
+		return []byte(strings.Join(parts, ""))
+	})
+}
+
+// TestPropertyVerbatimRunIsTheTokenPath: the fast path changes nothing:
+// however the data is cut, the upstream bytes, the size counted and the
+// framer's state after every piece are those of the token path alone.
+func TestPropertyVerbatimRunIsTheTokenPath(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		in := canonicalish().Draw(t, "data")
+		cuts := cutsFor(t, len(in))
+		wantUp, wantSize, wantStates := frameChunks(in, cuts, false)
+		gotUp, gotSize, gotStates := frameChunks(in, cuts, true)
+		if !bytes.Equal(gotUp, wantUp) || gotSize != wantSize || !slices.Equal(gotStates, wantStates) {
+			t.Fatalf("%q cut at %v:\nfast  %q size %d states %v\ntoken %q size %d states %v", in, cuts, gotUp, gotSize, gotStates, wantUp, wantSize, wantStates)
+		}
+	})
+}
+
+// TestVerbatimRunCases pins what the fast path reads from each state.
+func TestVerbatimRunCases(t *testing.T) {
+	cases := []struct {
+		st         decState
+		inLine     bool
+		in         string
+		pass, read int
+	}{
+		{decBOL, false, "ab\r\ncd\r\n", 8, 8},
+		{decBOL, false, "ab\r\ncd", 6, 6},     // the start of the next line too
+		{decBOL, false, "ab\r\ncd\r", 6, 7},   // its CR held
+		{decBOL, false, "ab\r\n.cd", 4, 4},    // a leading dot: token path
+		{decBOL, false, "ab\r\ncd\nef", 4, 4}, // a bare LF: token path from its line
+		{decBOL, false, ".\r\n", 0, 0},
+		{decBOL, false, "\r", 0, 1},
+		{decMid, true, "cd\r\nef\r\n", 8, 8}, // the rest of a line begun
+		{decMid, true, "cd", 2, 2},
+		{decMid, true, "\nx", 0, 0},        // a bare LF ends it
+		{decMid, false, "cd\r\n", 0, 0},    // after a bare LF: token path
+		{decCR, true, "\nab\r\n", 0, 0},    // a held CR: token path
+		{decDot, false, "x\r\n", 0, 0},     // a held dot: token path
+		{decBOL, true, "ab\r\n", 0, 0},     // encoder mid-line: never at a line start
+		{decMid, true, "c\r\n.\r\n", 3, 3}, // the end of data is the session's
+	}
+	for _, c := range cases {
+		d, e := decoder{st: c.st}, encoder{inLine: c.inLine}
+		pass, read := verbatimRun(&d, &e, []byte(c.in))
+		if pass != c.pass || read != c.read {
+			t.Errorf("state %d, in line %v, %q: pass %d read %d, want %d %d", c.st, c.inLine, c.in, pass, read, c.pass, c.read)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package core
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -868,28 +869,28 @@ func (s *Session) afterCaptureFlushed() {
 func (s *Session) streamInput(p []byte) int {
 	n := 0
 	for n < len(p) && len(s.upOut) < maxStreamOutput {
-		if s.dec.atLineStart() && s.enc.betweenLines() {
-			room := min(len(p), n+maxStreamOutput-len(s.upOut))
-			if k := verbatimLines(p[n:room]); k > 0 {
-				s.tx.Size += int64(k)
-				if s.cfg.LendInput && s.upLent == nil {
-					// Nothing may follow lent input until it is taken.
-					end := n + k
-					if bytes.HasPrefix(p[end:], endOfData) {
-						// The end of data right after them reads and
-						// frames the same: it goes in the same loan.
-						end += len(endOfData)
-						s.dec.finish()
-						s.dataEnded = true
-						s.await(stDataReply)
-					}
-					s.upLent = p[n:end:end]
-					return end
+		room := min(len(p), n+maxStreamOutput-len(s.upOut))
+		if pass, read := verbatimRun(&s.dec, &s.enc, p[n:room]); read > 0 {
+			s.tx.Size += int64(pass)
+			if s.cfg.LendInput && s.upLent == nil && pass > 0 {
+				// Nothing may follow lent input until it is taken.
+				loan, end := p[n:n+pass], n+read
+				if s.dec.atLineStart() && bytes.HasPrefix(p[end:], endOfData) {
+					// The end of data right after them reads and frames
+					// the same: it goes in the same loan (read is pass
+					// at a line start).
+					end += len(endOfData)
+					loan = p[n:end]
+					s.dec.finish()
+					s.dataEnded = true
+					s.await(stDataReply)
 				}
-				s.upOut = append(s.upOut, p[n:n+k]...)
-				n += k
-				continue
+				s.upLent = slices.Clip(loan)
+				return end
 			}
+			s.upOut = append(s.upOut, p[n:n+pass]...)
+			n += read
+			continue
 		}
 		tok, k := s.dec.next(p[n:])
 		n += k
