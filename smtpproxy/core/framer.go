@@ -235,10 +235,6 @@ type encoder struct {
 	inLine bool // some content of the current line has been written
 }
 
-// betweenLines reports whether no content of the current line has been
-// written.
-func (e *encoder) betweenLines() bool { return !e.inLine }
-
 // content appends a piece of the current content line, stuffing a leading
 // dot.
 func (e *encoder) content(dst, p []byte) []byte {
