@@ -17,6 +17,13 @@ import (
 // the cases' short timeouts finishes a case in well under a second.
 const DefaultCaseLimit = 30 * time.Second
 
+// closeGrace is how long the upstream connections still get to close after
+// the client's script has used up the case limit (a case that already
+// failed by waiting): enough for an implementation to notice that its
+// client is gone, so that no hang is reported that is only the runner's
+// own clock having run out.
+const closeGrace = 2 * time.Second
+
 // Status is the outcome of a case.
 type Status string
 
@@ -95,8 +102,14 @@ func RunCase(ctx context.Context, c *Case, impl Implementation, limit time.Durat
 	run.closeAll()
 	var hang []string
 	if up != nil {
+		closeCtx := ctx
+		if ctx.Err() != nil {
+			var cancelClose context.CancelFunc
+			closeCtx, cancelClose = context.WithTimeout(context.WithoutCancel(ctx), closeGrace)
+			defer cancelClose()
+		}
 		for i, rec := range up.records() {
-			if err := rec.wait(ctx, func(_ []byte, closed bool) bool { return closed }); err != nil {
+			if err := rec.wait(closeCtx, func(_ []byte, closed bool) bool { return closed }); err != nil {
 				hang = append(hang, fmt.Sprintf("upstream connection %d was still open when the case time limit ran out, after the client had closed", i+1))
 			}
 		}
