@@ -121,6 +121,9 @@ func BenchmarkStream1GiB(b *testing.B) {
 		}
 	}
 	maxHeap := peak.finish()
+	if u.sized < size {
+		b.Fatalf("sink got %d bytes of a %d-byte message", u.sized, size)
+	}
 	b.ReportMetric(float64(maxHeap)/(1<<20), "peak-heap-MiB")
 	if maxHeap > maxStreamingHeap {
 		b.Fatalf("peak heap %d bytes, bound %d", maxHeap, maxStreamingHeap)
