@@ -73,6 +73,12 @@ func (c *Config) dialer() (func(ctx context.Context) (net.Conn, error), error) {
 		return func(ctx context.Context) (net.Conn, error) {
 			c, err := d.DialTCP(ctx, network, netip.AddrPort{}, ap)
 			if err != nil {
+				// DialTCP names the unset local address as a source
+				// (":0->127.0.0.1:10026"); the log reads as DialContext's.
+				var op *net.OpError
+				if errors.As(err, &op) {
+					op.Source = nil
+				}
 				return nil, err
 			}
 			return c, nil

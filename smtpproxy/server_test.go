@@ -385,6 +385,30 @@ func TestSplitAddr(t *testing.T) {
 	}
 }
 
+// An upstream address literal is dialed without the resolver; a refused
+// connection still reads as the resolver path's error does (no ":0->"
+// source for the unset local address), since operators read it in the log.
+func TestDialLiteralErrorNamesUpstreamOnly(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now: the dial is refused
+	dial, err := (&Config{Upstream: addr}).dialer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := dial(t.Context())
+	if err == nil {
+		c.Close()
+		t.Skipf("%s accepted a connection after its listener closed", addr)
+	}
+	if want := "dial tcp " + addr + ": "; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("dial error %q, want it to start %q", err, want)
+	}
+}
+
 // A client that sends its last command or message and half-closes at
 // once (as Postfix's front smtpd does with QUIT) still gets the reply.
 func TestClientHalfCloseGetsReply(t *testing.T) {
