@@ -1,6 +1,10 @@
 package conformance
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -245,6 +249,39 @@ func TestCasesLoad(t *testing.T) {
 		case "relay", "ehlo", "xforward", "esmtp", "pipelining", "data", "loop", "pass", "up", "client", "limit":
 		default:
 			t.Errorf("%s: unknown group %q", c.Name, group)
+		}
+	}
+}
+
+// TestRulesNameExistingSections checks that every case's rule points at
+// something a reader can open: a "SPEC N" or "SPEC 2.M" rule at a section
+// or invariant of docs/SPEC.md, a "reference/X.md" rule at a file of
+// docs/reference.
+func TestRulesNameExistingSections(t *testing.T) {
+	spec, err := os.ReadFile("../docs/SPEC.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	specRule := regexp.MustCompile(`^SPEC ([0-9]+)(?:\.([0-9]+))?\b`)
+	for _, c := range loadAll(t) {
+		for _, r := range c.Rules {
+			if m := specRule.FindStringSubmatch(r); m != nil {
+				if !bytes.Contains(spec, []byte("\n## "+m[1]+". ")) {
+					t.Errorf("%s: rule %q: docs/SPEC.md has no section %s", c.Name, r, m[1])
+				}
+				if m[2] != "" && (m[1] != "2" || !bytes.Contains(spec, []byte("\n"+m[2]+". **"))) {
+					t.Errorf("%s: rule %q: docs/SPEC.md has no invariant %s.%s", c.Name, r, m[1], m[2])
+				}
+				continue
+			}
+			if strings.HasPrefix(r, "SPEC") {
+				t.Errorf("%s: rule %q: not of the form SPEC N or SPEC 2.M", c.Name, r)
+			}
+			if f, ok := strings.CutPrefix(r, "reference/"); ok {
+				if _, err := os.Stat(filepath.Join("../docs/reference", f)); err != nil {
+					t.Errorf("%s: rule %q: %v", c.Name, r, err)
+				}
+			}
 		}
 	}
 }
