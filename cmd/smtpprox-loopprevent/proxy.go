@@ -88,7 +88,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json (logs go to standard error)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) and a liveness check (/healthz) over HTTP on `ADDR` (host:port or unix:/path; off when empty; keep it on loopback or a private network)")
-	fs.StringVar(&cfg.DebugTrace, "debugtrace", "", "write a transcript of each session (both directions, every byte) to `PREFIX`.<pid>.<n>, as the Perl original does")
+	fs.StringVar(&cfg.DebugTrace, "debugtrace", "", "write a transcript of each session (both directions, every byte) to `PREFIX`.<pid>.<n> (the Perl original wrote one file per worker process, PREFIX.<pid>)")
 	// The Perl original's process-pool flags: accepted, ignored.
 	var children, minPer, maxPer int
 	fs.IntVar(&children, "children", 0, "ignored: accepted for compatibility with the Perl original (see -max-sessions)")
