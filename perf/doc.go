@@ -21,8 +21,12 @@
 // absolute durations (DESIGN.md: performance is measured, not timed; the
 // machine is shared). Run and summarise them with
 //
-//	go test ./perf -run '^$' -bench . -count 6 > perf.txt
-//	go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da -col /path perf.txt
+//	go test ./perf -run '^$' -bench 'Paths|Interleaved' -count 6 > perf.txt
+//	benchstat=golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+//	go run $benchstat -col '/path@(direct relay copyrelay proxy)' -filter '.name:Paths' perf.txt
+//	go run $benchstat -filter '.name:Interleaved' perf.txt
+//
+// (BenchmarkIdleSessions runs alone, with -benchtime 1x.)
 //
 // BenchmarkPaths reports, per message: msgs/s, MB/s, allocs/op, B/op and
 // cpu-us/msg of the whole process (generator, path and sink),
