@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"net/netip"
 	"os"
 	"strings"
 )
@@ -66,24 +65,12 @@ func (c *Config) dialer() (func(ctx context.Context) (net.Conn, error), error) {
 	if err != nil {
 		return nil, err
 	}
+	// DialContext, not DialTCP with an unset local address: that one
+	// binds the socket to port 0 before connecting, a system call more per
+	// message, and bind(2) picks a port no other socket holds at all,
+	// where connect(2) needs it unused only towards this upstream. An
+	// address literal costs the resolver no lookup.
 	var d net.Dialer
-	if ap, err := netip.ParseAddrPort(address); err == nil && network == "tcp" {
-		// An address literal needs no lookup: dialing it directly spares
-		// every connection (one per message) the resolver's work.
-		return func(ctx context.Context) (net.Conn, error) {
-			c, err := d.DialTCP(ctx, network, netip.AddrPort{}, ap)
-			if err != nil {
-				// DialTCP names the unset local address as a source
-				// (":0->127.0.0.1:10026"); the log reads as DialContext's.
-				var op *net.OpError
-				if errors.As(err, &op) {
-					op.Source = nil
-				}
-				return nil, err
-			}
-			return c, nil
-		}, nil
-	}
 	return func(ctx context.Context) (net.Conn, error) {
 		return d.DialContext(ctx, network, address)
 	}, nil

@@ -385,9 +385,9 @@ func TestSplitAddr(t *testing.T) {
 	}
 }
 
-// An upstream address literal is dialed without the resolver; a refused
-// connection still reads as the resolver path's error does (no ":0->"
-// source for the unset local address), since operators read it in the log.
+// A refused connection to an upstream address literal reads "dial tcp
+// ADDR: ..." with no ":0->" source for an unset local address (which
+// DialTCP would report), since operators read it in the log.
 func TestDialLiteralErrorNamesUpstreamOnly(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
