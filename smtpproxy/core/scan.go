@@ -1,0 +1,15 @@
+package core
+
+// lfBlocksPortable is lfBlocks (scan_amd64.go) in plain Go, a byte at a
+// time: what the assembly must compute, on every architecture.
+func lfBlocksPortable(p []byte) (next int, bad bool) {
+	s := 1
+	for ; s+17 <= len(p); s += 16 {
+		for i := s; i < s+16; i++ {
+			if p[i] == '\n' && (p[i-1] != '\r' || p[i+1] == '.') {
+				return i, true
+			}
+		}
+	}
+	return s, false
+}
