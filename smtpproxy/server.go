@@ -65,11 +65,14 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 // is closed. Serve returns when every session has ended: nil after a
 // shutdown, or the accept error that stopped it.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	shutdown := make(chan struct{})
-	drain := make(chan struct{})
+	// Sessions learn of shutdown and the drain deadline from these
+	// contexts' ends (context.AfterFunc): no goroutine per session waits.
+	shutdown, closeShutdown := context.WithCancel(context.Background())
+	drain, closeDrain := context.WithCancel(context.Background())
+	defer closeDrain()
 	var wg sync.WaitGroup // sessions and refusals
 	// Sessions run on pooled goroutines (see goPool).
-	pool := newGoPool(shutdown)
+	pool := newGoPool(shutdown.Done())
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 
@@ -117,9 +120,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.serveSession(conn, id, pool, shutdown, drain)
 		})
 	}
-	close(shutdown)
+	closeShutdown()
 	s.log.Info("shutting down", "sessions", s.active.Load(), "drain", s.cfg.DrainTimeout)
-	t := time.AfterFunc(s.cfg.DrainTimeout, func() { close(drain) })
+	t := time.AfterFunc(s.cfg.DrainTimeout, closeDrain)
 	wg.Wait()
 	pool.wait()
 	t.Stop()

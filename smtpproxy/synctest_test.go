@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -298,4 +299,85 @@ func TestIdleClientsDoNotBlockOthers(t *testing.T) {
 		d.expectReply(greeting)
 		b.stop()
 	})
+}
+
+// An upstream that stops reading in the middle of a message: the proxy's
+// write to it fails at its write deadline, which armWrite keeps between
+// 7/8 of the reply timeout and all of it ahead of any write, and the
+// client gets 451 for the message, never 250.
+func TestUpstreamStopsReadingTimesOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{})
+		stuck := make(chan struct{})
+		b.u.dataHook = func(c *upConn, line string) bool {
+			<-stuck // reads no more, and keeps the connection open
+			return true
+		}
+		c := b.dial()
+		c.expectReply(greeting)
+		c.expect("MAIL FROM:<s@x>", ok)
+		c.expect("RCPT TO:<a@x>", ok)
+		c.expect("DATA", local354)
+		start := time.Now()
+		sent := make(chan error, 1)
+		go func() {
+			// More than net.Pipe and the proxy's buffers hold.
+			_, err := c.conn.Write([]byte("Subject: s\r\n\r\n" + strings.Repeat("a line of the body\r\n", 50000) + ".\r\n"))
+			sent <- err
+		}()
+		c.expectReply("451 4.4.2 upstream up.test:10026 timed out\r\n")
+		if waited := time.Since(start); waited < DefaultReplyTimeout*7/8 || waited > DefaultReplyTimeout {
+			t.Errorf("the stuck write failed after %v, want between 7/8 of %v and all of it", waited, DefaultReplyTimeout)
+		}
+		if err := <-sent; err != nil {
+			t.Errorf("client write: %v", err)
+		}
+		if n := len(b.u.msgs()); n != 0 {
+			t.Errorf("the upstream took %d messages", n)
+		}
+		close(stuck)
+		c.expect("QUIT", "421 4.4.2 upstream up.test:10026 timed out\r\n")
+		c.expectEOF()
+		b.stop()
+	})
+}
+
+// armWrite moves a write deadline on only when less than 7/8 of the
+// timeout is left, and so always leaves at least that much.
+func TestArmWrite(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const timeout = 80 * time.Second
+		var c deadlineConn
+		start := time.Now()
+		due := armWrite(&c, time.Time{}, timeout)
+		for _, step := range []time.Duration{time.Second, 9 * time.Second, time.Nanosecond, 50 * time.Second, 5 * time.Second} {
+			time.Sleep(step)
+			due = armWrite(&c, due, timeout)
+			if left := time.Until(due); left < timeout*7/8 || left > timeout {
+				t.Fatalf("at %v the write has %v left", time.Since(start), left)
+			}
+		}
+		// Set at 0; kept at 1 s and 10 s (79 s and 70 s left); moved
+		// at 10 s + 1 ns (70 s - 1 ns left) and at 60 s + 1 ns (30 s
+		// left); kept at 65 s + 1 ns (75 s left).
+		want := []time.Duration{0, 10*time.Second + time.Nanosecond, 60*time.Second + time.Nanosecond}
+		var got []time.Duration
+		for _, d := range c.set {
+			got = append(got, d.Sub(start)-timeout)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("deadlines set at %v after the start, want %v", got, want)
+		}
+	})
+}
+
+// deadlineConn records the write deadlines set on it.
+type deadlineConn struct {
+	net.Conn
+	set []time.Time
+}
+
+func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
+	c.set = append(c.set, t)
+	return nil
 }
