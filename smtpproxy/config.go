@@ -28,8 +28,9 @@ const (
 	// DefaultDrainTimeout bounds graceful shutdown.
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultMaxSessions bounds concurrent sessions; each costs two
-	// connections, three goroutines, two 4 KiB read buffers (one more of
-	// 64 KiB while message data flows) and at most one header buffer.
+	// connections, two goroutines, two 4 KiB read buffers (one more of
+	// 64 KiB while a header section is read, 256 KiB while a body
+	// streams) and at most one header buffer.
 	DefaultMaxSessions = 1000
 	// DefaultMaxHeaderBytes bounds the header section buffer per session.
 	DefaultMaxHeaderBytes = core.DefaultMaxHeaderBytes

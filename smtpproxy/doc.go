@@ -24,8 +24,9 @@
 //     message boundary the proxy did not see.
 //   - Memory per session is bounded: the header section buffer
 //     (-max-header-bytes), one command line, one upstream reply (64 KiB),
-//     two 4 KiB read buffers and, while message data flows, one 64 KiB
-//     client read buffer from a pool. A connection is read only when its
+//     two 4 KiB read buffers and, while message data flows, one client
+//     read buffer from a pool: 64 KiB while the header section is read,
+//     256 KiB once the body streams (the header buffer is gone by then). A connection is read only when its
 //     bytes can be used, so neither a huge message nor a flood of pipelined
 //     commands piles up.
 //

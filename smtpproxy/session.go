@@ -346,23 +346,31 @@ func (r *runner) offerClient(p *[]byte, err error, fresh bool) clientStep {
 	return clientStop
 }
 
-// nextClientBuffer is the buffer for the next client read: a data buffer
-// while message data flows, else the command buffer own (the data
-// buffer, no longer read into, goes back to the pool).
+// nextClientBuffer is the buffer for the next client read: while message
+// data flows a data buffer, the large one once the body streams; else the
+// command buffer own. A data buffer no longer read into goes back to its
+// pool.
 func (r *runner) nextClientBuffer(own *[]byte) *[]byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.s.Timers().Client == core.TimerClientData {
-		if r.dataBuf == nil {
-			r.dataBuf = r.srv.bufs.getData()
-		}
-		return r.dataBuf
+	size := 0
+	switch {
+	case r.s.StreamingBody():
+		size = streamBufferSize
+	case r.s.Timers().Client == core.TimerClientData:
+		size = dataBufferSize
 	}
-	if r.dataBuf != nil {
-		r.srv.bufs.putData(r.dataBuf)
+	if r.dataBuf != nil && cap(*r.dataBuf) != size {
+		r.srv.bufs.put(r.dataBuf)
 		r.dataBuf = nil
 	}
-	return own
+	if size == 0 {
+		return own
+	}
+	if r.dataBuf == nil {
+		r.dataBuf = r.srv.bufs.get(size)
+	}
+	return r.dataBuf
 }
 
 // upstreamLoop connects to the upstream, then reads it and drives the

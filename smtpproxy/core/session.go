@@ -294,6 +294,13 @@ func (s *Session) WantsClientInput() bool {
 	return false
 }
 
+// StreamingBody reports whether the message body is streaming upstream:
+// the header section has been judged and gone, and the session holds no
+// more than a little output. A caller may read the client in larger
+// pieces now (see package smtpproxy's buffers) without adding to the
+// memory bound, which the header section sets.
+func (s *Session) StreamingBody() bool { return s.st == stStream }
+
 // ---- inputs ----
 
 // UpstreamConnected: the connection to the upstream is open.
@@ -869,7 +876,12 @@ func (s *Session) afterCaptureFlushed() {
 func (s *Session) streamInput(p []byte) int {
 	n := 0
 	for n < len(p) && len(s.upOut) < maxStreamOutput {
+		// Copied output stays within maxStreamOutput; lent input is the
+		// caller's buffer, so a loan may take all of it.
 		room := min(len(p), n+maxStreamOutput-len(s.upOut))
+		if s.cfg.LendInput && s.upLent == nil {
+			room = len(p)
+		}
 		if pass, read := verbatimRun(&s.dec, &s.enc, p[n:room]); read > 0 {
 			s.tx.Size += int64(pass)
 			if s.cfg.LendInput && s.upLent == nil && pass > 0 {

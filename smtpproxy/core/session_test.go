@@ -948,3 +948,32 @@ func TestVerbsAndKeywordsCompareAsASCII(t *testing.T) {
 		t.Fatalf("EHLO filter gave %q", got)
 	}
 }
+
+// StreamingBody is true only while a judged message's body streams: not
+// while its header section is read, nor for a refused message, nor after
+// the end of data.
+func TestStreamingBody(t *testing.T) {
+	h := newHarness(t, loopCfg()).connect()
+	h.got()
+	h.fromClient("MAIL FROM:<s@example.org>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n")
+	h.expect(ok + ok + local354)
+	h.fromClient("Subject: streams\r\n")
+	if h.s.StreamingBody() {
+		t.Fatal("streaming while the header section is read")
+	}
+	h.fromClient("\r\nthe body\r\n")
+	if !h.s.StreamingBody() {
+		t.Fatal("not streaming once the header section has gone upstream")
+	}
+	h.fromClient("more body\r\n.\r\n")
+	h.expect(queued)
+	if h.s.StreamingBody() {
+		t.Fatal("streaming after the end of data")
+	}
+	h.fromClient("MAIL FROM:<s@example.org>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n")
+	h.expect(ok + ok + local354)
+	h.fromClient("Delivered-To: r@example.net\r\n\r\nbody of a loop\r\n")
+	if h.s.StreamingBody() {
+		t.Fatal("streaming the body of a message refused as a loop")
+	}
+}
