@@ -67,11 +67,9 @@ type runner struct {
 	dialCancel     context.CancelFunc
 	stopShutdown   func() bool // ends the registrations for shutdown
 	stopDrain      func() bool // ... and the drain deadline
-	clientTimer    *time.Timer
-	upTimer        *time.Timer
+	clientClock    clock
+	upClock        clock
 	applied        core.Timers
-	clientDue      time.Time // when the client clock armed last runs out
-	upDue          time.Time // likewise for the upstream clock
 	clientWriteDue time.Time // the client's write deadline (armWrite)
 	upWriteDue     time.Time // the upstream's
 	dataStart      time.Time
@@ -117,8 +115,8 @@ func (s *Server) serveSession(client net.Conn, id string, pool *goPool, shutdown
 		done:       make(chan struct{}),
 		clientWake: make(chan struct{}, 1),
 	}
-	r.clientTimer = stoppedTimer(r.clientClockFired)
-	r.upTimer = stoppedTimer(r.upClockFired)
+	r.clientClock.t = stoppedTimer(r.clientClockFired)
+	r.upClock.t = stoppedTimer(r.upClockFired)
 	defer func() {
 		// A bug in one session must not take the others down with it.
 		if p := recover(); p != nil {
@@ -172,9 +170,7 @@ func (r *runner) callback(fn func()) {
 
 func (r *runner) clientClockFired() {
 	r.callback(func() {
-		// The clock may have been started again or stopped after it
-		// fired and before the lock was ours.
-		if r.applied.Client != core.TimerNone && !time.Now().Before(r.clientDue) {
+		if r.clientClock.fired(time.Now()) && r.applied.Client != core.TimerNone {
 			r.s.TimerExpired(r.applied.Client)
 		}
 	})
@@ -182,10 +178,58 @@ func (r *runner) clientClockFired() {
 
 func (r *runner) upClockFired() {
 	r.callback(func() {
-		if r.applied.Upstream && !time.Now().Before(r.upDue) {
+		if r.upClock.fired(time.Now()) && r.applied.Upstream {
 			r.s.TimerExpired(core.TimerUpstreamReply)
 		}
 	})
+}
+
+// clock is one of a session's clocks: its timer t runs the clock's
+// callback, which gives the core its input when due has come. The core
+// restarts its clocks at every step (a command, a reply, a piece of data
+// each start one anew), and resetting a runtime timer each time showed in
+// the CPU profiles; so the timer is reset only when due moves earlier
+// than it is set to fire. When due moves later, or the clock stops, the
+// timer fires as it was set to, finds due not come (fired), and is set for
+// the rest. A clock never runs out late; its callback may run early and
+// find nothing to do. Guarded by the session lock.
+type clock struct {
+	t     *time.Timer
+	due   time.Time // when the clock runs out; zero: stopped
+	fires time.Time // when t fires; zero: t is not set
+}
+
+// set starts the clock to run out at due.
+func (c *clock) set(due time.Time) {
+	c.due = due
+	if c.fires.IsZero() || c.fires.After(due) {
+		c.fires = due
+		c.t.Reset(time.Until(due))
+	}
+}
+
+// stop stops the clock; its timer may still fire, to no effect.
+func (c *clock) stop() { c.due = time.Time{} }
+
+// halt stops the clock and its timer, for good at the end of a session.
+func (c *clock) halt() {
+	c.due, c.fires = time.Time{}, time.Time{}
+	c.t.Stop()
+}
+
+// fired is called when t has fired (now); it reports whether the clock
+// has run out, and sets t again for the rest when it has not.
+func (c *clock) fired(now time.Time) bool {
+	c.fires = time.Time{}
+	switch {
+	case c.due.IsZero():
+		return false
+	case now.Before(c.due):
+		c.fires = c.due
+		c.t.Reset(c.due.Sub(now))
+		return false
+	}
+	return true
 }
 
 // input gives the core one input under the lock, unless the session is
@@ -552,19 +596,17 @@ func (r *runner) applyTimers() {
 			d = r.srv.cfg.DataIdleTimeout
 		}
 		if d > 0 {
-			r.clientDue = time.Now().Add(d)
-			r.clientTimer.Reset(d)
+			r.clientClock.set(time.Now().Add(d))
 		} else {
-			r.clientTimer.Stop()
+			r.clientClock.stop()
 		}
 	}
 	if t.Upstream != r.applied.Upstream || t.UpstreamGen != r.applied.UpstreamGen {
 		if t.Upstream {
 			r.upWaitStart, r.upWaitData = time.Now(), r.inData
-			r.upDue = r.upWaitStart.Add(r.srv.cfg.ReplyTimeout)
-			r.upTimer.Reset(r.srv.cfg.ReplyTimeout)
+			r.upClock.set(r.upWaitStart.Add(r.srv.cfg.ReplyTimeout))
 		} else {
-			r.upTimer.Stop()
+			r.upClock.stop()
 		}
 	}
 	r.applied = t
@@ -599,8 +641,8 @@ func (r *runner) closeAll() {
 	if r.dialCancel != nil {
 		r.dialCancel()
 	}
-	r.clientTimer.Stop()
-	r.upTimer.Stop()
+	r.clientClock.halt()
+	r.upClock.halt()
 	if r.stopShutdown != nil {
 		r.stopShutdown()
 		r.stopDrain()

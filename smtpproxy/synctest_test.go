@@ -381,3 +381,44 @@ func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
 	c.set = append(c.set, t)
 	return nil
 }
+
+// A clock runs out exactly when due, however its due time moves: later
+// (the timer fires early and is set for the rest), earlier (the timer is
+// reset), or away (stopped: the timer fires to no effect).
+func TestClockRunsOutWhenDue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var c clock
+		var ranOut []time.Duration
+		start := time.Now()
+		c.t = stoppedTimer(func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if c.fired(time.Now()) {
+				ranOut = append(ranOut, time.Since(start))
+			}
+		})
+		at := func(d time.Duration, fn func()) {
+			time.Sleep(time.Until(start.Add(d)))
+			mu.Lock()
+			fn()
+			mu.Unlock()
+		}
+		at(0, func() { c.set(start.Add(10 * time.Second)) })
+		at(time.Second, func() { c.set(start.Add(30 * time.Second)) })     // later
+		at(2*time.Second, func() { c.set(start.Add(5 * time.Second)) })    // earlier
+		at(6*time.Second, func() { c.set(start.Add(20 * time.Second)) })   // after running out
+		at(7*time.Second, func() { c.stop() })                             // stopped
+		at(40*time.Second, func() { c.set(start.Add(50 * time.Second)) })  // again
+		at(45*time.Second, func() { c.set(start.Add(100 * time.Second)) }) // later
+		at(60*time.Second, func() { c.set(start.Add(70 * time.Second)) })  // earlier than set
+		time.Sleep(time.Until(start.Add(200 * time.Second)))
+		mu.Lock()
+		defer mu.Unlock()
+		want := []time.Duration{5 * time.Second, 70 * time.Second}
+		if !slices.Equal(ranOut, want) {
+			t.Errorf("the clock ran out at %v, want %v", ranOut, want)
+		}
+		c.halt()
+	})
+}
