@@ -63,7 +63,9 @@ type runner struct {
 	iov            [2][]byte   // writev's vector and the
 	iovBufs        net.Buffers // ... slice of it WriteTo consumes: no allocation per write
 	clientGone     bool
-	upClosed       bool
+	upClosed       bool // closed, or left to upstreamLoop to close (upHandoff)
+	upHandoff      bool // upstreamLoop closes the upstream once it has closed
+	upReaderDone   bool // upstreamLoop reads the upstream no more
 	dialCancel     context.CancelFunc
 	stopShutdown   func() bool // ends the registrations for shutdown
 	stopDrain      func() bool // ... and the drain deadline
@@ -431,10 +433,25 @@ func (r *runner) upstreamLoop(ctx context.Context) {
 	}
 	buf := r.srv.bufs.getCommand()
 	for {
-		n, err := conn.Read(*buf)
+		var n int
+		n, err = conn.Read(*buf)
 		if !r.offerUpstream((*buf)[:n], err) {
 			break
 		}
+	}
+	r.mu.Lock()
+	r.upReaderDone = true
+	handoff := r.upHandoff
+	r.mu.Unlock()
+	if handoff {
+		// The upstream was told QUIT: it closes first (closeUpstream).
+		// What it still sends (its 221) is read and dropped.
+		for total := 0; err == nil && total < maxLingerBytes; {
+			var n int
+			n, err = conn.Read(*buf)
+			total += n
+		}
+		conn.Close()
 	}
 	// Nothing reads the buffer once offerUpstream has returned.
 	r.srv.bufs.putCommand(buf)
@@ -515,12 +532,7 @@ func (r *runner) flush(holdUp bool) {
 		}
 		r.logEvents(r.s.TakeEvents())
 		if r.s.UpstreamGone() && !r.upClosed {
-			r.upClosed = true
-			if r.up != nil {
-				r.up.Close()
-			} else if r.dialCancel != nil {
-				r.dialCancel()
-			}
+			r.closeUpstream()
 		}
 		if !progress {
 			return
@@ -621,6 +633,28 @@ func (r *runner) observeReply() {
 	}
 }
 
+// closeUpstream ends the upstream connection, or the dial. An upstream
+// that was told QUIT closes the connection itself (core UpstreamQuit):
+// then upstreamLoop reads on until it has, for at most closeLinger, and
+// closes its side after it, so TCP's TIME_WAIT stays with the upstream,
+// as after any SMTP client's QUIT, not with the proxy, which opens a
+// connection to the same upstream address for every message. Any other
+// end closes at once. Called with the lock held.
+func (r *runner) closeUpstream() {
+	r.upClosed = true
+	switch {
+	case r.up == nil:
+		if r.dialCancel != nil {
+			r.dialCancel()
+		}
+	case r.s.UpstreamQuit() && !r.upReaderDone:
+		r.upHandoff = true
+		r.up.SetReadDeadline(time.Now().Add(closeLinger))
+	default:
+		r.up.Close()
+	}
+}
+
 // closeAll ends the session: the readers stop at their next look (a read
 // of the client in progress returns at once), the upstream is closed, and
 // the client gets a half-close at once; the client side closes it, after
@@ -635,8 +669,8 @@ func (r *runner) closeAll() {
 		cw.CloseWrite()
 	}
 	r.client.SetReadDeadline(time.Now())
-	if r.up != nil {
-		r.up.Close()
+	if !r.upClosed {
+		r.closeUpstream()
 	}
 	if r.dialCancel != nil {
 		r.dialCancel()

@@ -422,3 +422,34 @@ func TestClockRunsOutWhenDue(t *testing.T) {
 		c.halt()
 	})
 }
+
+// After QUIT the upstream closes first (TIME_WAIT stays with it): the
+// proxy reads on after the 221 and closes its side only when the
+// upstream has, or after closeLinger when it never does. Either way the
+// client has its 221 and its end of the connection at once.
+func TestUpstreamClosesFirstAfterQuit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{})
+		proxyClosed := make(chan time.Duration, 1)
+		b.u.hook = func(c *upConn, cmd string) bool {
+			if cmd != "QUIT" {
+				return false
+			}
+			c.send("221 2.0.0 Bye\r\n")
+			start := time.Now()
+			if _, err := c.r.ReadByte(); err == nil {
+				t.Error("the proxy sent something after QUIT")
+			}
+			proxyClosed <- time.Since(start)
+			return true
+		}
+		c := b.dial()
+		c.expectReply(greeting)
+		c.expect("QUIT", "221 2.0.0 Bye\r\n")
+		c.expectEOF()
+		if waited := <-proxyClosed; waited != closeLinger {
+			t.Errorf("the proxy closed the upstream %v after the 221, want %v (it waits for the upstream to close first)", waited, closeLinger)
+		}
+		b.stop()
+	})
+}

@@ -204,6 +204,7 @@ type Session struct {
 	tx         Transaction
 
 	upGone   bool   // the upstream connection is over (or must be closed)
+	upQuit   bool   // ... after QUIT, and nothing has failed since
 	upReason string // why, as a verb phrase after "upstream NAME"
 	shutdown bool
 	done     bool
@@ -293,6 +294,13 @@ func (s *Session) WantsClientInput() bool {
 	}
 	return false
 }
+
+// UpstreamQuit reports, once UpstreamGone, whether the upstream was told
+// QUIT (by the client, or by the session on its way out) and nothing has
+// failed since: the upstream closes the connection itself, so the caller
+// may wait for that before it closes its side, which leaves TCP's
+// TIME_WAIT with the upstream, as with any SMTP client that quits.
+func (s *Session) UpstreamQuit() bool { return s.upGone && s.upQuit }
 
 // StreamingBody reports whether the message body is streaming upstream:
 // the header section has been judged and gone, and the session holds no
@@ -391,6 +399,7 @@ func (s *Session) unsolicited() {
 // UpstreamClosed: the upstream connection ended or failed (read or write);
 // why is a verb phrase such as "closed the connection".
 func (s *Session) UpstreamClosed(why string) {
+	s.upQuit = false
 	if !s.upGone && !s.done {
 		s.upstreamFailed(why)
 	}
@@ -634,6 +643,7 @@ func (s *Session) commandReply(rep *Reply) {
 	if rep.Code == 421 || s.pending == cmdQUIT {
 		s.upGone = true
 		if s.pending == cmdQUIT {
+			s.upQuit = true
 			s.closeWith("", "client quit")
 		} else {
 			s.closeWith("", "upstream 421")
@@ -1082,6 +1092,7 @@ func (s *Session) upFailEvent(why string) {
 func (s *Session) quitUpstream() {
 	if !s.upGone && s.st == stCommand {
 		s.upOut = append(s.upOut, "QUIT\r\n"...)
+		s.upQuit = true
 	}
 	s.upGone = true
 }
