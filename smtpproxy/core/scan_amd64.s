@@ -1,13 +1,13 @@
 #include "textflag.h"
 
-// func lfBlocks(p []byte) (next int, bad bool)
+// func lfBlocksSSE2(p []byte) (next int, bad bool)
 //
 // SSE2 (part of every amd64 CPU). For the block of 16
 // positions [s, s+16) it compares p[s-1:s+15] with CR, p[s:s+16] with LF
 // and p[s+1:s+17] with '.', so an LF is bad where the byte before it is
 // not a CR or the byte after it is a dot. The first block has s = 1 and
 // a block is read only while s+17 <= len(p): every load stays inside p.
-TEXT ·lfBlocks(SB), NOSPLIT, $0-33
+TEXT ·lfBlocksSSE2(SB), NOSPLIT, $0-33
 	MOVQ p_base+0(FP), SI
 	MOVQ p_len+8(FP), BX
 	MOVQ $1, AX
@@ -104,4 +104,74 @@ found:
 done:
 	MOVQ AX, next+24(FP)
 	MOVB $0, bad+32(FP)
+	RET
+
+// func lfSkipAVX2(p []byte) (next int)
+//
+// AVX2, 128 positions a step, the same test as lfBlocksSSE2's 64-position
+// step on 32-byte blocks. It returns the first position of the step that
+// holds a bad LF, or where fewer than 129 bytes remain after the position
+// it would look at next; lfBlocks goes on from there with SSE2. Positions
+// start at 1, so next is on lfBlocksSSE2's 16-position lattice.
+TEXT ·lfSkipAVX2(SB), NOSPLIT, $0-32
+	MOVQ p_base+0(FP), SI
+	MOVQ p_len+8(FP), BX
+	MOVQ $1, AX
+	MOVQ $0x0a0a0a0a0a0a0a0a, DX
+	MOVQ DX, X1
+	VPBROADCASTQ X1, Y1
+	MOVQ $0x0d0d0d0d0d0d0d0d, DX
+	MOVQ DX, X2
+	VPBROADCASTQ X2, Y2
+	MOVQ $0x2e2e2e2e2e2e2e2e, DX
+	MOVQ DX, X3
+	VPBROADCASTQ X3, Y3
+
+loop128:
+	LEAQ 129(AX), CX
+	CMPQ CX, BX
+	JHI  stop
+	VMOVDQU 0(SI)(AX*1), Y4
+	VPCMPEQB Y1, Y4, Y4
+	VMOVDQU -1(SI)(AX*1), Y5
+	VPCMPEQB Y2, Y5, Y5
+	VMOVDQU 1(SI)(AX*1), Y6
+	VPCMPEQB Y3, Y6, Y6
+	VPANDN Y5, Y6, Y6
+	VPANDN Y4, Y6, Y6
+	VMOVDQU 32(SI)(AX*1), Y7
+	VPCMPEQB Y1, Y7, Y7
+	VMOVDQU 31(SI)(AX*1), Y8
+	VPCMPEQB Y2, Y8, Y8
+	VMOVDQU 33(SI)(AX*1), Y9
+	VPCMPEQB Y3, Y9, Y9
+	VPANDN Y8, Y9, Y9
+	VPANDN Y7, Y9, Y9
+	VMOVDQU 64(SI)(AX*1), Y10
+	VPCMPEQB Y1, Y10, Y10
+	VMOVDQU 63(SI)(AX*1), Y11
+	VPCMPEQB Y2, Y11, Y11
+	VMOVDQU 65(SI)(AX*1), Y12
+	VPCMPEQB Y3, Y12, Y12
+	VPANDN Y11, Y12, Y12
+	VPANDN Y10, Y12, Y12
+	VMOVDQU 96(SI)(AX*1), Y13
+	VPCMPEQB Y1, Y13, Y13
+	VMOVDQU 95(SI)(AX*1), Y14
+	VPCMPEQB Y2, Y14, Y14
+	VMOVDQU 97(SI)(AX*1), Y15
+	VPCMPEQB Y3, Y15, Y15
+	VPANDN Y14, Y15, Y15
+	VPANDN Y13, Y15, Y15
+	VPOR Y9, Y6, Y6
+	VPOR Y12, Y6, Y6
+	VPOR Y15, Y6, Y6
+	VPTEST Y6, Y6
+	JNZ  stop
+	ADDQ $128, AX
+	JMP  loop128
+
+stop:
+	VZEROUPPER
+	MOVQ AX, next+24(FP)
 	RET

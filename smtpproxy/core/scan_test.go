@@ -3,6 +3,7 @@ package core
 import (
 	"bytes"
 	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -33,11 +34,21 @@ func TestVerbatimLinesImplementationsAgree(t *testing.T) {
 	for _, p := range scanCases() {
 		checkScans(t, p)
 	}
+	// Inputs long enough for several 128-position steps, with each
+	// trap at every position.
+	long := []byte(strings.Repeat("The quick brown fox jumps over the lazy dog\r\n", 9))
+	for i := range long {
+		for _, trap := range []string{"\n", "\n.", "\r\n.", "."} {
+			c := append(append(append([]byte{}, long[:i]...), trap...), long[i:]...)
+			checkScans(t, c)
+			checkScans(t, c[:len(c)-i/3])
+		}
+	}
 	// And on random mixes of the bytes that matter.
 	rng := rand.New(rand.NewPCG(1, 2))
 	alphabet := []byte("\r\n.ab")
 	for range 20000 {
-		p := make([]byte, rng.IntN(200))
+		p := make([]byte, rng.IntN(600))
 		for i := range p {
 			p[i] = alphabet[rng.IntN(len(alphabet))]
 		}
@@ -47,10 +58,11 @@ func TestVerbatimLinesImplementationsAgree(t *testing.T) {
 
 func checkScans(t *testing.T, p []byte) {
 	t.Helper()
-	gotNext, gotBad := lfBlocks(p)
 	wantNext, wantBad := lfBlocksPortable(p)
-	if gotNext != wantNext || gotBad != wantBad {
-		t.Fatalf("lfBlocks(%q) = %d, %v; the portable version gives %d, %v", p, gotNext, gotBad, wantNext, wantBad)
+	for name, fn := range lfBlocksImpls() {
+		if next, bad := fn(p); next != wantNext || bad != wantBad {
+			t.Fatalf("%s(%q) = %d, %v; the portable version gives %d, %v", name, p, next, bad, wantNext, wantBad)
+		}
 	}
 	if got, want := verbatimLinesBlocks(p), verbatimLinesByLine(p); got != want {
 		t.Fatalf("verbatimLines(%q): %d by blocks, %d by line", p, got, want)

@@ -1,0 +1,7 @@
+//go:build !amd64
+
+package core
+
+func lfBlocksImpls() map[string]func([]byte) (int, bool) {
+	return map[string]func([]byte) (int, bool){"lfBlocks": lfBlocks}
+}
