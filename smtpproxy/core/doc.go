@@ -12,11 +12,14 @@
 // UpstreamClosed, TimerExpired, Shutdown, DrainExpired. After each the
 // caller collects the outputs, in this order: TakeUpstreamOutput and
 // TakeClientOutput (bytes to write; valid until the next input), then
-// UpstreamGone (close the upstream after writing), Done (close both),
+// UpstreamGone (close the upstream after writing; UpstreamQuit says it
+// was told QUIT and closes first), Done (close both),
 // Timers (which clocks to run; restart one when its generation changes)
 // and TakeEvents (for logs). WantsClientInput says whether the session
 // will take client bytes now; while it is false the caller must not read
-// the client: that is the backpressure that bounds memory. With
+// the client: that is the backpressure that bounds memory. StreamingBody
+// says a message body streams: reading the client in larger pieces then
+// adds nothing to the memory bound. With
 // Config.LendInput, TakeUpstreamLent follows TakeUpstreamOutput: runs of
 // canonical message data the session passes on as they are, as part of
 // the input itself, which the caller leaves unchanged until it has taken
