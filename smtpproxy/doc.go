@@ -73,6 +73,12 @@
 //     (421 4.4.2 upstream ADDR sent unexpected data), so every reply it
 //     gets still answers a command of its own.
 //   - A 421 reply from the upstream is relayed and both sides are closed.
+//   - After QUIT (the client's, or the proxy's own on its way out) the
+//     client has its reply and its end of the connection at once, but the
+//     proxy closes the upstream connection only after the upstream has
+//     (or after 2 s, closeLinger): the side that closes first keeps TCP's
+//     TIME_WAIT, and the proxy, opening a connection to one address for
+//     every message, should not. Any other end closes the upstream at once.
 //   - A loop check that panics tempfails the message (451 4.3.0): neither a
 //     loop let through nor a message lost.
 //   - Clocks: the command timeout runs from the moment the proxy waits for a
