@@ -1,66 +1,69 @@
 #include "textflag.h"
 
+// The test, for each position i of a block: p[i] is an LF, and p[i-1] is
+// not a CR or p[i+1] is a dot. With the block's bytes compared with LF,
+// the bytes one before with CR and the bytes one after with '.':
+// bad = LF AND NOT (CR before AND NOT dot after). Both macros leave the
+// block's bad bytes (0xff) in dot; lf and cr are scratch. X1/Y1, X2/Y2
+// and X3/Y3 hold LF, CR and '.' in every byte; SI is p, AX the position.
+
+// BAD16: the 16 positions from AX+off, SSE2.
+#define BAD16(off, lf, cr, dot) \
+	MOVOU off(SI)(AX*1), lf \
+	PCMPEQB X1, lf \
+	MOVOU off-1(SI)(AX*1), cr \
+	PCMPEQB X2, cr \
+	MOVOU off+1(SI)(AX*1), dot \
+	PCMPEQB X3, dot \
+	PANDN cr, dot \
+	PANDN lf, dot
+
+// BAD32: the 32 positions from AX+off, AVX2.
+#define BAD32(off, lf, cr, dot) \
+	VMOVDQU off(SI)(AX*1), lf \
+	VPCMPEQB Y1, lf, lf \
+	VMOVDQU off-1(SI)(AX*1), cr \
+	VPCMPEQB Y2, cr, cr \
+	VMOVDQU off+1(SI)(AX*1), dot \
+	VPCMPEQB Y3, dot, dot \
+	VPANDN cr, dot, dot \
+	VPANDN lf, dot, dot
+
+// LOADCHARS puts LF, CR and '.' in every byte of X1, X2 and X3.
+#define LOADCHARS \
+	MOVQ $0x0a0a0a0a0a0a0a0a, DX \
+	MOVQ DX, X1 \
+	PUNPCKLQDQ X1, X1 \
+	MOVQ $0x0d0d0d0d0d0d0d0d, DX \
+	MOVQ DX, X2 \
+	PUNPCKLQDQ X2, X2 \
+	MOVQ $0x2e2e2e2e2e2e2e2e, DX \
+	MOVQ DX, X3 \
+	PUNPCKLQDQ X3, X3
+
 // func lfBlocksSSE2(p []byte) (next int, bad bool)
 //
-// SSE2 (part of every amd64 CPU). For the block of 16
-// positions [s, s+16) it compares p[s-1:s+15] with CR, p[s:s+16] with LF
-// and p[s+1:s+17] with '.', so an LF is bad where the byte before it is
-// not a CR or the byte after it is a dot. The first block has s = 1 and
-// a block is read only while s+17 <= len(p): every load stays inside p.
+// SSE2 (part of every amd64 CPU). Blocks of 16 positions [s, s+16) from
+// s = 1; a block is read only while s+17 <= len(p), so every load (from
+// p[s-1] to p[s+16]) stays inside p.
 TEXT ·lfBlocksSSE2(SB), NOSPLIT, $0-33
 	MOVQ p_base+0(FP), SI
 	MOVQ p_len+8(FP), BX
 	MOVQ $1, AX
-	MOVQ $0x0a0a0a0a0a0a0a0a, DX
-	MOVQ DX, X1
-	PUNPCKLQDQ X1, X1
-	MOVQ $0x0d0d0d0d0d0d0d0d, DX
-	MOVQ DX, X2
-	PUNPCKLQDQ X2, X2
-	MOVQ $0x2e2e2e2e2e2e2e2e, DX
-	MOVQ DX, X3
-	PUNPCKLQDQ X3, X3
+	LOADCHARS
 
 	// 64 positions a step while they and one byte after them are in p,
-	// without a branch per block: bad = LF AND NOT (CR before AND NOT
-	// dot after), the four blocks' bad bytes ORed into one test. A step
-	// with a bad LF goes on 16 at a time below, which finds it.
+	// without a branch per block: the four blocks' bad bytes ORed into
+	// one test. A step with a bad LF goes on 16 at a time below, which
+	// finds it.
 loop64:
 	LEAQ 65(AX), CX
 	CMPQ CX, BX
 	JHI  loop
-	MOVOU 0(SI)(AX*1), X4
-	PCMPEQB X1, X4
-	MOVOU -1(SI)(AX*1), X5
-	PCMPEQB X2, X5
-	MOVOU 1(SI)(AX*1), X6
-	PCMPEQB X3, X6
-	PANDN X5, X6
-	PANDN X4, X6
-	MOVOU 16(SI)(AX*1), X7
-	PCMPEQB X1, X7
-	MOVOU 15(SI)(AX*1), X8
-	PCMPEQB X2, X8
-	MOVOU 17(SI)(AX*1), X9
-	PCMPEQB X3, X9
-	PANDN X8, X9
-	PANDN X7, X9
-	MOVOU 32(SI)(AX*1), X10
-	PCMPEQB X1, X10
-	MOVOU 31(SI)(AX*1), X11
-	PCMPEQB X2, X11
-	MOVOU 33(SI)(AX*1), X12
-	PCMPEQB X3, X12
-	PANDN X11, X12
-	PANDN X10, X12
-	MOVOU 48(SI)(AX*1), X13
-	PCMPEQB X1, X13
-	MOVOU 47(SI)(AX*1), X14
-	PCMPEQB X2, X14
-	MOVOU 49(SI)(AX*1), X15
-	PCMPEQB X3, X15
-	PANDN X14, X15
-	PANDN X13, X15
+	BAD16(0, X4, X5, X6)
+	BAD16(16, X7, X8, X9)
+	BAD16(32, X10, X11, X12)
+	BAD16(48, X13, X14, X15)
 	POR  X9, X6
 	POR  X12, X6
 	POR  X15, X6
@@ -74,29 +77,16 @@ loop:
 	LEAQ 17(AX), CX
 	CMPQ CX, BX
 	JHI  done
-	MOVOU (SI)(AX*1), X4
-	PCMPEQB X1, X4
-	PMOVMSKB X4, R8
+	BAD16(0, X4, X5, X6)
+	PMOVMSKB X6, R8
 	TESTL R8, R8
-	JZ   next
-	MOVOU -1(SI)(AX*1), X5
-	PCMPEQB X2, X5
-	PMOVMSKB X5, R9
-	MOVOU 1(SI)(AX*1), X6
-	PCMPEQB X3, X6
-	PMOVMSKB X6, R10
-	NOTL R9
-	ORL  R10, R9
-	ANDL R8, R9
 	JNZ  found
-
-next:
 	ADDQ $16, AX
 	JMP  loop
 
 found:
-	BSFL R9, R9
-	ADDQ R9, AX
+	BSFL R8, R8
+	ADDQ R8, AX
 	MOVQ AX, next+24(FP)
 	MOVB $1, bad+32(FP)
 	RET
@@ -117,52 +107,19 @@ TEXT ·lfSkipAVX2(SB), NOSPLIT, $0-32
 	MOVQ p_base+0(FP), SI
 	MOVQ p_len+8(FP), BX
 	MOVQ $1, AX
-	MOVQ $0x0a0a0a0a0a0a0a0a, DX
-	MOVQ DX, X1
+	LOADCHARS
 	VPBROADCASTQ X1, Y1
-	MOVQ $0x0d0d0d0d0d0d0d0d, DX
-	MOVQ DX, X2
 	VPBROADCASTQ X2, Y2
-	MOVQ $0x2e2e2e2e2e2e2e2e, DX
-	MOVQ DX, X3
 	VPBROADCASTQ X3, Y3
 
 loop128:
 	LEAQ 129(AX), CX
 	CMPQ CX, BX
 	JHI  stop
-	VMOVDQU 0(SI)(AX*1), Y4
-	VPCMPEQB Y1, Y4, Y4
-	VMOVDQU -1(SI)(AX*1), Y5
-	VPCMPEQB Y2, Y5, Y5
-	VMOVDQU 1(SI)(AX*1), Y6
-	VPCMPEQB Y3, Y6, Y6
-	VPANDN Y5, Y6, Y6
-	VPANDN Y4, Y6, Y6
-	VMOVDQU 32(SI)(AX*1), Y7
-	VPCMPEQB Y1, Y7, Y7
-	VMOVDQU 31(SI)(AX*1), Y8
-	VPCMPEQB Y2, Y8, Y8
-	VMOVDQU 33(SI)(AX*1), Y9
-	VPCMPEQB Y3, Y9, Y9
-	VPANDN Y8, Y9, Y9
-	VPANDN Y7, Y9, Y9
-	VMOVDQU 64(SI)(AX*1), Y10
-	VPCMPEQB Y1, Y10, Y10
-	VMOVDQU 63(SI)(AX*1), Y11
-	VPCMPEQB Y2, Y11, Y11
-	VMOVDQU 65(SI)(AX*1), Y12
-	VPCMPEQB Y3, Y12, Y12
-	VPANDN Y11, Y12, Y12
-	VPANDN Y10, Y12, Y12
-	VMOVDQU 96(SI)(AX*1), Y13
-	VPCMPEQB Y1, Y13, Y13
-	VMOVDQU 95(SI)(AX*1), Y14
-	VPCMPEQB Y2, Y14, Y14
-	VMOVDQU 97(SI)(AX*1), Y15
-	VPCMPEQB Y3, Y15, Y15
-	VPANDN Y14, Y15, Y15
-	VPANDN Y13, Y15, Y15
+	BAD32(0, Y4, Y5, Y6)
+	BAD32(32, Y7, Y8, Y9)
+	BAD32(64, Y10, Y11, Y12)
+	BAD32(96, Y13, Y14, Y15)
 	VPOR Y9, Y6, Y6
 	VPOR Y12, Y6, Y6
 	VPOR Y15, Y6, Y6

@@ -21,6 +21,6 @@ func TestAVX2Tested(t *testing.T) {
 	}
 	p := []byte("a\r\n" + string(make([]byte, 300)) + "\n")
 	if next := lfSkipAVX2(p); next != 1+128*2 {
-		t.Errorf("lfSkipAVX2 stopped at %d in %d bytes without a line end, want %d", next, len(p), 1+128*2)
+		t.Errorf("lfSkipAVX2 stopped at %d in %d bytes with no bad LF before the last 129, want %d", next, len(p), 1+128*2)
 	}
 }
