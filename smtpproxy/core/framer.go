@@ -221,11 +221,17 @@ func firstBadLF(p []byte) int {
 		return next
 	}
 	for i := max(next, 1); i < len(p); i++ {
-		if p[i] == '\n' && (p[i-1] != '\r' || i+1 < len(p) && p[i+1] == '.') {
+		if badLF(p, i) {
 			return i
 		}
 	}
 	return -1
+}
+
+// badLF reports whether p[i], i > 0, is an LF that does not end a CRLF or
+// that a '.' follows: where verbatimLines stops.
+func badLF(p []byte, i int) bool {
+	return p[i] == '\n' && (p[i-1] != '\r' || i+1 < len(p) && p[i+1] == '.')
 }
 
 // verbatimRun is the fast path for canonical data, the common case, which

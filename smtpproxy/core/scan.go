@@ -6,7 +6,7 @@ func lfBlocksPortable(p []byte) (next int, bad bool) {
 	s := 1
 	for ; s+17 <= len(p); s += 16 {
 		for i := s; i < s+16; i++ {
-			if p[i] == '\n' && (p[i-1] != '\r' || p[i+1] == '.') {
+			if badLF(p, i) {
 				return i, true
 			}
 		}
