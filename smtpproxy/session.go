@@ -49,6 +49,7 @@ type runner struct {
 	log    *slog.Logger
 	client net.Conn
 	obs    Observer
+	acker  *dataAcker // hurries the ACKs of message data (nil: not TCP)
 
 	done       chan struct{} // closed when the session is over
 	clientWake chan struct{} // the client goroutine may find the core ready
@@ -113,6 +114,7 @@ func (s *Server) serveSession(client net.Conn, id string, pool *goPool, shutdown
 			LendInput: true,
 		}),
 		client:     client,
+		acker:      newDataAcker(client),
 		mu:         make(sessionLock, 1),
 		done:       make(chan struct{}),
 		clientWake: make(chan struct{}, 1),
@@ -319,6 +321,13 @@ func (r *runner) clientLoop() {
 	for {
 		n, err := r.client.Read(*buf)
 		readErr = err
+		if n > 0 && buf != own {
+			// Message data: acknowledge it before anything else, so the
+			// client's held-back tail can follow (dataAcker).
+			if err := r.acker.ack(); err != nil {
+				r.log.Debug("quick ACK not available", "err", err)
+			}
+		}
 		p := (*buf)[:n]
 		step := r.offerClient(&p, err, true)
 		for step == clientWait {

@@ -1,0 +1,89 @@
+//go:build linux
+
+package smtpproxy
+
+import (
+	"net"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// unacked is the number of segments c has sent that its peer has not
+// acknowledged yet (TCP_INFO's tcpi_unacked).
+func unacked(t *testing.T, c net.Conn) uint32 {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		t.Fatal(err)
+	}
+	if ierr != nil {
+		t.Fatalf("TCP_INFO: %v", ierr)
+	}
+	return info.Unacked
+}
+
+// TestMessageDataAckedAtOnce checks that message data the proxy has read
+// and sent on is already acknowledged to the client: by then the client
+// has nothing left in flight. The proxy has written replies on the
+// connection, so without TCP_QUICKACK Linux delays the ACK (by up to
+// 40 ms), and a client with Nagle's algorithm on, as Postfix's smtpd is,
+// holds its last short segment that long (dataAcker).
+func TestMessageDataAckedAtOnce(t *testing.T) {
+	u := newUpstream(t)
+	seen := make(chan string, 10)
+	u.dataHook = func(c *upConn, line string) bool {
+		seen <- line
+		return false
+	}
+	p := startProxy(t, baseConfig(u))
+	c := dialClient(t, p.addr)
+	c.expectReply(greeting)
+	if got := c.cmd("EHLO front.example"); !strings.HasPrefix(got, "250-") {
+		t.Fatalf("EHLO got %q", got)
+	}
+	c.expect("MAIL FROM:<s@x>", ok)
+	c.expect("RCPT TO:<a@x>", ok)
+	c.expect("DATA", local354)
+	c.send("Subject: s\r\n\r\nfirst\r\n")
+	for _, want := range []string{"Subject: s\r\n", "\r\n", "first\r\n"} {
+		if got := <-seen; got != want {
+			t.Fatalf("upstream got %q, want %q", got, want)
+		}
+	}
+	// Each short segment of the body, once the upstream has it, has been
+	// acknowledged to the client.
+	for i := range 5 {
+		line := strings.Repeat("x", i+1) + "\r\n"
+		c.send(line)
+		if got := <-seen; got != line {
+			t.Fatalf("upstream got %q, want %q", got, line)
+		}
+		if n := unacked(t, c.conn); n != 0 {
+			t.Fatalf("segment %d: %d segments still unacknowledged after the upstream got the data", i+1, n)
+		}
+	}
+	c.send(".\r\n")
+	c.expectReply("250 2.0.0 Ok: queued as 4XyZ1\r\n")
+}
+
+// TestDataAckerNotTCP: a connection that is not TCP (a Unix socket, a
+// pipe) gets no acker, and a nil acker does nothing.
+func TestDataAckerNotTCP(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if acker := newDataAcker(a); acker != nil {
+		t.Fatalf("acker for a non-TCP connection: %+v", acker)
+	}
+	var none *dataAcker
+	if err := none.ack(); err != nil {
+		t.Fatalf("nil acker: %v", err)
+	}
+}
