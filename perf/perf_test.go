@@ -97,19 +97,29 @@ func (e *env) addr(path string) string {
 // scenario is one load of issue 6.
 type scenario struct {
 	name    string
-	size    int // message size
-	conc    int // sessions at once
-	perConn int // messages per connection
+	size    int  // message size
+	conc    int  // sessions at once
+	perConn int  // messages per connection
+	nagle   bool // the generator writes as Postfix's smtpd does (smtpload.Load.Nagle)
+}
+
+func (sc scenario) load(addr string, msg []byte) *smtpload.Load {
+	return &smtpload.Load{Addr: addr, Message: msg, Concurrency: sc.conc, PerConn: sc.perConn, Nagle: sc.nagle}
 }
 
 func scenarios() []scenario {
 	return []scenario{
-		{"msg=10KiB/conc=1/conn=per-msg", 10 << 10, 1, 1},
-		{"msg=10KiB/conc=32/conn=per-msg", 10 << 10, 32, 1},
-		{"msg=1MiB/conc=4/conn=per-msg", 1 << 20, 4, 1},
+		{"msg=10KiB/conc=1/conn=per-msg", 10 << 10, 1, 1, false},
+		{"msg=10KiB/conc=32/conn=per-msg", 10 << 10, 32, 1, false},
+		{"msg=1MiB/conc=4/conn=per-msg", 1 << 20, 4, 1, false},
 		// Several messages per connection: what the proxy costs without
 		// the connection setup that Postfix pays for every message.
-		{"msg=10KiB/conc=32/conn=10-msgs", 10 << 10, 32, 10},
+		{"msg=10KiB/conc=32/conn=10-msgs", 10 << 10, 32, 10, false},
+		// The generator with Nagle's algorithm on and Postfix's stream
+		// buffer, as Postfix's smtpd writes to a filter: the sender then
+		// waits for ACKs, and a path's ACK timing shows.
+		{"msg=1MiB/conc=1/conn=per-msg/sender=nagle", 1 << 20, 1, 1, true},
+		{"msg=1MiB/conc=4/conn=per-msg/sender=nagle", 1 << 20, 4, 1, true},
 	}
 }
 
@@ -163,7 +173,7 @@ func BenchmarkPaths(b *testing.B) {
 func measure(b *testing.B, e *env, path string, msg []byte, sc scenario) measurement {
 	b.SetBytes(int64(len(msg)))
 	b.ReportAllocs()
-	l := &smtpload.Load{Addr: e.addr(path), Message: msg, Concurrency: sc.conc, PerConn: sc.perConn}
+	l := sc.load(e.addr(path), msg)
 	before := e.sink.Messages()
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
@@ -215,7 +225,7 @@ func BenchmarkInterleaved(b *testing.B) {
 					if round%2 == 1 {
 						i = len(paths) - 1 - k
 					}
-					l := &smtpload.Load{Addr: e.addr(paths[i]), Message: msg, Concurrency: sc.conc, PerConn: sc.perConn}
+					l := sc.load(e.addr(paths[i]), msg)
 					start, cpu0 := time.Now(), cpuTime()
 					res, err := l.Run(context.Background(), n)
 					elapsed[i] += time.Since(start)
@@ -255,7 +265,8 @@ func TestPathsDeliver(t *testing.T) {
 		for _, sc := range scenarios() {
 			msg := smtpload.Message(sc.size, "")
 			n := 3 * min(sc.conc, 4)
-			l := &smtpload.Load{Addr: e.addr(path), Message: msg, Concurrency: min(sc.conc, 4), PerConn: sc.perConn}
+			l := sc.load(e.addr(path), msg)
+			l.Concurrency = min(sc.conc, 4)
 			msgs, bytes := e.sink.Messages(), e.sink.Bytes()
 			relayed, copied := e.relay.Sessions(), e.copyRelay.Sessions()
 			res, err := l.Run(context.Background(), n)

@@ -54,7 +54,20 @@ type Load struct {
 	// WaitQuit waits for the reply to QUIT before closing; Postfix does
 	// not wait.
 	WaitQuit bool
+	// Nagle writes the way Postfix's smtpd writes to its filter (and
+	// smtp-source to its server): with Nagle's algorithm on, which Postfix
+	// keeps (vstream_tweak_tcp grows the stream buffer to 4 MSS instead of
+	// setting TCP_NODELAY), and the content through a buffer of that size,
+	// written each time it fills, the rest with the final "." in one
+	// write. Without it the generator writes with TCP_NODELAY (Go's
+	// default), the content in one write and the "." in another.
+	Nagle bool
 }
+
+// postfixStreamBuffer is the buffer Postfix's smtpd writes message content
+// through to a filter over loopback: 4 times the MSS (vstream_tweak_tcp),
+// which is about 64 KiB on loopback.
+const postfixStreamBuffer = 4 * 64 << 10
 
 // Result is what a Run saw.
 type Result struct {
@@ -181,6 +194,7 @@ type worker struct {
 	r         *bufio.Reader
 	sent      int // messages sent on conn
 	lastReply []byte
+	tail      []byte // with Nagle: the content's last part and the "."
 }
 
 // send sends one message, opening a connection first when none is open,
@@ -204,11 +218,8 @@ func (w *worker) send(ctx context.Context, last bool) (lat time.Duration, ok boo
 	if err := w.command(c.data, 3, "DATA"); err != nil {
 		return 0, false, err
 	}
-	if _, err := w.conn.Write(w.l.Message); err != nil {
-		return 0, false, w.fail("message content", err)
-	}
-	if _, err := w.conn.Write(c.end); err != nil {
-		return 0, false, w.fail("end of data", err)
+	if err := w.content(); err != nil {
+		return 0, false, err
 	}
 	code, err := w.reply(&w.lastReply)
 	if err != nil {
@@ -224,12 +235,45 @@ func (w *worker) send(ctx context.Context, last bool) (lat time.Duration, ok boo
 	return lat, code/100 == 2, nil
 }
 
+// content writes the message and the final ".".
+func (w *worker) content() error {
+	msg, end := w.l.Message, w.cmds.end
+	if !w.l.Nagle {
+		if _, err := w.conn.Write(msg); err != nil {
+			return w.fail("message content", err)
+		}
+		if _, err := w.conn.Write(end); err != nil {
+			return w.fail("end of data", err)
+		}
+		return nil
+	}
+	// As through Postfix's stream buffer: each time it fills, it is
+	// written; what is left goes with the final "." when it is flushed.
+	for len(msg) >= postfixStreamBuffer {
+		if _, err := w.conn.Write(msg[:postfixStreamBuffer]); err != nil {
+			return w.fail("message content", err)
+		}
+		msg = msg[postfixStreamBuffer:]
+	}
+	w.tail = append(append(w.tail[:0], msg...), end...)
+	if _, err := w.conn.Write(w.tail); err != nil {
+		return w.fail("end of data", err)
+	}
+	return nil
+}
+
 // open connects and says hello the way Postfix's front smtpd does.
 func (w *worker) open(ctx context.Context) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", w.l.Addr)
 	if err != nil {
 		return fmt.Errorf("smtpload: connect to %s: %w", w.l.Addr, err)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok && w.l.Nagle {
+		if err := tc.SetNoDelay(false); err != nil {
+			conn.Close()
+			return fmt.Errorf("smtpload: turning Nagle's algorithm on: %w", err)
+		}
 	}
 	w.conn, w.sent = conn, 0
 	w.r.Reset(conn)
