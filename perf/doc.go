@@ -20,7 +20,7 @@
 // The generator writes with TCP_NODELAY by default, the whole content in
 // one write. The scenarios named sender=nagle write as Postfix's smtpd
 // writes to a filter instead (smtpload.Load.Nagle: Nagle's algorithm on,
-// 256 KiB writes): the sender then waits for ACKs, so how soon each path's
+// writes of 4 MSS): the sender then waits for ACKs, so how soon each path's
 // receiving side acknowledges shows in its rate, and these ratios scatter
 // more from run to run. Issue 6's bounds are stated for the default
 // sender.

@@ -83,9 +83,10 @@
 //     loop let through nor a message lost.
 //   - Message data read from a TCP client is acknowledged at once
 //     (TCP_QUICKACK, Linux). Postfix's smtpd writes to its filter with
-//     Nagle's algorithm on, which holds the short last segment of a message
-//     until the rest is acknowledged; Linux delays that ACK by up to 40 ms
-//     once the proxy has replied on the connection. One setsockopt(2) per
+//     Nagle's algorithm on, which holds a segment shorter than the MSS
+//     (such as a message's last one) until the rest is acknowledged; Linux
+//     delays that ACK by up to 40 ms once the proxy has replied on the
+//     connection. One setsockopt(2) per
 //     data read; see dataAcker.
 //   - Clocks: the command timeout runs from the moment the proxy waits for a
 //     command until the whole line is in (a trickle of bytes does not

@@ -14,10 +14,10 @@ import (
 //
 // Why: Postfix's smtpd writes to its proxy filter with Nagle's algorithm
 // on (vstream_tweak_tcp keeps it, with a buffer of 4 MSS), as smtp-source
-// does. Nagle holds the last, short segment of a message (its tail and the
-// final dot) until everything before it is acknowledged; once the proxy
-// has written replies on the connection, Linux delays its ACKs, up to
-// 40 ms. On loopback, where smtpd and the proxy meet, such stalls were
+// does. Nagle holds a segment shorter than the MSS (such as a message's
+// tail with the final dot) until everything before it is acknowledged;
+// once the proxy has written replies on the connection, Linux delays its
+// ACKs, up to 40 ms. On loopback, where smtpd and the proxy meet, such stalls were
 // most of a message's time: smtp-source sending 1 MiB messages one at a
 // time got 80 messages/s through the proxy without this and 200 with it
 // (scripts/proxy-ab). An ACK sent as soon as the data is read lets the

@@ -57,17 +57,28 @@ type Load struct {
 	// Nagle writes the way Postfix's smtpd writes to its filter (and
 	// smtp-source to its server): with Nagle's algorithm on, which Postfix
 	// keeps (vstream_tweak_tcp grows the stream buffer to 4 MSS instead of
-	// setting TCP_NODELAY), and the content through a buffer of that size,
-	// written each time it fills, the rest with the final "." in one
-	// write. Without it the generator writes with TCP_NODELAY (Go's
-	// default), the content in one write and the "." in another.
+	// setting TCP_NODELAY), and the content through a buffer of that size
+	// (postfixBuffer), written each time it fills, the rest with the final
+	// "." in one write. Without it the generator writes with TCP_NODELAY
+	// (Go's default), the content in one write and the "." in another.
 	Nagle bool
 }
 
-// postfixStreamBuffer is the buffer Postfix's smtpd writes message content
-// through to a filter over loopback: 4 times the MSS (vstream_tweak_tcp),
-// which is about 64 KiB on loopback.
-const postfixStreamBuffer = 4 * 64 << 10
+// Postfix's stream buffer (vstream_tweak_tcp): VSTREAM_BUFSIZE, or 4 times
+// the connection's MSS, read just after connect, when that is larger than
+// a quarter of it. Over loopback that MSS is 32 or 64 KiB, depending on
+// the kernel.
+const (
+	vstreamBufSize = 4096
+	loopbackMSS    = 65483 // where the MSS cannot be read (tcpMSS)
+)
+
+func postfixBuffer(mss int) int {
+	if mss > vstreamBufSize/4 {
+		return 4 * mss
+	}
+	return vstreamBufSize
+}
 
 // Result is what a Run saw.
 type Result struct {
@@ -195,6 +206,7 @@ type worker struct {
 	sent      int // messages sent on conn
 	lastReply []byte
 	tail      []byte // with Nagle: the content's last part and the "."
+	bufSize   int    // with Nagle: Postfix's stream buffer for conn
 }
 
 // send sends one message, opening a connection first when none is open,
@@ -249,11 +261,11 @@ func (w *worker) content() error {
 	}
 	// As through Postfix's stream buffer: each time it fills, it is
 	// written; what is left goes with the final "." when it is flushed.
-	for len(msg) >= postfixStreamBuffer {
-		if _, err := w.conn.Write(msg[:postfixStreamBuffer]); err != nil {
+	for len(msg) >= w.bufSize {
+		if _, err := w.conn.Write(msg[:w.bufSize]); err != nil {
 			return w.fail("message content", err)
 		}
-		msg = msg[postfixStreamBuffer:]
+		msg = msg[w.bufSize:]
 	}
 	w.tail = append(append(w.tail[:0], msg...), end...)
 	if _, err := w.conn.Write(w.tail); err != nil {
@@ -274,6 +286,7 @@ func (w *worker) open(ctx context.Context) error {
 			conn.Close()
 			return fmt.Errorf("smtpload: turning Nagle's algorithm on: %w", err)
 		}
+		w.bufSize = postfixBuffer(tcpMSS(tc))
 	}
 	w.conn, w.sent = conn, 0
 	w.r.Reset(conn)

@@ -28,9 +28,10 @@ func noDelay(t *testing.T, c net.Conn) bool {
 	return v != 0
 }
 
-// TestLoadNagle: a Nagle load turns Nagle's algorithm on (TCP_NODELAY off)
-// and still delivers every byte, with content larger than, equal to and
-// smaller than Postfix's stream buffer.
+// TestLoadNagle: a Nagle load turns Nagle's algorithm on (TCP_NODELAY off),
+// writes through a buffer of 4 MSS as Postfix does, and still delivers
+// every byte, with content larger than, equal to and smaller than that
+// buffer.
 func TestLoadNagle(t *testing.T) {
 	s := startSink(t)
 	for _, nagle := range []bool{false, true} {
@@ -42,9 +43,15 @@ func TestLoadNagle(t *testing.T) {
 		if got := noDelay(t, w.conn); got == nagle {
 			t.Errorf("Nagle %v: TCP_NODELAY is %v", nagle, got)
 		}
+		// The MSS read at connect time, as Postfix reads it, can differ
+		// from the one read now (loopback reports 32741, then 32768).
+		if mss := w.bufSize / 4; nagle && (w.bufSize%4 != 0 || mss <= vstreamBufSize/4 || mss > 65535) {
+			t.Errorf("stream buffer %d bytes, want 4 times a loopback MSS", w.bufSize)
+		}
 		w.close()
 	}
-	for _, size := range []int{10 << 10, postfixStreamBuffer, 2*postfixStreamBuffer + 1000} {
+	buf := postfixBuffer(loopbackMSS)
+	for _, size := range []int{10 << 10, buf, 2*buf + 1000} {
 		msgs, bytes := s.Messages(), s.Bytes()
 		msg := Message(size, "")
 		l := &Load{Addr: s.Addr(), Message: msg, Concurrency: 2, Nagle: true}

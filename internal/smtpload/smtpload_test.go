@@ -282,3 +282,15 @@ func TestVerb(t *testing.T) {
 		}
 	}
 }
+
+// TestPostfixBuffer: VSTREAM_BUFSIZE unless 4 MSS is larger, as in
+// Postfix's vstream_tweak_tcp.
+func TestPostfixBuffer(t *testing.T) {
+	for _, c := range []struct{ mss, want int }{
+		{0, 4096}, {536, 4096}, {1024, 4096}, {1025, 4100}, {1460, 5840}, {65483, 261932},
+	} {
+		if got := postfixBuffer(c.mss); got != c.want {
+			t.Errorf("postfixBuffer(%d) = %d, want %d", c.mss, got, c.want)
+		}
+	}
+}
