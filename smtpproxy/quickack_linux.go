@@ -17,11 +17,11 @@ import (
 // does. Nagle holds a segment shorter than the MSS (such as a message's
 // tail with the final dot) until everything before it is acknowledged;
 // once the proxy has written replies on the connection, Linux delays its
-// ACKs, up to 40 ms. On loopback, where smtpd and the proxy meet, such stalls were
-// most of a message's time: smtp-source sending 1 MiB messages one at a
-// time got 80 messages/s through the proxy without this and 200 with it
-// (scripts/proxy-ab). An ACK sent as soon as the data is read lets the
-// tail go at once.
+// ACKs, up to 40 ms. On loopback, where smtpd and the proxy meet, such
+// stalls were most of a message's time: smtp-source sending 1 MiB
+// messages one at a time got 80 messages/s through the proxy without this
+// and 200 with it (scripts/proxy-ab). An ACK sent as soon as the data is
+// read lets the tail go at once.
 //
 // It costs one setsockopt(2) per read of message data; commands and
 // replies need none, since a reply carries the ACK of its command.

@@ -68,9 +68,20 @@ func TestMessageDataAckedAtOnce(t *testing.T) {
 	c.expect("MAIL FROM:<s@x>", ok)
 	c.expect("RCPT TO:<a@x>", ok)
 	c.expect("DATA", local354)
+	// next is the next content line the upstream got.
+	next := func() string {
+		t.Helper()
+		select {
+		case line := <-seen:
+			return line
+		case <-time.After(10 * time.Second): // a hang guard, not a timing assertion
+			t.Fatal("the upstream got no more message data")
+			return ""
+		}
+	}
 	c.send("Subject: s\r\n\r\nfirst\r\n")
 	for _, want := range []string{"Subject: s\r\n", "\r\n", "first\r\n"} {
-		if got := <-seen; got != want {
+		if got := next(); got != want {
 			t.Fatalf("upstream got %q, want %q", got, want)
 		}
 	}
@@ -79,7 +90,7 @@ func TestMessageDataAckedAtOnce(t *testing.T) {
 	for i := range 5 {
 		line := strings.Repeat("x", i+1) + "\r\n"
 		c.send(line)
-		if got := <-seen; got != line {
+		if got := next(); got != line {
 			t.Fatalf("upstream got %q, want %q", got, line)
 		}
 		if n := unackedAfterDeferral(t, c.conn); n != 0 {
