@@ -78,6 +78,9 @@ func ParsePath(arg string) (Path, error) {
 		if i := strings.IndexByte(t, ':'); i >= 0 {
 			p.Route = trimRouteSpace(t[:i])
 			text = t[i+1:]
+			if !closedRoute(p.Route) {
+				return fail("open quoted string, comment or literal in the source route")
+			}
 		}
 	}
 
@@ -330,6 +333,23 @@ func mailbox(lx *lexer, el []token) (Addr, string) {
 	}
 	a.Domain = string(buf)
 	return a, ""
+}
+
+// closedRoute reports whether a route cut off at the first colon leaves no
+// quoted string, comment or address literal open. One that does ("@a\"" of
+// @a":x(y"z) reads differently when the path is written back as
+// <Route:mailbox>: the open quote there swallows the ':' and the rest.
+func closedRoute(r string) bool {
+	lx := newLexer([]byte(r))
+	for {
+		t := lx.next()
+		switch {
+		case t.kind == tokEOF:
+			return !lx.openComment
+		case (t.kind == tokQuoted || t.kind == tokLiteral) && !t.closed:
+			return false
+		}
+	}
 }
 
 // joinRoute joins a route cut off the front of the text with one found

@@ -142,6 +142,12 @@ func TestParsePathErrors(t *testing.T) {
 		{"[192.0.2.1]<x@y>", "unexpected address literal before '<'"},
 		{"<x@y>" + strings.Repeat("w", 50), `unexpected word "` + strings.Repeat("w", 40) + `"... after '>'`},
 		{"<@a,@(b>):x@y>", "angle bracket in the source route"},
+		// Found by FuzzPath: cut at the first colon, the route "@0\""
+		// holds an open quote, which written back as <@0":0> swallows the
+		// rest of the path.
+		{"@0\":0(00\"0", "open quoted string, comment or literal in the source route"},
+		{"@a(b:c)x@y", "open quoted string, comment or literal in the source route"},
+		{"@[a:b]x@y", "open quoted string, comment or literal in the source route"},
 	}
 	for _, tc := range tests {
 		_, err := ParsePath(tc.arg)
