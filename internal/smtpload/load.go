@@ -281,12 +281,15 @@ func (w *worker) open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("smtpload: connect to %s: %w", w.l.Addr, err)
 	}
-	if tc, ok := conn.(*net.TCPConn); ok && w.l.Nagle {
-		if err := tc.SetNoDelay(false); err != nil {
-			conn.Close()
-			return fmt.Errorf("smtpload: turning Nagle's algorithm on: %w", err)
+	if w.l.Nagle {
+		w.bufSize = vstreamBufSize
+		if tc, ok := conn.(*net.TCPConn); ok {
+			if err := tc.SetNoDelay(false); err != nil {
+				conn.Close()
+				return fmt.Errorf("smtpload: turning Nagle's algorithm on: %w", err)
+			}
+			w.bufSize = postfixBuffer(tcpMSS(tc))
 		}
-		w.bufSize = postfixBuffer(tcpMSS(tc))
 	}
 	w.conn, w.sent = conn, 0
 	w.r.Reset(conn)
