@@ -13,17 +13,9 @@ import (
 // noDelay reports whether c has TCP_NODELAY set.
 func noDelay(t *testing.T, c net.Conn) bool {
 	t.Helper()
-	rc, err := c.(*net.TCPConn).SyscallConn()
+	v, err := tcpOption(c.(*net.TCPConn), syscall.TCP_NODELAY)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var v int
-	var gerr error
-	if err := rc.Control(func(fd uintptr) { v, gerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY) }); err != nil {
-		t.Fatal(err)
-	}
-	if gerr != nil {
-		t.Fatal(gerr)
 	}
 	return v != 0
 }
