@@ -242,6 +242,13 @@ func startProxy(t testing.TB, cfg Config) *proxy {
 
 func serveProxy(t testing.TB, cfg Config, ln net.Listener) *proxy {
 	t.Helper()
+	return serveTuned(t, cfg, ln, nil)
+}
+
+// serveTuned is serveProxy with tune, if not nil, run on the Server
+// before it serves: for tests of settings Config does not hold.
+func serveTuned(t testing.TB, cfg Config, ln net.Listener, tune func(*Server)) *proxy {
+	t.Helper()
 	logs := &syncbuf.Buffer{}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -249,6 +256,9 @@ func serveProxy(t testing.TB, cfg Config, ln net.Listener) *proxy {
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if tune != nil {
+		tune(srv)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)

@@ -24,6 +24,12 @@ type Server struct {
 	log  *slog.Logger
 	bufs *bufferPools
 
+	// streamRcvbuf is the SO_RCVBUF of a client socket whose message
+	// body streams (streamSocketBuffer); 0: left to the kernel, for the
+	// reason rcvbufOff.
+	streamRcvbuf int
+	rcvbufOff    error
+
 	idBase string
 	nextID atomic.Uint64
 	active atomic.Int64
@@ -39,12 +45,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Dial == nil && cfg.Upstream == "" {
 		return nil, errors.New("upstream: no address")
 	}
+	rcvbuf, rcvbufOff := streamRcvbuf()
 	return &Server{
-		cfg:    cfg,
-		dial:   dial,
-		log:    cfg.Logger,
-		bufs:   newBufferPools(),
-		idBase: strconv.Itoa(os.Getpid()),
+		cfg:          cfg,
+		dial:         dial,
+		log:          cfg.Logger,
+		bufs:         newBufferPools(),
+		streamRcvbuf: rcvbuf,
+		rcvbufOff:    rcvbufOff,
+		idBase:       strconv.Itoa(os.Getpid()),
 	}, nil
 }
 
@@ -77,6 +86,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 
 	s.log.Info("listening", "listen", ln.Addr().String(), "upstream", s.upstreamName())
+	if s.rcvbufOff != nil {
+		s.log.Info("message bodies: client socket receive buffers left to the kernel", "reason", s.rcvbufOff)
+	}
 	var acceptErr error
 	backoff := time.Duration(0)
 	for {

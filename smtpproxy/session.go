@@ -61,6 +61,7 @@ type runner struct {
 	clientWaiting  bool        // the client goroutine waits for clientWake
 	clientHolds    bool        // ... holding client bytes the core has not taken
 	dataBuf        *[]byte     // the client's read buffer while message data flows
+	rcvbufSet      bool        // the client socket's SO_RCVBUF was set (streamSocketBuffer)
 	iov            [2][]byte   // writev's vector and the
 	iovBufs        net.Buffers // ... slice of it WriteTo consumes: no allocation per write
 	clientGone     bool
@@ -425,7 +426,25 @@ func (r *runner) nextClientBuffer(own *[]byte) *[]byte {
 	if r.dataBuf == nil {
 		r.dataBuf = r.srv.bufs.get(size)
 	}
+	if size == streamBufferSize && !r.rcvbufSet {
+		r.rcvbufSet = true
+		r.fixReceiveBuffer()
+	}
 	return r.dataBuf
+}
+
+// fixReceiveBuffer gives the client's socket the fixed receive buffer of
+// a streaming body (streamSocketBuffer), where the Server has one. It is
+// best effort: a refusal leaves the kernel's sizing, and the debug log
+// says so.
+func (r *runner) fixReceiveBuffer() {
+	tc, ok := r.client.(*net.TCPConn)
+	if !ok || r.srv.streamRcvbuf == 0 {
+		return
+	}
+	if err := tc.SetReadBuffer(r.srv.streamRcvbuf); err != nil {
+		r.log.Debug("socket receive buffer not set", "err", err)
+	}
 }
 
 // upstreamLoop connects to the upstream, then reads it and drives the
