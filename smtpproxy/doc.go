@@ -88,6 +88,11 @@
 //     delays that ACK by up to 40 ms once the proxy has replied on the
 //     connection. One setsockopt(2) per
 //     data read; see dataAcker.
+//   - Once a message body streams, a TCP client's socket gets a fixed
+//     receive buffer (SO_RCVBUF, streamSocketBuffer; Linux, where
+//     net.core.rmem_max allows it), once per connection: with the
+//     kernel's sizing, which starts small on every connection, large
+//     messages kept filling it.
 //   - Clocks: the command timeout runs from the moment the proxy waits for a
 //     command until the whole line is in (a trickle of bytes does not
 //     extend it); the data idle timeout restarts with every piece of message
