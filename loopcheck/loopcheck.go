@@ -13,13 +13,23 @@
 // compares the first physical line of the value exactly, after case folding,
 // so everything it matches has the same key here.
 //
+// A recipient may also carry its expansion (Recipient.WithExpansion): the
+// addresses Postfix will compare with Delivered-To: after cleanup(8) has
+// rewritten it (canonical and virtual alias maps) and local(8) has expanded
+// its aliases. Package loopcheck does no lookups itself; a front-end gets
+// the expansion from package expand and hands it over. A loop found through
+// the expansion names the recipient as the client spelled it and, in
+// Verdict.Via, the expanded address that matched.
+//
 // Guarantees: Check reads only the header section (up to header.SectionEnd),
 // takes time linear in its length, allocates in proportion to the recipients
-// and to the longest Delivered-To value, and never panics.
+// (with their expansions) and to the longest Delivered-To value, and never
+// panics.
 package loopcheck
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
@@ -37,6 +47,17 @@ type Verdict struct {
 	// matched, as the client spelled it: the mailbox only, without brackets,
 	// route or parameters.
 	Recipient string
+	// Via is the address of the recipient's expansion that matched, when
+	// the recipient did not match as spelled; empty otherwise.
+	Via string
+}
+
+// Match is one looping recipient, from Loops.
+type Match struct {
+	// Index is the recipient's position in the list given to Loops.
+	Index int
+	// Via is as in Verdict.
+	Via string
 }
 
 // Recipient is an accepted envelope recipient prepared for the check.
@@ -45,8 +66,15 @@ type Recipient struct {
 	// source route or ESMTP parameters; it is what a loop reply names.
 	Mailbox string
 	// keys are the normalised keys the recipient matches: one for a path
-	// that parses, every plausible address for one that does not.
-	keys []string
+	// that parses, every plausible address for one that does not, then
+	// those of its expansion.
+	keys []matchKey
+}
+
+// matchKey is one normalised key of a recipient; via is the expanded
+// address it came from, empty for the recipient as spelled.
+type matchKey struct {
+	key, via string
 }
 
 // NewRecipient prepares the argument of a RCPT TO: command (the text after
@@ -56,13 +84,42 @@ type Recipient struct {
 // address in it; its Mailbox is the argument without surrounding space.
 func NewRecipient(rcptArg string) Recipient {
 	if p, err := address.ParsePath(rcptArg); err == nil && !p.Null {
-		return Recipient{Mailbox: p.Addr.String(), keys: []string{p.Addr.Key()}}
+		return Recipient{Mailbox: p.Addr.String(), keys: []matchKey{{key: p.Addr.Key()}}}
 	}
 	r := Recipient{Mailbox: strings.TrimSpace(rcptArg)}
 	for _, a := range address.ParseList([]byte(rcptArg)) {
-		r.keys = append(r.keys, a.Key())
+		r.keys = append(r.keys, matchKey{key: a.Key()})
 	}
 	return r
+}
+
+// WithExpansion returns r judged by the addresses of its expansion as well:
+// the addresses Postfix will compare with Delivered-To: for it. With
+// replace, r is judged by them alone and no longer as spelled (a recipient
+// whose expansion is empty then never loops): that is how a front-end
+// judges only what Postfix itself would bounce. An address that has the key
+// of one r already holds adds nothing. r itself is not changed.
+func (r Recipient) WithExpansion(addrs []address.Addr, replace bool) Recipient {
+	out := Recipient{Mailbox: r.Mailbox}
+	if !replace {
+		out.keys = append(out.keys, r.keys...)
+	}
+	has := func(keys []matchKey, k string) bool {
+		return slices.ContainsFunc(keys, func(m matchKey) bool { return m.key == k })
+	}
+	for _, a := range addrs {
+		k := a.Key()
+		switch {
+		case has(out.keys, k):
+		case has(r.keys, k):
+			// The recipient as spelled is among its expansion: a match
+			// there is no detour.
+			out.keys = append(out.keys, matchKey{key: k})
+		default:
+			out.keys = append(out.keys, matchKey{key: k, via: a.String()})
+		}
+	}
+	return out
 }
 
 // Check judges a message against the accepted recipients, each given as the
@@ -81,20 +138,42 @@ func Check(rcptArgs []string, msg []byte) Verdict {
 // CheckRecipients is Check with recipients already prepared by NewRecipient,
 // for callers that keep them across messages or add them one at a time.
 func CheckRecipients(rcpts []Recipient, msg []byte) Verdict {
-	if len(rcpts) == 0 {
+	m := scan(rcpts, msg, false)
+	if len(m) == 0 {
 		return Verdict{}
 	}
-	// first maps a key to the index of the first recipient holding it, so
-	// the verdict names the first recipient in the client's order whatever
-	// the order of the fields.
-	first := make(map[string]int, len(rcpts))
+	return Verdict{Loop: true, Recipient: rcpts[m[0].Index].Mailbox, Via: m[0].Via}
+}
+
+// Loops returns every looping recipient, in the order given: for a
+// front-end that can refuse recipients one by one.
+func Loops(rcpts []Recipient, msg []byte) []Match {
+	return scan(rcpts, msg, true)
+}
+
+// scan finds the looping recipients: with all, every one in the order
+// given; without, the first in that order only.
+func scan(rcpts []Recipient, msg []byte, all bool) []Match {
+	if len(rcpts) == 0 {
+		return nil
+	}
+	// refs maps a key to the recipients holding it, in the order given, so
+	// the result follows the client's order whatever the order of the
+	// fields.
+	type ref struct {
+		index int
+		via   string
+	}
+	refs := make(map[string][]ref, len(rcpts))
 	for i, r := range rcpts {
 		for _, k := range r.keys {
-			if _, ok := first[k]; !ok {
-				first[k] = i
-			}
+			refs[k.key] = append(refs[k.key], ref{i, k.via})
 		}
 	}
+	// found[i] is the key through which recipient i loops; ok[i] whether
+	// it does. best is the first looping recipient.
+	found := make([]string, len(rcpts))
+	ok := make([]bool, len(rcpts))
 	best := -1
 	var value []byte
 	var addrs []address.Addr
@@ -112,17 +191,31 @@ func CheckRecipients(rcpts []Recipient, msg []byte) Verdict {
 			addrs = address.AppendList(addrs, raw[:i])
 		}
 		for _, a := range addrs {
-			i, ok := first[a.Key()]
-			if ok && (best < 0 || i < best) {
-				best = i
-				if best == 0 {
-					return Verdict{Loop: true, Recipient: rcpts[0].Mailbox}
+			for _, r := range refs[a.Key()] {
+				if ok[r.index] && (found[r.index] == "" || r.via != "") {
+					continue // a match as spelled beats one through the expansion
+				}
+				ok[r.index], found[r.index] = true, r.via
+				if best < 0 || r.index < best {
+					best = r.index
 				}
 			}
 		}
+		if !all && best == 0 && found[0] == "" {
+			break // nothing can come before it
+		}
 	}
 	if best < 0 {
-		return Verdict{}
+		return nil
 	}
-	return Verdict{Loop: true, Recipient: rcpts[best].Mailbox}
+	if !all {
+		return []Match{{Index: best, Via: found[best]}}
+	}
+	var m []Match
+	for i := range rcpts {
+		if ok[i] {
+			m = append(m, Match{Index: i, Via: found[i]})
+		}
+	}
+	return m
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 )
 
 // crlf joins lines into a message with CRLF line ends, as the proxy sees it
@@ -261,5 +262,87 @@ func TestCheckRecipientsReusable(t *testing.T) {
 	}
 	if got := CheckRecipients(rcpts, m2); got != pass {
 		t.Errorf("second message: %+v", got)
+	}
+}
+
+func addrs(ss ...string) []address.Addr {
+	var out []address.Addr
+	for _, s := range ss {
+		out = append(out, address.ParseList([]byte(s))...)
+	}
+	return out
+}
+
+func TestWithExpansion(t *testing.T) {
+	msg := []byte(crlf(received, "Delivered-To: loopuser@local.test", "", "body"))
+	for _, tc := range []struct {
+		name    string
+		rcpt    string
+		exp     []address.Addr
+		replace bool
+		want    Verdict
+	}{
+		{"no expansion, literal misses", "<valias@local.test>", nil, false, pass},
+		{"expansion matches", "<valias@local.test>", addrs("loopuser@local.test"), false,
+			Verdict{Loop: true, Recipient: "valias@local.test", Via: "loopuser@local.test"}},
+		{"expansion matches, case folded", "<valias@local.test>", addrs("LoopUser@Local.Test"), false,
+			Verdict{Loop: true, Recipient: "valias@local.test", Via: "LoopUser@Local.Test"}},
+		{"one of many", "<list@local.test>", addrs("a@local.test", "loopuser@local.test", "b@remote.example"), false,
+			Verdict{Loop: true, Recipient: "list@local.test", Via: "loopuser@local.test"}},
+		{"extension propagated is no loop", "<valias+ext@local.test>", addrs("loopuser+ext@local.test"), false, pass},
+		{"literal match keeps no via", "<loopuser@local.test>", addrs("loopuser@local.test"), false, loop("loopuser@local.test")},
+		{"literal match beside an expansion", "<loopuser@local.test>", addrs("other@local.test"), false, loop("loopuser@local.test")},
+		{"replace: literal no longer counts", "<loopuser@local.test>", addrs("other@local.test"), true, pass},
+		{"replace: empty expansion never loops", "<loopuser@local.test>", nil, true, pass},
+		{"replace: itself among its expansion", "<LoopUser@local.test>", addrs("loopuser@local.test"), true, loop("LoopUser@local.test")},
+		{"replace: expansion matches", "<valias@local.test>", addrs("loopuser@local.test"), true,
+			Verdict{Loop: true, Recipient: "valias@local.test", Via: "loopuser@local.test"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewRecipient(tc.rcpt).WithExpansion(tc.exp, tc.replace)
+			if diff := cmp.Diff(tc.want, CheckRecipients([]Recipient{r}, msg)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestExpansionLeavesRecipientUnchanged(t *testing.T) {
+	r := NewRecipient("<valias@local.test>")
+	_ = r.WithExpansion(addrs("loopuser@local.test"), false)
+	msg := []byte(crlf("Delivered-To: loopuser@local.test", "", "x"))
+	if v := CheckRecipients([]Recipient{r}, msg); v.Loop {
+		t.Errorf("the recipient without its expansion loops: %+v", v)
+	}
+}
+
+func TestLoops(t *testing.T) {
+	rcpts := []Recipient{
+		NewRecipient("<a@local.test>"),
+		NewRecipient("<valias@local.test>").WithExpansion(addrs("loopuser@local.test"), false),
+		NewRecipient("<b@local.test>"),
+		NewRecipient("<loopuser@local.test>").WithExpansion(addrs("loopuser@local.test"), false),
+	}
+	msg := []byte(crlf("Delivered-To: b@local.test", "Delivered-To: loopuser@local.test", "", "x"))
+	want := []Match{{Index: 1, Via: "loopuser@local.test"}, {Index: 2}, {Index: 3}}
+	if diff := cmp.Diff(want, Loops(rcpts, msg)); diff != "" {
+		t.Errorf("Loops (-want +got):\n%s", diff)
+	}
+	if got := Loops(rcpts, []byte(crlf("Subject: x", "", "Delivered-To: a@local.test"))); got != nil {
+		t.Errorf("Loops on a clean message = %+v, want none", got)
+	}
+	// CheckRecipients names the first of them.
+	if diff := cmp.Diff(Verdict{Loop: true, Recipient: "valias@local.test", Via: "loopuser@local.test"}, CheckRecipients(rcpts, msg)); diff != "" {
+		t.Errorf("CheckRecipients (-want +got):\n%s", diff)
+	}
+}
+
+func TestSpelledMatchBeatsExpansion(t *testing.T) {
+	// The recipient matches both as spelled (second field) and through its
+	// expansion (first field): the verdict names no detour.
+	r := NewRecipient("<a@local.test>").WithExpansion(addrs("loopuser@local.test"), false)
+	msg := []byte(crlf("Delivered-To: loopuser@local.test", "Delivered-To: a@local.test", "", "x"))
+	if diff := cmp.Diff(loop("a@local.test"), CheckRecipients([]Recipient{r}, msg)); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
