@@ -142,7 +142,21 @@ type Options struct {
 	// directory. Example: "valias": "loopuser".
 	Aliases map[string]string
 	// MainCF are extra main.cf settings; they override the harness's own.
+	// "{etc}" and "{mail}" in a value are replaced by the config and
+	// mailbox directories: "hash:{etc}/virtual".
 	MainCF map[string]string
+	// MasterCF is appended to master.cf: extra services, such as a pipe(8)
+	// transport or a public proxymap. "{etc}" and "{mail}" are replaced.
+	MasterCF string
+	// PlainSMTPD are extra "-o name=value" settings of the plain front
+	// smtpd (PlainAddr) alone, such as smtpd_milters.
+	PlainSMTPD map[string]string
+	// Files are extra files written into the config directory before
+	// Start: name -> content, "{etc}" and "{mail}" replaced.
+	Files map[string]string
+	// Postmap lists tables to index with postmap(1) before Start, as
+	// TYPE:NAME with NAME one of Files ("hash:virtual").
+	Postmap []string
 }
 
 // Instance is one private Postfix instance.
@@ -487,9 +501,19 @@ func (p *Instance) mainCF() map[string]string {
 		"delay_warning_time":         "0h",
 		"multi_instance_directories": "",
 	}
-	maps.Copy(m, p.opts.MainCF)
+	for k, v := range p.opts.MainCF {
+		m[k] = p.expand(v)
+	}
 	return m
 }
+
+// expand replaces "{etc}" and "{mail}" in an option's text.
+func (p *Instance) expand(v string) string {
+	return strings.NewReplacer("{etc}", p.etcDir, "{mail}", p.mailDir).Replace(v)
+}
+
+// EtcPath is the path of a file in the config directory.
+func (p *Instance) EtcPath(name string) string { return filepath.Join(p.etcDir, name) }
 
 // masterCF returns master.cf: the three SMTP services and the standard
 // services of Debian's master.cf, all with chroot n (the chroot would need a
@@ -524,7 +548,14 @@ func (p *Instance) masterCF() string {
 		"  -o receive_override_options=no_unknown_recipient_checks\n", p.afterAddr)
 	fmt.Fprintf(&b, "%s inet n - n - 20 smtpd\n"+
 		"  -o syslog_name=postfix/plain\n", p.plainAddr)
+	for _, k := range slices.Sorted(maps.Keys(p.opts.PlainSMTPD)) {
+		// The { name = value } form (Postfix 3.0) lets a value hold spaces.
+		fmt.Fprintf(&b, "  -o { %s = %s }\n", k, p.expand(p.opts.PlainSMTPD[k]))
+	}
 	b.WriteString(standardServices)
+	if p.opts.MasterCF != "" {
+		b.WriteString(p.expand(strings.TrimSuffix(p.opts.MasterCF, "\n")) + "\n")
+	}
 	return b.String()
 }
 
@@ -583,6 +614,12 @@ func (p *Instance) Start() {
 
 	var mainCF strings.Builder
 	settings := p.mainCF()
+	for name, content := range p.opts.Files {
+		path := filepath.Join(p.etcDir, name)
+		if err := os.WriteFile(path, []byte(p.expand(content)), 0o644); err != nil {
+			p.t.Fatalf("postfixtest: write %s: %v", name, err)
+		}
+	}
 	for _, k := range slices.Sorted(maps.Keys(settings)) {
 		fmt.Fprintf(&mainCF, "%s = %s\n", k, settings[k])
 	}
@@ -604,6 +641,13 @@ func (p *Instance) Start() {
 		}
 	}
 	p.run("postalias", "-c", p.etcDir, "hash:"+filepath.Join(p.etcDir, "aliases"))
+	for _, table := range p.opts.Postmap {
+		typ, name, ok := strings.Cut(table, ":")
+		if !ok {
+			p.t.Fatalf("postfixtest: Postmap entry %q is not TYPE:NAME", table)
+		}
+		p.run("postmap", "-c", p.etcDir, typ+":"+filepath.Join(p.etcDir, name))
+	}
 	if out := p.run("postfix", "-c", p.etcDir, "check"); out != "" {
 		p.t.Logf("postfixtest: postfix check: %s", out)
 	}

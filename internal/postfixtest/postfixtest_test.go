@@ -247,3 +247,47 @@ func TestServicePortBelowEphemeralRange(t *testing.T) {
 		t.Errorf("service port %d is outside [%d, %d): an outgoing connection could take it before master binds it", port, servicePortLow, ephemeralLow())
 	}
 }
+
+// TestExtraConfiguration checks the options that shape an instance beyond
+// the defaults: an extra table (Files, Postmap, MainCF with {etc}), an
+// extra master.cf service and a setting of the plain smtpd alone.
+func TestExtraConfiguration(t *testing.T) {
+	p := Start(t, Options{
+		MainCF:     map[string]string{"virtual_alias_maps": "hash:{etc}/virtual"},
+		Files:      map[string]string{"virtual": "valias@" + Domain + " " + LoopUser + "@" + Domain + "\n"},
+		Postmap:    []string{"hash:virtual"},
+		MasterCF:   "extra unix - n n - - pipe\n  flags=D user=nobody argv=/bin/cat {etc}/unused",
+		PlainSMTPD: map[string]string{"smtpd_banner": "$myhostname ESMTP plain-extra"},
+	})
+	if _, err := os.Stat(p.EtcPath("virtual.db")); err != nil {
+		t.Fatalf("postmap did not index the table: %v", err)
+	}
+	master, err := os.ReadFile(p.EtcPath("master.cf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "argv=/bin/cat " + p.EtcPath("unused"); !strings.Contains(string(master), want) {
+		t.Errorf("master.cf lacks the extra service %q:\n%s", want, master)
+	}
+	c, err := net.Dial("tcp4", p.PlainAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	banner := make([]byte, 512)
+	n, _ := c.Read(banner)
+	c.Close()
+	if !strings.Contains(string(banner[:n]), "plain-extra") {
+		t.Errorf("plain smtpd banner %q lacks its extra setting", banner[:n])
+	}
+	res, err := Send(p.PlainAddr(), "sender@"+Domain, []string{"valias@" + Domain}, []byte("Subject: virtual\n\nbody\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.EndOfData.Class() != 2 {
+		t.Fatalf("not accepted: %v", res)
+	}
+	d := p.WaitDone(res.QueueID())
+	if len(d) != 1 || d[0].Recipient != LoopUser+"@"+Domain || d[0].Status != "sent" {
+		t.Errorf("valias@ was not rewritten to %s@ and delivered: %+v", LoopUser, d)
+	}
+}
