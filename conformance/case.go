@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,6 +31,10 @@ type Case struct {
 	// scripted upstream accepted them) must receive. Connections past the
 	// end of the slice must receive nothing.
 	WantUpstream []pattern
+	// WantUpstreamConns, when not negative, is how many connections the
+	// scripted upstream must have accepted over the whole case (file
+	// want-upstream-connections); -1 when the case does not say.
+	WantUpstreamConns int
 }
 
 // Option is one key=value line of a case's config file.
@@ -49,6 +54,7 @@ const (
 	OptCommandTimeout   = "command-timeout"    // Go duration
 	OptDataTimeout      = "data-timeout"       // Go duration
 	OptDropEHLOKeywords = "drop-ehlo-keywords" // comma-separated keywords
+	OptAllowClient      = "allow-client"       // comma-separated IP prefixes (CIDR)
 )
 
 // OptionKeys lists every configuration key a case may use.
@@ -56,7 +62,7 @@ func OptionKeys() []string {
 	return []string{
 		OptDryRun, OptBareLF, OptMaxHeaderBytes, OptMaxSessions,
 		OptConnectTimeout, OptReplyTimeout, OptCommandTimeout, OptDataTimeout,
-		OptDropEHLOKeywords,
+		OptDropEHLOKeywords, OptAllowClient,
 	}
 }
 
@@ -82,6 +88,12 @@ func checkOption(o Option) error {
 		for _, k := range strings.Split(o.Value, ",") {
 			if !isKeyword(k) {
 				return fmt.Errorf("%s must be a comma-separated list of EHLO keywords, not %q", o.Key, o.Value)
+			}
+		}
+	case OptAllowClient:
+		for _, p := range strings.Split(o.Value, ",") {
+			if _, err := netip.ParsePrefix(strings.TrimSpace(p)); err != nil {
+				return fmt.Errorf("%s must be a comma-separated list of IP prefixes such as 127.0.0.1/32, not %q", o.Key, o.Value)
 			}
 		}
 	default:
@@ -119,6 +131,8 @@ const (
 	fileClient       = "client"
 	fileWantClient   = "want-client"
 	fileWantUpstream = "want-upstream"
+	// fileWantUpstreamConns holds the number of upstream connections.
+	fileWantUpstreamConns = "want-upstream-connections"
 )
 
 // LoadCases reads every case matching the glob pattern, sorted by name.
@@ -159,9 +173,10 @@ func parseCase(path string, data []byte) (*Case, error) {
 	var err error
 	ar := txtar.Parse(data)
 	c := &Case{
-		Name:       strings.TrimSuffix(filepath.Base(path), ".txt"),
-		Path:       path,
-		WantClient: map[string]pattern{},
+		Name:              strings.TrimSuffix(filepath.Base(path), ".txt"),
+		Path:              path,
+		WantClient:        map[string]pattern{},
+		WantUpstreamConns: -1,
 	}
 	var desc []string
 	for _, line := range strings.Split(string(ar.Comment), "\n") {
@@ -246,8 +261,19 @@ func parseCase(path string, data []byte) (*Case, error) {
 		}
 		c.WantUpstream = append(c.WantUpstream, p)
 	}
-	if c.Upstream.down && len(c.WantUpstream) > 0 {
-		return nil, fmt.Errorf("the upstream is down, so no %q file may be given", fileWantUpstream)
+	if text, ok := files[fileWantUpstreamConns]; ok {
+		used[fileWantUpstreamConns] = true
+		n, err := strconv.Atoi(strings.TrimSpace(text))
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%s: want a count from 0, not %q", fileWantUpstreamConns, strings.TrimSpace(text))
+		}
+		if n < len(c.WantUpstream) {
+			return nil, fmt.Errorf("%s says %d, but the case expects bytes on %d upstream connections", fileWantUpstreamConns, n, len(c.WantUpstream))
+		}
+		c.WantUpstreamConns = n
+	}
+	if c.Upstream.down && (len(c.WantUpstream) > 0 || c.WantUpstreamConns >= 0) {
+		return nil, fmt.Errorf("the upstream is down, so no %q or %q file may be given", fileWantUpstream, fileWantUpstreamConns)
 	}
 	for _, f := range ar.Files {
 		if !used[f.Name] {

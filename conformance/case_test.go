@@ -127,6 +127,13 @@ func TestParseCaseErrors(t *testing.T) {
 		{"step after close", "send QUIT\nreply\n", "close\nsend QUIT\n", "closed by an earlier close step"},
 		{"bad send text", "send QUIT\n", "send QU\\qIT\n", `unknown escape \q`},
 		{"bad want text", "221 2.0.0 Bye\n", "221 {nope}\n", "unknown directive"},
+		{"bad allow-client", "-- client --", "-- config --\nallow-client=127.0.0.1\n-- client --", "IP prefixes"},
+		{"connect from a name", "send QUIT\n", "connect b from localhost\n", "loopback IP address"},
+		{"connect from a routable address", "send QUIT\n", "connect b from 192.0.2.1\n", "loopback IP address"},
+		{"use from", "send QUIT\n", "connect b\nuse b from 127.0.0.2\n", "only connect takes"},
+		{"bad connection count", "-- want-upstream --", "-- want-upstream-connections --\nmany\n-- want-upstream --", "count from 0"},
+		{"connection count below the want files", "-- want-upstream --", "-- want-upstream-connections --\n0\n-- want-upstream --", "expects bytes on 1"},
+		{"down with a connection count", "-- want-upstream --\nQUIT\n", "-- upstream --\ndown\n-- want-upstream-connections --\n0\n", "upstream is down"},
 	}
 	for _, c := range cases {
 		text := strings.Replace(minimalCase, c.edit, c.with, 1)

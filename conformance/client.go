@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,7 @@ type step struct {
 	data []byte // opSend
 	n    int    // opReply, opLines
 	name string // opConnect, opUse
+	from string // opConnect: the local IP address to connect from ("" any)
 }
 
 func parseClient(text string, files map[string]string, used, conns map[string]bool) ([]step, error) {
@@ -104,7 +106,17 @@ func parseClient(text string, files map[string]string, used, conns map[string]bo
 			}
 			st.op = map[string]stepOp{"closed": opClosed, "shutdown": opShutdown, "close": opClose}[word]
 		case "connect", "use":
-			name := strings.TrimSpace(arg)
+			name, from, hasFrom := strings.Cut(strings.TrimSpace(arg), " from ")
+			if hasFrom {
+				if word != "connect" {
+					return bad("only connect takes \"from ADDR\"")
+				}
+				ip, err := netip.ParseAddr(strings.TrimSpace(from))
+				if err != nil || !ip.IsLoopback() {
+					return bad("connect %s from: want a loopback IP address such as 127.0.0.2, not %q", name, from)
+				}
+				st.from = ip.String()
+			}
 			if !isKeyword(name) {
 				return bad("%s wants a connection name (letters, digits, -)", word)
 			}
@@ -154,8 +166,11 @@ type clientConn struct {
 	done   chan struct{}
 }
 
-func dialClient(ctx context.Context, name, addr string) (*clientConn, error) {
+func dialClient(ctx context.Context, name, addr, from string) (*clientConn, error) {
 	var d net.Dialer
+	if from != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
+	}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("client connection %s: %w", connLabel(name), err)
@@ -202,14 +217,14 @@ func (e *stepError) Error() string {
 }
 
 func (r *clientRun) run(ctx context.Context, steps []step) (warnings []string, err error) {
-	cur, err := r.connect(ctx, "")
+	cur, err := r.connect(ctx, "", "")
 	if err != nil {
 		return nil, err
 	}
 	for _, st := range steps {
 		switch st.op {
 		case opConnect:
-			if cur, err = r.connect(ctx, st.name); err != nil {
+			if cur, err = r.connect(ctx, st.name, st.from); err != nil {
 				return warnings, &stepError{st, err}
 			}
 		case opUse:
@@ -242,8 +257,8 @@ func (r *clientRun) run(ctx context.Context, steps []step) (warnings []string, e
 	return warnings, nil
 }
 
-func (r *clientRun) connect(ctx context.Context, name string) (*clientConn, error) {
-	c, err := dialClient(ctx, name, r.addr)
+func (r *clientRun) connect(ctx context.Context, name, from string) (*clientConn, error) {
+	c, err := dialClient(ctx, name, r.addr, from)
 	if err != nil {
 		return nil, err
 	}

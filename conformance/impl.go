@@ -61,6 +61,7 @@ func DefaultFlagMap() FlagMap {
 		OptCommandTimeout:   {"-client-command-timeout={value}"},
 		OptDataTimeout:      {"-client-data-timeout={value}"},
 		OptDropEHLOKeywords: {"-drop-ehlo-keyword={value}"},
+		OptAllowClient:      {"-allow-client={value}"},
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/syncbuf"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
@@ -49,6 +50,8 @@ func proxyConfig(c *Case, upstream string, log *slog.Logger) (smtpproxy.Config, 
 			cfg.DataIdleTimeout, err = time.ParseDuration(o.Value)
 		case OptDropEHLOKeywords:
 			cfg.DropEHLOKeywords = strings.Split(o.Value, ",")
+		case OptAllowClient:
+			cfg.AllowClient, err = allowlist.Parse(o.Value)
 		default:
 			return cfg, &NeedsError{Needs: []string{o.Key}}
 		}

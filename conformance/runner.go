@@ -156,6 +156,15 @@ func RunCase(ctx context.Context, c *Case, impl Implementation, limit time.Durat
 		}
 	}
 	var problems []string
+	if up != nil && c.WantUpstreamConns >= 0 {
+		if n := len(up.records()); n != c.WantUpstreamConns {
+			d := fmt.Sprintf("upstream: %d connections accepted, want %d", n, c.WantUpstreamConns)
+			if first == "" {
+				first = d
+			}
+			diffs = append(diffs, d)
+		}
+	}
 	if scriptErr != nil {
 		problems = append(problems, scriptErr.Error())
 	}

@@ -78,6 +78,7 @@ type Metrics struct {
 	sessionsActive  prometheus.Gauge
 	sessionsTotal   prometheus.Counter
 	sessionsRefused prometheus.Counter
+	peersRefused    prometheus.Counter
 	transactions    *prometheus.CounterVec
 	byOutcome       map[core.Outcome]prometheus.Counter
 	upstreamErrors  map[string]prometheus.Counter
@@ -108,6 +109,10 @@ func New() *Metrics {
 	m.sessionsRefused = f(prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "sessions_refused_total",
 		Help: "Connections refused with 421 4.3.2 because -max-sessions were open.",
+	})).(prometheus.Counter)
+	m.peersRefused = f(prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "clients_refused_total",
+		Help: "Connections refused with 554 5.7.1 because the peer is outside -allow-client (no upstream connection was opened).",
 	})).(prometheus.Counter)
 	m.transactions = f(prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "transactions_total",
@@ -195,6 +200,9 @@ func (m *Metrics) SessionEnded() { m.sessionsActive.Dec() }
 
 // SessionRefused implements smtpproxy.Observer.
 func (m *Metrics) SessionRefused() { m.sessionsRefused.Inc() }
+
+// PeerRefused implements smtpproxy.Observer.
+func (m *Metrics) PeerRefused() { m.peersRefused.Inc() }
 
 // TransactionEnded implements smtpproxy.Observer.
 func (m *Metrics) TransactionEnded(tx *core.Transaction, d time.Duration) {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 )
 
@@ -272,13 +273,25 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 	s3 := dial(t, addr2)
 	s3.expect("", "421 4.4.1 upstream "+downAddr+" unreachable")
 
+	// A third proxy, reporting to the same Metrics, that serves no
+	// loopback peer.
+	others, err := allowlist.Parse("192.0.2.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr3, stop3 := serveProxy(t, m, smtpproxy.Config{Upstream: up.ln.Addr().String(), AllowClient: others})
+	s4 := dial(t, addr3)
+	s4.expect("", "554 5.7.1 ")
+
 	stop()
-	stop2() // every session has ended: the gauges and counters are final
+	stop2()
+	stop3() // every session has ended: the gauges and counters are final
 	got := scrape(t, web.URL+"/metrics")
 	checkSamples(t, got, map[string]float64{
 		"smtpprox_sessions_active":                                       0,
 		"smtpprox_sessions_total":                                        3,
 		"smtpprox_sessions_refused_total":                                1,
+		"smtpprox_clients_refused_total":                                 1,
 		`smtpprox_transactions_total{verdict="pass"}`:                    1,
 		`smtpprox_transactions_total{verdict="loop"}`:                    1,
 		`smtpprox_transactions_total{verdict="upstream-failed"}`:         1,
@@ -288,7 +301,7 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 		`smtpprox_upstream_errors_total{kind="closed"}`:                  1,
 		`smtpprox_upstream_errors_total{kind="timeout"}`:                 0,
 		"smtpprox_message_bytes_total":                                   float64(len(pass) + len(loop) + len(dropped)),
-		`smtpprox_relayed_bytes_total{direction="to_client"}`:            float64(s1.octet + s2.octet + s3.octet),
+		`smtpprox_relayed_bytes_total{direction="to_client"}`:            float64(s1.octet + s2.octet + s3.octet), // not s4: no session
 		`smtpprox_relayed_bytes_total{direction="to_upstream"}`:          float64(up.octets()),
 		"smtpprox_transaction_duration_seconds_count":                    3,
 		`smtpprox_upstream_reply_seconds_count{phase="data"}`:            3, // 354 and 250 of the pass, 354 of the dropped one

@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
@@ -74,6 +75,16 @@ type Config struct {
 	MaxSessions     int
 	MaxHeaderBytes  int
 
+	// AllowClient lists the peers that may use the proxy; nil means
+	// loopback only (allowlist.Loopback). An IP peer outside it gets
+	// ReplyNotAllowed and is closed before the upstream is dialled:
+	// the after-filter trusts whoever speaks through the proxy (its
+	// mynetworks and smtpd_authorized_xforward_hosts hold the proxy's
+	// address), so an outside peer could relay through it and forge the
+	// client's identity with XFORWARD. Peers that are not IP (Unix-domain
+	// sockets) are governed by the socket's file mode.
+	AllowClient *allowlist.List
+
 	// DryRun logs loops and lets the messages pass.
 	DryRun bool
 	BareLF BareLFPolicy
@@ -104,6 +115,9 @@ type Observer interface {
 	// SessionRefused counts a connection turned away with "421 4.3.2 too
 	// many connections"; it never was a session.
 	SessionRefused()
+	// PeerRefused counts a connection from a peer outside AllowClient,
+	// turned away with ReplyNotAllowed; it never was a session.
+	PeerRefused()
 	// TransactionEnded reports a message's end as it is logged: tx holds
 	// the outcome and sizes, d runs from the client's DATA to the end (0
 	// when the message never reached DATA in this session). tx is valid
@@ -129,6 +143,7 @@ type nopObserver struct{}
 func (nopObserver) SessionStarted()                                   {}
 func (nopObserver) SessionEnded()                                     {}
 func (nopObserver) SessionRefused()                                   {}
+func (nopObserver) PeerRefused()                                      {}
 func (nopObserver) TransactionEnded(*core.Transaction, time.Duration) {}
 func (nopObserver) UpstreamFailed(string)                             {}
 func (nopObserver) UpstreamReplied(time.Duration, bool)               {}
@@ -156,5 +171,8 @@ func (c *Config) setDefaults() {
 	}
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
+	}
+	if c.AllowClient == nil {
+		c.AllowClient = allowlist.Loopback()
 	}
 }

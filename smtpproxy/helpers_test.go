@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,6 +43,8 @@ type upstream struct {
 	// discard: do not keep message contents (for the benchmark).
 	discard bool
 	sized   int64
+	// accepted counts the connections the listener accepted.
+	accepted atomic.Int32
 }
 
 type upConn struct {
@@ -64,6 +67,7 @@ func newUpstream(t testing.TB) *upstream {
 			if err != nil {
 				return
 			}
+			u.accepted.Add(1)
 			go u.serve(&upConn{Conn: conn, r: bufio.NewReader(conn), u: u})
 		}
 	}()

@@ -13,12 +13,12 @@ import (
 
 // recordingObserver keeps every call, in order.
 type recordingObserver struct {
-	mu                     sync.Mutex
-	started, ended, refuse int
-	txs                    []observedTx
-	failures               []string
-	replies                []observedReply
-	toUp, toClient         int
+	mu                            sync.Mutex
+	started, ended, refuse, peers int
+	txs                           []observedTx
+	failures                      []string
+	replies                       []observedReply
+	toUp, toClient                int
 }
 
 type observedTx struct {
@@ -35,6 +35,7 @@ type observedReply struct {
 func (o *recordingObserver) SessionStarted() { o.mu.Lock(); o.started++; o.mu.Unlock() }
 func (o *recordingObserver) SessionEnded()   { o.mu.Lock(); o.ended++; o.mu.Unlock() }
 func (o *recordingObserver) SessionRefused() { o.mu.Lock(); o.refuse++; o.mu.Unlock() }
+func (o *recordingObserver) PeerRefused()    { o.mu.Lock(); o.peers++; o.mu.Unlock() }
 func (o *recordingObserver) TransactionEnded(tx *core.Transaction, d time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()

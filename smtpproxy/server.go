@@ -85,7 +85,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 
-	s.log.Info("listening", "listen", ln.Addr().String(), "upstream", s.upstreamName())
+	s.log.Info("listening", "listen", ln.Addr().String(), "upstream", s.upstreamName(), "allow_client", s.cfg.AllowClient.String())
 	if s.rcvbufOff != nil {
 		s.log.Info("message bodies: client socket receive buffers left to the kernel", "reason", s.rcvbufOff)
 	}
@@ -115,6 +115,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		backoff = 0
 		wg.Add(1)
+		if !s.cfg.AllowClient.Allows(conn.RemoteAddr()) {
+			go func() {
+				defer wg.Done()
+				s.refusePeer(conn)
+			}()
+			continue
+		}
 		// Only this loop adds sessions, so the check and the add below
 		// cannot race; rejected connections do not count as sessions.
 		if s.active.Load() >= int64(s.cfg.MaxSessions) {
@@ -149,6 +156,16 @@ func (s *Server) reject(conn net.Conn) {
 	s.log.Warn("too many connections", "peer", conn.RemoteAddr().String(), "max_sessions", s.cfg.MaxSessions)
 	conn.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
 	conn.Write([]byte(core.ReplyTooMany))
+}
+
+// refusePeer answers a connection from a peer outside AllowClient, before
+// anything else happens for it: no upstream connection is opened.
+func (s *Server) refusePeer(conn net.Conn) {
+	defer conn.Close()
+	s.cfg.Observer.PeerRefused()
+	s.log.Warn("client not allowed", "peer", conn.RemoteAddr().String(), "allow_client", s.cfg.AllowClient.String())
+	conn.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+	conn.Write([]byte(core.ReplyNotAllowed))
 }
 
 func (s *Server) upstreamName() string {

@@ -6,12 +6,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/metrics"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 )
@@ -32,6 +36,10 @@ const (
 	metricsIdleTimeout       = 2 * time.Minute  // keep-alive between scrapes
 	metricsMaxHeaderBytes    = 16 << 10
 )
+
+// relayRisk says why a proxy reachable from other hosts needs an explicit
+// -allow-client: the after-filter smtpd trusts its peer, the proxy.
+const relayRisk = "any host that reaches this port could relay mail through the after-filter smtpd, which trusts the proxy, and forge the client's name and address with XFORWARD"
 
 // minHeaderBytes is the smallest -max-header-bytes accepted: below a few
 // KiB ordinary mail (a Received: chain, DKIM signatures) would be refused.
@@ -64,16 +72,35 @@ type options struct {
 	metricsListen string
 	logFormat     string
 	logLevel      slog.Level
+	allowClient   *allowlist.List // nil: loopback only (the default)
+	socketMode    iofs.FileMode   // of a unix:/path LISTEN socket
 	warnings      []string
 }
 
-// parseArgs reads the proxy's command line. Flags may come before, between
-// or after the two positional arguments.
-func parseArgs(args []string, stderr io.Writer) (*options, error) {
+// proxyFlags is the proxy's flag set with the variables it fills; the
+// flags' definitions live here alone, so parsing, -h and the man page
+// (manpage_test.go) all come from them.
+type proxyFlags struct {
+	fs                       *flag.FlagSet
+	o                        *options
+	bareLF, logLevel         *string
+	socketMode               *string
+	drop                     keywordList
+	allow                    allowlist.List
+	children, minPer, maxPer int
+}
+
+// proxyUsage is the synopsis -h and the man page print.
+const proxyUsage = "usage: smtpprox-loopprevent [flags] LISTEN UPSTREAM\n" +
+	"       smtpprox-loopprevent check -rcpt ADDR [-rcpt ADDR ...] [flags] [FILE]\n"
+
+// newProxyFlags defines the proxy's flags. The flag set prints nothing
+// itself: parseArgs reports errors in one line, and -h prints usage.
+func newProxyFlags() *proxyFlags {
 	o := &options{}
-	fs := flag.NewFlagSet("smtpprox-loopprevent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfg := &o.cfg
+	pf := &proxyFlags{o: o, fs: flag.NewFlagSet("smtpprox-loopprevent", flag.ContinueOnError)}
+	fs, cfg := pf.fs, &o.cfg
+	fs.SetOutput(io.Discard)
 	fs.DurationVar(&cfg.ConnectTimeout, "upstream-connect-timeout", smtpproxy.DefaultConnectTimeout, "how long to wait for the upstream connection")
 	fs.DurationVar(&cfg.ReplyTimeout, "upstream-reply-timeout", smtpproxy.DefaultReplyTimeout, "how long to wait for an upstream reply or write (keep it below Postfix's smtpd_proxy_timeout)")
 	fs.DurationVar(&cfg.CommandTimeout, "client-command-timeout", smtpproxy.DefaultCommandTimeout, "how long to wait for a whole client command line")
@@ -82,31 +109,46 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", smtpproxy.DefaultMaxSessions, "concurrent sessions; more get 421 4.3.2 too many connections")
 	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", smtpproxy.DefaultMaxHeaderBytes, "largest header section; a larger one gets 552 5.3.4")
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "log loops but let the messages pass")
-	bareLF := fs.String("bare-lf", "normalize", "what a bare LF in message data does: `MODE` normalize (ends a line, sent on as CRLF) or reject (550 5.5.2)")
-	var drop keywordList
-	fs.Var(&drop, "drop-ehlo-keyword", "an EHLO `KEYWORD` to remove besides STARTTLS, CHUNKING, BINARYMIME (repeatable, or a comma list)")
+	fs.Var(&pf.allow, "allow-client", "a `CIDR` of the peers that may connect (repeatable, or a comma list; default: 127.0.0.0/8 and ::1); others get 554 5.7.1 and are closed before anything reaches the upstream")
+	pf.socketMode = fs.String("socket-mode", "0660", "file `MODE` (octal) of a unix:/path LISTEN socket: who may connect to it (the socket's owner and group are the process's)")
+	pf.bareLF = fs.String("bare-lf", "normalize", "what a bare LF in message data does: `MODE` normalize (ends a line, sent on as CRLF) or reject (550 5.5.2)")
+	fs.Var(&pf.drop, "drop-ehlo-keyword", "an EHLO `KEYWORD` to remove besides STARTTLS, CHUNKING, BINARYMIME (repeatable, or a comma list)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json (logs go to standard error)")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	pf.logLevel = fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) and a liveness check (/healthz) over HTTP on `ADDR` (host:port or unix:/path; off when empty; keep it on loopback or a private network)")
 	fs.StringVar(&cfg.DebugTrace, "debugtrace", "", "write a transcript of each session (both directions, every byte) to `PREFIX`.<pid>.<n> (the Perl original wrote one file per worker process, PREFIX.<pid>)")
 	// The Perl original's process-pool flags: accepted, ignored.
-	var children, minPer, maxPer int
-	fs.IntVar(&children, "children", 0, "ignored: accepted for compatibility with the Perl original (see -max-sessions)")
-	fs.IntVar(&minPer, "minperchild", 0, "ignored: accepted for compatibility with the Perl original")
-	fs.IntVar(&maxPer, "maxperchild", 0, "ignored: accepted for compatibility with the Perl original")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: smtpprox-loopprevent [flags] LISTEN UPSTREAM\n"+
-			"       smtpprox-loopprevent check -rcpt ADDR [-rcpt ADDR ...] [FILE]\n\n"+
-			"A transparent SMTP proxy for Postfix's smtpd_proxy_filter that refuses a message\n"+
-			"with 554 5.4.6 when a Delivered-To: header names one of its accepted recipients.\n"+
-			"LISTEN and UPSTREAM: host:port, [v6addr]:port or unix:/path.\n"+
-			"Example: smtpprox-loopprevent 127.0.0.1:10025 127.0.0.1:10026\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	fs.IntVar(&pf.children, "children", 0, "ignored: accepted for compatibility with the Perl original (see -max-sessions)")
+	fs.IntVar(&pf.minPer, "minperchild", 0, "ignored: accepted for compatibility with the Perl original")
+	fs.IntVar(&pf.maxPer, "maxperchild", 0, "ignored: accepted for compatibility with the Perl original")
+	return pf
+}
 
+// printProxyUsage writes -h's text.
+func printProxyUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, proxyUsage+"\n"+
+		"A transparent SMTP proxy for Postfix's smtpd_proxy_filter that refuses a message\n"+
+		"with 554 5.4.6 when a Delivered-To: header names one of its accepted recipients.\n"+
+		"LISTEN and UPSTREAM: host:port, [v6addr]:port or unix:/path.\n"+
+		"Example: smtpprox-loopprevent 127.0.0.1:10025 127.0.0.1:10026\n\nFlags:\n")
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
+// parseArgs reads the proxy's command line. Flags may come before, between
+// or after the two positional arguments. -h prints the usage to stderr and
+// returns flag.ErrHelp; any other error is returned for a one-line report.
+func parseArgs(args []string, stderr io.Writer) (*options, error) {
+	pf := newProxyFlags()
+	fs, o := pf.fs, pf.o
+	cfg := &o.cfg
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				printProxyUsage(stderr, fs)
+			}
 			return nil, err
 		}
 		args = fs.Args()
@@ -117,7 +159,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		args = args[1:]
 	}
 	if len(positional) != 2 {
-		return nil, fmt.Errorf("want LISTEN and UPSTREAM addresses, got %d arguments", len(positional))
+		return nil, fmt.Errorf("want two addresses, LISTEN and UPSTREAM; got %s", countArgs(positional))
 	}
 	o.listen, cfg.Upstream = positional[0], positional[1]
 	for _, a := range positional {
@@ -145,26 +187,33 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	if cfg.MaxHeaderBytes < minHeaderBytes {
 		return nil, fmt.Errorf("-max-header-bytes must be at least %d, got %d", minHeaderBytes, cfg.MaxHeaderBytes)
 	}
-	switch *bareLF {
+	mode, err := strconv.ParseUint(*pf.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return nil, fmt.Errorf("-socket-mode must be an octal file mode such as 0660, got %q", *pf.socketMode)
+	}
+	o.socketMode = iofs.FileMode(mode)
+	switch *pf.bareLF {
 	case "normalize":
 		cfg.BareLF = smtpproxy.BareLFNormalize
 	case "reject":
 		cfg.BareLF = smtpproxy.BareLFReject
 	default:
-		return nil, fmt.Errorf("-bare-lf must be normalize or reject, got %q", *bareLF)
+		return nil, fmt.Errorf("-bare-lf must be normalize or reject, got %q", *pf.bareLF)
 	}
-	cfg.DropEHLOKeywords = drop
+	cfg.DropEHLOKeywords = pf.drop
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return nil, fmt.Errorf("-log-format must be text or json, got %q", o.logFormat)
 	}
-	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
-		return nil, fmt.Errorf("-log-level must be debug, info, warn or error, got %q", *logLevel)
+	if err := o.logLevel.UnmarshalText([]byte(*pf.logLevel)); err != nil {
+		return nil, fmt.Errorf("-log-level must be debug, info, warn or error, got %q", *pf.logLevel)
 	}
 	var ignored []string
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
 		case "children", "minperchild", "maxperchild":
 			ignored = append(ignored, "--"+f.Name)
+		case "allow-client":
+			o.allowClient = &pf.allow
 		}
 	})
 	if len(ignored) > 0 {
@@ -172,6 +221,17 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 			strings.Join(ignored, ", ")))
 	}
 	return o, nil
+}
+
+// countArgs says how many positional arguments were given, in words.
+func countArgs(args []string) string {
+	switch len(args) {
+	case 0:
+		return "none"
+	case 1:
+		return fmt.Sprintf("one (%q)", args[0])
+	}
+	return fmt.Sprintf("%d (%q)", len(args), args)
 }
 
 func newLogger(o *options, w io.Writer) *slog.Logger {
@@ -203,6 +263,7 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 		m = metrics.New()
 		o.cfg.Observer = m
 	}
+	o.cfg.AllowClient = o.allowClient
 	srv, err := smtpproxy.New(o.cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "smtpprox-loopprevent: %v\n", err)
@@ -212,6 +273,18 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		log.Error("cannot listen", "err", err)
 		return exitError
+	}
+	if err := setSocketMode(ln, o.socketMode); err != nil {
+		ln.Close()
+		log.Error("cannot set the socket's mode", "err", err)
+		return exitError
+	}
+	if o.allowClient == nil {
+		if err := allowlist.RequireLoopback(ln.Addr(), "-allow-client", relayRisk); err != nil {
+			ln.Close()
+			fmt.Fprintf(stderr, "smtpprox-loopprevent: %v\n", err)
+			return exitUsage
+		}
 	}
 	if m != nil {
 		stop, err := serveMetrics(ctx, m, o.metricsListen, log)
@@ -229,6 +302,17 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 		return exitError
 	}
 	return exitOK
+}
+
+// setSocketMode gives a Unix-domain listener's socket file its mode; a
+// TCP listener is left alone. Until it is set the socket has the mode the
+// umask gave it.
+func setSocketMode(ln net.Listener, mode iofs.FileMode) error {
+	a, ok := ln.Addr().(*net.UnixAddr)
+	if !ok {
+		return nil
+	}
+	return os.Chmod(a.Name, mode)
 }
 
 // serveMetrics serves m on addr until stop is called. /healthz is live
@@ -254,6 +338,9 @@ func serveMetrics(ctx context.Context, m *metrics.Metrics, addr string, log *slo
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	log.Info("metrics listening", "listen", ln.Addr().String())
+	if allowlist.RequireLoopback(ln.Addr(), "", "") != nil {
+		log.Warn("the metrics listener can be reached from other hosts and has no authentication; keep it on loopback or a private network", "listen", ln.Addr().String())
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -56,9 +56,9 @@ func TestParseArgsErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, "want LISTEN and UPSTREAM"},
-		{[]string{"127.0.0.1:1"}, "want LISTEN and UPSTREAM"},
-		{[]string{"127.0.0.1:1", "127.0.0.1:2", "extra"}, "got 3 arguments"},
+		{nil, "want two addresses, LISTEN and UPSTREAM; got none"},
+		{[]string{"127.0.0.1:1"}, `want two addresses, LISTEN and UPSTREAM; got one ("127.0.0.1:1")`},
+		{[]string{"127.0.0.1:1", "127.0.0.1:2", "extra"}, `got 3 (["127.0.0.1:1" "127.0.0.1:2" "extra"])`},
 		{[]string{"10025", "127.0.0.1:2"}, "host:port"},
 		{[]string{"127.0.0.1:1", "::1:2"}, "brackets"},
 		{[]string{"-bare-lf=maybe", "a:1", "b:2"}, "-bare-lf must be normalize or reject"},
@@ -70,6 +70,8 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"-no-such-flag", "a:1", "b:2"}, "flag provided but not defined"},
 		{[]string{"-metrics-listen=9125", "a:1", "b:2"}, "-metrics-listen: "},
 		{[]string{"-client-command-timeout=soon", "a:1", "b:2"}, "invalid value"},
+		{[]string{"-allow-client=10.0.0.1/8", "a:1", "b:2"}, "host bits set"},
+		{[]string{"-allow-client=example.org", "a:1", "b:2"}, "not an IP address or a network prefix"},
 	}
 	for _, c := range cases {
 		var stderr bytes.Buffer

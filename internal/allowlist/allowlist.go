@@ -5,8 +5,8 @@
 //
 // A List holds network prefixes (CIDR). Its zero value allows nobody;
 // Loopback allows 127.0.0.0/8 and ::1, the default of both front-ends.
-// Peers of Unix-domain sockets are always allowed: the socket's file mode
-// governs who may connect. An IPv4 peer seen on an IPv6 socket
+// Peers that are not IP addresses are always allowed: for a Unix-domain
+// socket the socket's file mode governs who may connect. An IPv4 peer seen on an IPv6 socket
 // (::ffff:192.0.2.1) is judged as the IPv4 address it is.
 //
 // RequireLoopback refuses to serve on a listener that can be reached from
@@ -124,22 +124,24 @@ func (l *List) Contains(ip netip.Addr) bool {
 	return false
 }
 
-// Allows reports whether the peer of a connection may use the listener:
-// an IP peer when it is in the list; a Unix-domain peer always (the
-// socket's file mode decides who may connect). A peer of any other kind,
-// or an address that does not parse, is refused.
+// Allows reports whether the peer of a connection may use the listener.
+// An IP peer is allowed when it is in the list. A peer that is not an IP
+// address (a Unix-domain socket, whose file mode decides who may connect;
+// an in-memory pipe) is always allowed. A nil peer is refused.
 func (l *List) Allows(peer net.Addr) bool {
 	switch a := peer.(type) {
+	case nil:
+		return false
 	case *net.TCPAddr:
 		ip, ok := netip.AddrFromSlice(a.IP)
 		return ok && l.Contains(ip)
 	case *net.UnixAddr:
 		return true
-	case nil:
-		return false
 	}
-	ap, err := netip.ParseAddrPort(peer.String())
-	return err == nil && l.Contains(ap.Addr())
+	if ap, err := netip.ParseAddrPort(peer.String()); err == nil {
+		return l.Contains(ap.Addr())
+	}
+	return true
 }
 
 // RequireLoopback returns an error when a listener bound to local (its

@@ -94,7 +94,8 @@ func TestAllows(t *testing.T) {
 		{&net.UnixAddr{Name: "", Net: "unix"}, true},
 		{nil, false},
 		{fakeAddr("127.0.0.1:25"), true},
-		{fakeAddr("pipe"), false},
+		{fakeAddr("198.51.100.1:25"), false},
+		{fakeAddr("pipe"), true},
 	} {
 		if got := l.Allows(tc.peer); got != tc.want {
 			t.Errorf("Allows(%v) = %v, want %v", tc.peer, got, tc.want)

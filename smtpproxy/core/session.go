@@ -53,6 +53,10 @@ const (
 	replyShutdown     = "421 4.3.2 shutting down\r\n"
 	// ReplyTooMany is the reply to a connection over the session limit.
 	ReplyTooMany = "421 4.3.2 too many connections\r\n"
+	// ReplyNotAllowed is the reply to a peer the proxy does not serve
+	// (its -allow-client list): the greeting RFC 5321 3.1 allows a server
+	// that will not serve a client, naming nothing of the setup.
+	ReplyNotAllowed = "554 5.7.1 not authorized to use this service\r\n"
 )
 
 // BareLFPolicy says what a bare LF in message data does.

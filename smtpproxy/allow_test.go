@@ -1,0 +1,98 @@
+package smtpproxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
+)
+
+// dialFrom connects to addr from the local address ip.
+func dialFrom(t *testing.T, addr, ip string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(10 * time.Second)) // a hang guard, not a timing assertion
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// A peer outside -allow-client gets one 554 5.7.1 line and is closed; no
+// upstream connection is opened for it, and it is logged once. An allowed
+// peer of the same proxy relays as always.
+func TestPeerOutsideAllowListRefused(t *testing.T) {
+	u := newUpstream(t)
+	allow, err := allowlist.Parse("127.0.0.1/32")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := baseConfig(u)
+	cfg.AllowClient = allow
+	obs := &recordingObserver{}
+	cfg.Observer = obs
+	p := startProxy(t, cfg)
+
+	refused := dialFrom(t, p.addr, "127.0.0.2")
+	got, err := io.ReadAll(refused)
+	if err != nil {
+		t.Fatalf("reading the refusal: %v", err)
+	}
+	if want := "554 5.7.1 not authorized to use this service\r\n"; string(got) != want {
+		t.Fatalf("refused peer got %q, want %q", got, want)
+	}
+
+	c := dialClient(t, p.addr)
+	c.expectReply(greeting)
+	c.expect("MAIL FROM:<s@x>", ok)
+	c.expect("RCPT TO:<a@x>", ok)
+	c.expect("DATA", local354)
+	c.expect("Subject: s\r\n\r\nbody\r\n.", queued)
+	c.expect("QUIT", "221 2.0.0 Bye\r\n")
+	c.expectEOF()
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := u.accepted.Load(); n != 1 {
+		t.Errorf("the upstream accepted %d connections, want 1 (the allowed peer's alone)", n)
+	}
+	obs.mu.Lock()
+	peers, started := obs.peers, obs.started
+	obs.mu.Unlock()
+	if peers != 1 || started != 1 {
+		t.Errorf("observer: %d peers refused, %d sessions started; want 1 and 1", peers, started)
+	}
+	refusals := logRecords(t, p.logs.String(), "client not allowed")
+	if len(refusals) != 1 || !strings.HasPrefix(refusals[0]["peer"].(string), "127.0.0.2:") {
+		t.Errorf("want one log line naming the peer 127.0.0.2: %v", refusals)
+	}
+}
+
+// The default list is loopback: 127.0.0.0/8 and ::1 are served.
+func TestDefaultAllowsLoopback(t *testing.T) {
+	u := newUpstream(t)
+	p := startProxy(t, baseConfig(u))
+	for _, ip := range []string{"127.0.0.1", "127.0.0.2", "127.3.4.5"} {
+		conn := dialFrom(t, p.addr, ip)
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		if err != nil || line != greeting {
+			t.Errorf("peer %s: got %q (%v), want the greeting", ip, line, err)
+		}
+	}
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	}
+	p6 := serveProxy(t, baseConfig(u), ln)
+	conn := dialFrom(t, p6.addr, "::1")
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil || line != greeting {
+		t.Errorf("peer ::1: got %q (%v), want the greeting", line, err)
+	}
+}
