@@ -38,38 +38,71 @@ type rcptFlags []string
 func (r *rcptFlags) String() string     { return strings.Join(*r, ",") }
 func (r *rcptFlags) Set(v string) error { *r = append(*r, v); return nil }
 
+// checkFlags is the check subcommand's flag set with the variables it
+// fills; like newProxyFlags, the one place its flags are defined.
+type checkFlags struct {
+	fs        *flag.FlagSet
+	rcpts     rcptFlags
+	maxHeader int
+}
+
+// checkUsage is the synopsis of check's -h.
+const checkUsage = "usage: smtpprox-loopprevent check -rcpt ADDR [-rcpt ADDR ...] [flags] [FILE]\n"
+
+func newCheckFlags() *checkFlags {
+	cf := &checkFlags{fs: flag.NewFlagSet("check", flag.ContinueOnError)}
+	cf.fs.SetOutput(io.Discard)
+	cf.fs.Var(&cf.rcpts, "rcpt", "an accepted envelope recipient, as in RCPT TO: (user@example.com or <user@example.com>); repeat for several")
+	cf.fs.IntVar(&cf.maxHeader, "max-header-bytes", defaultCheckMaxHeader, "largest header section judged; the proxy refuses a larger one with 552 5.3.4")
+	return cf
+}
+
+func printCheckUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, checkUsage+"\n"+
+		"Reads a saved message (standard input without FILE) and prints the proxy's verdict:\n"+
+		"exit 0 pass, 1 loop, 2 error. A leading mbox \"From \" line is skipped.\n"+
+		"Flags may come before or after FILE.\n\nFlags:\n")
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
 // runCheck is the `check` subcommand: the verdict on a saved message, with
 // the very code the proxy runs at end-of-DATA. It prints one line and
-// returns 0 (pass), 1 (loop) or 2 (error).
+// returns 0 (pass), 1 (loop) or 2 (error). Flags may come before or after
+// the file name, as for the proxy.
 func runCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var rcpts rcptFlags
-	fs.Var(&rcpts, "rcpt", "an accepted envelope recipient, as in RCPT TO: (user@example.com or <user@example.com>); repeat for several")
-	maxHeader := fs.Int("max-header-bytes", defaultCheckMaxHeader, "largest header section judged; the proxy refuses a larger one with 552 5.3.4")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: smtpprox-loopprevent check -rcpt ADDR [-rcpt ADDR ...] [FILE]\n\n"+
-			"Reads a saved message (standard input without FILE) and prints the proxy's verdict:\n"+
-			"exit 0 pass, 1 loop, 2 error. A leading mbox \"From \" line is skipped.\n\n")
-		fs.PrintDefaults()
+	cf := newCheckFlags()
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "check: "+format+"\n", a...)
+		return checkError
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return checkPass
+	var files []string
+	for {
+		if err := cf.fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				printCheckUsage(stderr, cf.fs)
+				return checkPass
+			}
+			fmt.Fprintf(stderr, "check: %v\nRun with -h for usage.\n", err)
+			return checkError
 		}
-		return checkError
+		args = cf.fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		files = append(files, args[0])
+		args = args[1:]
 	}
+	rcpts := cf.rcpts
 	if len(rcpts) == 0 {
-		fmt.Fprintln(stderr, "check: at least one -rcpt is required")
-		return checkError
+		return fail("at least one -rcpt is required")
 	}
-	if fs.NArg() > 1 {
-		fmt.Fprintf(stderr, "check: one message file at most, got %d arguments\n", fs.NArg())
-		return checkError
+	if len(files) > 1 {
+		return fail("one message file at most, got %d: %q", len(files), files)
 	}
-	if *maxHeader <= 0 {
-		fmt.Fprintf(stderr, "check: -max-header-bytes must be positive, got %d\n", *maxHeader)
-		return checkError
+	if cf.maxHeader < minHeaderBytes {
+		return fail("-max-header-bytes must be at least %d (as for the proxy), got %d", minHeaderBytes, cf.maxHeader)
 	}
 	for _, r := range rcpts {
 		p, err := address.ParsePath(r)
@@ -84,17 +117,16 @@ func runCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 
 	in, name := stdin, "standard input"
-	if fs.NArg() == 1 {
-		name = fs.Arg(0)
+	if len(files) == 1 {
+		name = files[0]
 		f, err := os.Open(name)
 		if err != nil {
-			fmt.Fprintf(stderr, "check: cannot read message: %v\n", err)
-			return checkError
+			return fail("cannot read message: %v", err)
 		}
 		defer f.Close()
 		in = f
 	}
-	section, err := readHeaderSection(in, *maxHeader)
+	section, err := readHeaderSection(in, cf.maxHeader)
 	if err != nil {
 		fmt.Fprintf(stderr, "check: %s: %v\n", name, err)
 		return checkError

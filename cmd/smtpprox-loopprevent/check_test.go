@@ -50,9 +50,14 @@ func TestCheckCommand(t *testing.T) {
 		{"null rcpt", loopMsg, []string{"-rcpt", "<>"}, 2, "", "null path"},
 		{"missing file", "", []string{"-rcpt", "user@local.test", filepath.Join(dir, "nope")}, 2, "", "cannot read message"},
 		{"two files", "", []string{"-rcpt", "user@local.test", file, file}, 2, "", "one message file at most"},
-		{"unknown flag", "", []string{"-bogus"}, 2, "", "flag provided but not defined"},
-		{"bad limit", loopMsg, []string{"-rcpt", "u@x", "-max-header-bytes", "0"}, 2, "", "must be positive"},
-		{"header too large", "Subject: " + strings.Repeat("x", 200) + "\r\n\r\n", []string{"-rcpt", "u@x", "-max-header-bytes", "100"}, 2, "", "header section too large"},
+		{"unknown flag", "", []string{"-bogus"}, 2, "", "check: flag provided but not defined: -bogus\nRun with -h for usage.\n"},
+		{"bad limit", loopMsg, []string{"-rcpt", "u@x", "-max-header-bytes", "0"}, 2, "", "must be at least 4096 (as for the proxy), got 0"},
+		{"limit below the proxy's minimum", loopMsg, []string{"-rcpt", "u@x", "-max-header-bytes", "10"}, 2, "", "must be at least 4096"},
+		{"header too large", "Subject: " + strings.Repeat("x", 5000) + "\r\n\r\n", []string{"-rcpt", "u@x", "-max-header-bytes", "4096"}, 2, "", "header section too large"},
+		{"flags after the file", "", []string{file, "-rcpt", "user@local.test"}, 1,
+			"loop: 554 5.4.6 mail forwarding loop for user@local.test\n", ""},
+		{"flags around the file", "", []string{"-rcpt", "a@local.test", file, "--rcpt=user@local.test"}, 1,
+			"loop: 554 5.4.6 mail forwarding loop for user@local.test\n", ""},
 		{"empty input", "", []string{"-rcpt", "u@x"}, 0, "pass\n", ""},
 	}
 	for _, tc := range tests {
@@ -70,7 +75,8 @@ func TestCheckCommand(t *testing.T) {
 // exactly max bytes is judged, one byte more is refused, and the line after
 // the section must show within the lookahead that it is no header line.
 func TestCheckHeaderLimitBoundary(t *testing.T) {
-	section := "Delivered-To: user@local.test\r\n"
+	const field = "Delivered-To: user@local.test\r\n"
+	section := field + "X: " + strings.Repeat("x", minHeaderBytes-len(field)-5) + "\r\n" // exactly the smallest limit
 	limit := strconv.Itoa(len(section))
 	for _, tc := range []struct {
 		name, msg string
