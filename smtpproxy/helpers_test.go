@@ -353,10 +353,12 @@ func (c *client) expectReply(want string) {
 	}
 }
 
-// expectEOF checks that the proxy closed the connection.
+// expectEOF checks that the proxy closed the connection, then closes the
+// client's end too, as a real client does (the proxy lingers until then).
 func (c *client) expectEOF() {
 	c.t.Helper()
 	if got := c.reply(); got != "" {
 		c.t.Fatalf("expected the connection closed, got %q", got)
 	}
+	c.conn.Close()
 }

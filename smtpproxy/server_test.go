@@ -244,11 +244,14 @@ func TestGracefulShutdownBetweenTransactions(t *testing.T) {
 	c := dialClient(t, p.addr)
 	c.expectReply(greeting)
 	c.expect("EHLO x", filteredEHLO)
-	if err := p.stop(); err != nil {
-		t.Fatalf("Serve returned %v", err)
-	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- p.stop() }()
 	c.expectReply("421 4.3.2 shutting down\r\n")
 	c.expectEOF()
+	// Serve returns once the connection is closed on both sides.
+	if err := <-stopped; err != nil {
+		t.Fatalf("Serve returned %v", err)
+	}
 	if _, err := net.Dial("tcp", p.addr); err == nil {
 		t.Fatal("new connections still accepted after shutdown")
 	}
@@ -269,6 +272,7 @@ func TestGracefulShutdownFinishesTransaction(t *testing.T) {
 	c.send(".\r\n")
 	c.expectReply(queued)
 	c.expectReply("421 4.3.2 shutting down\r\n")
+	c.expectEOF()
 	if err := <-stopped; err != nil {
 		t.Fatalf("Serve returned %v", err)
 	}

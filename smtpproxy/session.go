@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
@@ -42,6 +44,16 @@ type sessionLock chan struct{}
 func (l sessionLock) Lock()   { l <- struct{}{} }
 func (l sessionLock) Unlock() { <-l }
 
+// TryLock takes the lock if it is free and reports whether it did.
+func (l sessionLock) TryLock() bool {
+	select {
+	case l <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
 // runner is one session's runtime. mu guards the core and every field
 // below it; the readers, the clocks and shutdown all go through it.
 type runner struct {
@@ -53,6 +65,20 @@ type runner struct {
 
 	done       chan struct{} // closed when the session is over
 	clientWake chan struct{} // the client goroutine may find the core ready
+	pool       *goPool       // runs the upstream side and the client's linger
+	drain      context.Context
+
+	// The drain deadline must reach a session whatever holds its lock: a
+	// write to a peer that reads no more holds it until the write's
+	// timeout. So expire interrupts the connections' I/O first, which
+	// needs the upstream connection without the lock: ioMu guards upIO,
+	// a copy of up. live counts the session's two goroutines (the
+	// client's side and the upstream's, each with its linger); the last
+	// to end stops the drain registration (stopExpire).
+	ioMu       sync.Mutex
+	upIO       net.Conn
+	live       atomic.Int32
+	stopExpire func() bool
 
 	mu             sessionLock
 	s              *core.Session
@@ -69,8 +95,7 @@ type runner struct {
 	upHandoff      bool // upstreamLoop closes the upstream once it has closed
 	upReaderDone   bool // upstreamLoop reads the upstream no more
 	dialCancel     context.CancelFunc
-	stopShutdown   func() bool // ends the registrations for shutdown
-	stopDrain      func() bool // ... and the drain deadline
+	stopShutdown   func() bool // ends the registration for shutdown
 	clientClock    clock
 	upClock        clock
 	applied        core.Timers
@@ -153,13 +178,71 @@ func stoppedTimer(fn func()) *time.Timer {
 // session is over.
 func (r *runner) run(pool *goPool, shutdown, drain context.Context) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.srv.cfg.ConnectTimeout)
+	r.pool, r.drain = pool, drain
+	r.live.Store(2)
 	r.input(func() {
 		r.dialCancel = cancel
 		r.stopShutdown = context.AfterFunc(shutdown, func() { r.callback(r.s.Shutdown) })
-		r.stopDrain = context.AfterFunc(drain, func() { r.callback(r.s.DrainExpired) })
+		r.stopExpire = context.AfterFunc(drain, r.expire)
 	})
 	pool.Go(func() { r.upstreamLoop(ctx) })
 	r.clientLoop()
+}
+
+// sideDone is called by each of the session's two goroutines when it
+// has ended, lingering included; the last one ends the drain
+// registration, so that nothing of the session stays reachable.
+func (r *runner) sideDone() {
+	if r.live.Add(-1) == 0 && r.stopExpire != nil {
+		r.stopExpire()
+	}
+}
+
+// finalReplyGrace bounds the write of the reply a session gets at the
+// drain deadline ("421 4.3.2 shutting down"): the process is to exit
+// within a second of the deadline, whatever its peers do.
+const finalReplyGrace = 500 * time.Millisecond
+
+// expire is the drain deadline. A goroutine that holds the lock in a
+// write to a peer that does not read is interrupted first (both
+// connections' write deadlines are set to now), so the lock comes free at
+// once; the session then ends as the core says (its message never
+// acknowledged), its final reply given finalReplyGrace. Reads still
+// going on, a linger's included, end now.
+func (r *runner) expire() {
+	defer func() {
+		if p := recover(); p != nil {
+			r.failed(p)
+		}
+	}()
+	if !r.mu.TryLock() {
+		now := time.Now()
+		r.client.SetWriteDeadline(now)
+		if up := r.upstreamIO(); up != nil {
+			up.SetWriteDeadline(now)
+		}
+		r.mu.Lock()
+	}
+	defer r.mu.Unlock()
+	if !r.isDone() {
+		r.clientWriteDue = time.Now().Add(finalReplyGrace)
+		r.client.SetWriteDeadline(r.clientWriteDue)
+		r.s.DrainExpired()
+		r.settle()
+	}
+	now := time.Now()
+	r.client.SetReadDeadline(now)
+	if up := r.upstreamIO(); up != nil {
+		up.SetReadDeadline(now)
+	}
+}
+
+// upstreamIO returns the upstream connection, or nil, without the
+// session lock.
+func (r *runner) upstreamIO() net.Conn {
+	r.ioMu.Lock()
+	defer r.ioMu.Unlock()
+	return r.upIO
 }
 
 // callback gives the core the input of a clock, shutdown or the drain
@@ -315,9 +398,15 @@ func (r *runner) clientLoop() {
 			// The client's input has ended: nothing is left unread.
 			r.client.Close()
 			r.srv.bufs.put(own)
+			r.sideDone()
 			return
 		}
-		go r.linger(own)
+		// The linger runs on the pool, so that Serve, which waits for
+		// the pool, returns only when the connection is closed.
+		r.pool.Go(func() {
+			r.linger(own)
+			r.sideDone()
+		})
 	}()
 	for {
 		n, err := r.client.Read(*buf)
@@ -351,7 +440,7 @@ func (r *runner) clientLoop() {
 // input sends a reset, which can destroy the last reply (a 421 or 221)
 // before the client has read it.
 func (r *runner) linger(buf *[]byte) {
-	r.client.SetReadDeadline(time.Now().Add(closeLinger))
+	r.client.SetReadDeadline(r.lingerUntil())
 	for total := 0; total < maxLingerBytes; {
 		n, err := r.client.Read(*buf)
 		total += n
@@ -361,6 +450,17 @@ func (r *runner) linger(buf *[]byte) {
 	}
 	r.client.Close()
 	r.srv.bufs.put(buf)
+}
+
+// lingerUntil is when a linger ends: closeLinger from now, or now once
+// the drain deadline has passed. A linger sets its read deadline to it
+// before it reads; expire sets it to now after the drain context is done,
+// so whichever comes second, a linger never outlasts the deadline.
+func (r *runner) lingerUntil() time.Time {
+	if r.drain != nil && r.drain.Err() != nil {
+		return time.Now()
+	}
+	return time.Now().Add(closeLinger)
 }
 
 // offerClient gives the core the client bytes *p it is ready for. The
@@ -454,6 +554,7 @@ func (r *runner) upstreamLoop(ctx context.Context) {
 		if p := recover(); p != nil {
 			r.failed(p)
 		}
+		r.sideDone()
 	}()
 	conn, err := r.srv.dial(ctx)
 	if !r.connected(conn, err) {
@@ -506,6 +607,9 @@ func (r *runner) connected(conn net.Conn, err error) bool {
 		conn.Close()
 	default:
 		r.up = conn
+		r.ioMu.Lock()
+		r.upIO = conn
+		r.ioMu.Unlock()
 		r.s.UpstreamConnected()
 	}
 	r.settle()
@@ -677,7 +781,7 @@ func (r *runner) closeUpstream() {
 		}
 	case r.s.UpstreamQuit() && !r.upReaderDone:
 		r.upHandoff = true
-		r.up.SetReadDeadline(time.Now().Add(closeLinger))
+		r.up.SetReadDeadline(r.lingerUntil())
 	default:
 		r.up.Close()
 	}
@@ -707,7 +811,6 @@ func (r *runner) closeAll() {
 	r.upClock.halt()
 	if r.stopShutdown != nil {
 		r.stopShutdown()
-		r.stopDrain()
 	}
 }
 

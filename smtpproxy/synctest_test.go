@@ -3,11 +3,13 @@ package smtpproxy
 import (
 	"bufio"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -452,4 +454,104 @@ func TestUpstreamClosesFirstAfterQuit(t *testing.T) {
 		}
 		b.stop()
 	})
+}
+
+// The drain deadline ends a session whose upstream stopped reading in
+// the middle of a message, although the runtime is blocked in a write to
+// it: Serve returns within a second of the deadline, long before the
+// write's own timeout, and the message is never acknowledged.
+func TestDrainDeadlineEndsStalledUpstreamWrite(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const drain = 2 * time.Second
+		b := newBubble(t, Config{DrainTimeout: drain, ReplyTimeout: 30 * time.Second})
+		stuck := make(chan struct{})
+		defer close(stuck)
+		b.u.dataHook = func(c *upConn, line string) bool {
+			<-stuck // reads no more, and keeps the connection open
+			return true
+		}
+		c := b.dial()
+		c.expectReply(greeting)
+		c.expect("MAIL FROM:<s@x>", ok)
+		c.expect("RCPT TO:<a@x>", ok)
+		c.expect("DATA", local354)
+		go c.conn.Write([]byte("Subject: s\r\n\r\n" + strings.Repeat("a line of the body\r\n", 50000) + ".\r\n"))
+		synctest.Wait() // the proxy is blocked writing to the upstream
+		start := time.Now()
+		b.cancel()
+		c.expectReply("421 4.3.2 shutting down\r\n")
+		c.expectEOF()
+		if err := <-b.served; err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+		if took := time.Since(start); took > drain+time.Second {
+			t.Errorf("Serve returned %v after the shutdown began, want within a second of the %v drain deadline", took, drain)
+		}
+		if n := len(b.u.msgs()); n != 0 {
+			t.Errorf("the upstream took %d messages", n)
+		}
+	})
+}
+
+// A client that pipelines commands and never reads its replies holds the
+// runtime in a write to it; the drain deadline ends that too.
+func TestDrainDeadlineEndsClientThatNeverReads(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const drain = 2 * time.Second
+		b := newBubble(t, Config{DrainTimeout: drain})
+		c := b.dial()
+		c.expectReply(greeting)
+		go c.conn.Write([]byte(strings.Repeat("NOOP\r\n", 10000)))
+		synctest.Wait() // the proxy is blocked writing a reply to the client
+		start := time.Now()
+		b.cancel()
+		if err := <-b.served; err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+		if took := time.Since(start); took > drain+time.Second {
+			t.Errorf("Serve returned %v after the shutdown began, want within a second of the %v drain deadline", took, drain)
+		}
+		// The session is closed: what the client reads now ends, and
+		// never in the middle of a reply.
+		rest, err := io.ReadAll(c.conn)
+		if err != nil {
+			t.Fatalf("reading the rest: %v", err)
+		}
+		if len(rest) > 0 && !strings.HasSuffix(string(rest), "\r\n") {
+			t.Errorf("the session ended in the middle of a reply: ...%q", rest[max(0, len(rest)-40):])
+		}
+	})
+}
+
+// Serve returns only when every client connection is closed: a session
+// that lingers after its last reply (to keep a reset from destroying it)
+// is waited for.
+func TestServeWaitsForLingeringConnections(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBubble(t, Config{})
+		a, z := net.Pipe()
+		proxySide := &closeRecorder{Conn: z}
+		b.ln.ch <- proxySide
+		t.Cleanup(func() { a.Close() })
+		c := &client{t: t, conn: a, r: bufio.NewReader(a)}
+		c.expectReply(greeting)
+		c.send("QUIT\r\n")
+		c.expectReply("221 2.0.0 Bye\r\n")
+		// The client neither reads on nor closes: the proxy lingers.
+		b.stop()
+		if !proxySide.closed.Load() {
+			t.Fatal("Serve returned with the client connection still open")
+		}
+	})
+}
+
+// closeRecorder is a connection that records being closed.
+type closeRecorder struct {
+	net.Conn
+	closed atomic.Bool
+}
+
+func (c *closeRecorder) Close() error {
+	c.closed.Store(true)
+	return c.Conn.Close()
 }
