@@ -11,8 +11,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
@@ -297,11 +299,42 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 		// only when the proxy has stopped.
 		defer stop()
 	}
+	stopReload := onReload(func() {
+		log.Info("SIGHUP received: nothing to re-read (the proxy's settings are its command line; restart to change them); sessions go on")
+	})
+	defer stopReload()
 	if err := srv.Serve(ctx, ln); err != nil {
 		log.Error("proxy stopped", "err", err)
 		return exitError
 	}
 	return exitOK
+}
+
+// onReload runs reload on every SIGHUP until stop is called. Without it
+// SIGHUP would end the process (Go's default), cutting every session with
+// no reply, and systemd would take that for a clean exit and not restart
+// it. reload runs on one goroutine, one SIGHUP at a time.
+func onReload(reload func()) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			select {
+			case <-hup:
+				reload()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+		<-finished
+	}
 }
 
 // setSocketMode gives a Unix-domain listener's socket file its mode; a

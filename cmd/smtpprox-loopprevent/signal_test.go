@@ -360,11 +360,57 @@ func (c *smtpConn) startMessage(sender string) {
 	c.expect("DATA\r\n", "354 End data with <CR><LF>.<CR><LF>\r\n")
 }
 
-// SIGTERM to the real process, with messages in flight (SPEC section 6).
+// SIGTERM to the real process, with messages in flight (SPEC section 6),
+// and SIGHUP, which ends nothing.
 func TestSignalShutdown(t *testing.T) {
 	bin := buildCommand(t)
 	t.Run("drain completes", func(t *testing.T) { testDrainCompletes(t, bin) })
 	t.Run("drain deadline", func(t *testing.T) { testDrainDeadline(t, bin) })
+	t.Run("SIGHUP", func(t *testing.T) { testHangup(t, bin) })
+}
+
+// SIGHUP cuts no session: an open transaction completes with the
+// upstream's 250, an idle session goes on, the process logs the signal
+// and keeps serving new connections.
+func testHangup(t *testing.T, bin string) {
+	up := startHeldUpstream(t)
+	p := startProcess(t, bin, up.ln.Addr().String())
+	idle := dialSMTP(t, p.listen)
+	sending := dialSMTP(t, p.listen)
+	sending.startMessage("<s@example.org>")
+	sending.send("Subject: across a SIGHUP\r\n\r\nfirst part\r\n")
+
+	// Twice, the second once the first is handled (signals sent at once
+	// may merge): each one is handled.
+	for n := 1; n <= 2; n++ {
+		p.signal(t, syscall.SIGHUP)
+		deadline := time.Now().Add(hangGuard)
+		for strings.Count(p.logs.String(), "SIGHUP received") < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("no log line for SIGHUP %d; stderr:\n%s", n, p.logs)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	sending.send("second part\r\n.\r\n")
+	sending.expect("", upQueued)
+	idle.expect("NOOP\r\n", "250 2.0.0 Ok\r\n")
+	fresh := dialSMTP(t, p.listen)
+	fresh.expect("NOOP\r\n", "250 2.0.0 Ok\r\n")
+	for _, c := range []*smtpConn{sending, idle, fresh} {
+		c.expect("QUIT\r\n", "221 2.0.0 Bye\r\n")
+	}
+	p.signal(t, syscall.SIGTERM)
+	if err := p.wait(t); err != nil {
+		t.Fatalf("exit: %v, want status 0; stderr:\n%s", err, p.logs)
+	}
+	var got []string
+	for _, rec := range up.records() {
+		got = append(got, rec.messages...)
+	}
+	if len(got) != 1 || got[0] != "Subject: across a SIGHUP\r\n\r\nfirst part\r\nsecond part\r\n" {
+		t.Fatalf("upstream messages %q", got)
+	}
 }
 
 // Every message finishes within the drain time: a session between
