@@ -79,6 +79,7 @@ type Metrics struct {
 	sessionsTotal   prometheus.Counter
 	sessionsRefused prometheus.Counter
 	peersRefused    prometheus.Counter
+	shortages       map[smtpproxy.ResourceOp]prometheus.Counter
 	transactions    *prometheus.CounterVec
 	byOutcome       map[core.Outcome]prometheus.Counter
 	upstreamErrors  map[string]prometheus.Counter
@@ -114,6 +115,14 @@ func New() *Metrics {
 		Namespace: namespace, Name: "clients_refused_total",
 		Help: "Connections refused with 554 5.7.1 because the peer is outside -allow-client (no upstream connection was opened).",
 	})).(prometheus.Counter)
+	shortages := f(prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "resource_shortages_total",
+		Help: "Times the proxy ran out of file descriptors (EMFILE, ENFILE), by op: accept (the listener backs off and retries) or upstream_connect (the client got 421 4.3.2). A local fault, not the after-filter's.",
+	}, []string{"op"})).(*prometheus.CounterVec)
+	m.shortages = make(map[smtpproxy.ResourceOp]prometheus.Counter)
+	for _, op := range []smtpproxy.ResourceOp{smtpproxy.ResourceAccept, smtpproxy.ResourceUpstreamConnect} {
+		m.shortages[op] = shortages.WithLabelValues(op.String())
+	}
 	m.transactions = f(prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "transactions_total",
 		Help: "Messages by verdict: pass, loop, dry-run-loop, header-too-large, bare-lf, upstream-refused, upstream-failed, check-failed, aborted.",
@@ -203,6 +212,13 @@ func (m *Metrics) SessionRefused() { m.sessionsRefused.Inc() }
 
 // PeerRefused implements smtpproxy.Observer.
 func (m *Metrics) PeerRefused() { m.peersRefused.Inc() }
+
+// ResourceShortage implements smtpproxy.Observer.
+func (m *Metrics) ResourceShortage(op smtpproxy.ResourceOp) {
+	if c, ok := m.shortages[op]; ok {
+		c.Inc()
+	}
+}
 
 // TransactionEnded implements smtpproxy.Observer.
 func (m *Metrics) TransactionEnded(tx *core.Transaction, d time.Duration) {

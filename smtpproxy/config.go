@@ -123,6 +123,10 @@ type Observer interface {
 	// when the message never reached DATA in this session). tx is valid
 	// only during the call.
 	TransactionEnded(tx *core.Transaction, d time.Duration)
+	// ResourceShortage reports that the proxy ran out of file descriptors
+	// (EMFILE, ENFILE) at op: a local fault, never counted as the
+	// upstream's.
+	ResourceShortage(op ResourceOp)
 	// UpstreamFailed reports an upstream failure with the core's reason
 	// phrase ("connect: connection refused", "timed out", "closed the
 	// connection", "sent a malformed reply", ...).
@@ -137,6 +141,28 @@ type Observer interface {
 	Relayed(toUpstream, toClient int)
 }
 
+// ResourceOp says where the proxy ran short of a local resource.
+type ResourceOp uint8
+
+const (
+	// ResourceAccept: accepting a client connection; the listener
+	// backs off and retries.
+	ResourceAccept ResourceOp = iota + 1
+	// ResourceUpstreamConnect: opening the upstream connection; the
+	// client gets "421 4.3.2".
+	ResourceUpstreamConnect
+)
+
+func (o ResourceOp) String() string {
+	switch o {
+	case ResourceAccept:
+		return "accept"
+	case ResourceUpstreamConnect:
+		return "upstream_connect"
+	}
+	return "unknown"
+}
+
 // nopObserver is the Observer of a Config without one.
 type nopObserver struct{}
 
@@ -144,6 +170,7 @@ func (nopObserver) SessionStarted()                                   {}
 func (nopObserver) SessionEnded()                                     {}
 func (nopObserver) SessionRefused()                                   {}
 func (nopObserver) PeerRefused()                                      {}
+func (nopObserver) ResourceShortage(ResourceOp)                       {}
 func (nopObserver) TransactionEnded(*core.Transaction, time.Duration) {}
 func (nopObserver) UpstreamFailed(string)                             {}
 func (nopObserver) UpstreamReplied(time.Duration, bool)               {}

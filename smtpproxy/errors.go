@@ -52,6 +52,20 @@ func ioPhrase(err error) string {
 	return "broke the connection"
 }
 
+// isResourceShortage reports whether err says the process or the system
+// ran out of file descriptors: a local fault, not the upstream's.
+func isResourceShortage(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
+// shortagePhrase names the shortage of err for a reply line.
+func shortagePhrase(err error) string {
+	if errors.Is(err, syscall.ENFILE) {
+		return "too many open files in the system"
+	}
+	return "too many open files"
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||

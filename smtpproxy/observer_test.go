@@ -17,6 +17,7 @@ type recordingObserver struct {
 	started, ended, refuse, peers int
 	txs                           []observedTx
 	failures                      []string
+	shortages                     []ResourceOp
 	replies                       []observedReply
 	toUp, toClient                int
 }
@@ -36,6 +37,11 @@ func (o *recordingObserver) SessionStarted() { o.mu.Lock(); o.started++; o.mu.Un
 func (o *recordingObserver) SessionEnded()   { o.mu.Lock(); o.ended++; o.mu.Unlock() }
 func (o *recordingObserver) SessionRefused() { o.mu.Lock(); o.refuse++; o.mu.Unlock() }
 func (o *recordingObserver) PeerRefused()    { o.mu.Lock(); o.peers++; o.mu.Unlock() }
+func (o *recordingObserver) ResourceShortage(op ResourceOp) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.shortages = append(o.shortages, op)
+}
 func (o *recordingObserver) TransactionEnded(tx *core.Transaction, d time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
@@ -98,11 +97,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				break
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+			if errors.As(err, &ne) && ne.Timeout() || isResourceShortage(err) {
 				// Out of descriptors or a passing fault: wait and retry
 				// rather than spin or give up.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Error("accept failed; retrying", "err", err, "retry_in", backoff)
+				if isResourceShortage(err) {
+					s.cfg.Observer.ResourceShortage(ResourceAccept)
+					s.log.Error("out of file descriptors: cannot accept a connection; retrying", "err", err, "retry_in", backoff, "open_files_limit", openFilesLimit())
+				} else {
+					s.log.Error("accept failed; retrying", "err", err, "retry_in", backoff)
+				}
 				select {
 				case <-time.After(backoff):
 				case <-ctx.Done():

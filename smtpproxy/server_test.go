@@ -3,6 +3,7 @@ package smtpproxy
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -95,6 +96,8 @@ func anyStrings(v any) []string {
 	return out
 }
 
+// logRecords returns the JSON log lines whose msg is msg; all of them for
+// an empty msg.
 func logRecords(t *testing.T, logs, msg string) []map[string]any {
 	t.Helper()
 	var out []map[string]any
@@ -106,7 +109,7 @@ func logRecords(t *testing.T, logs, msg string) []map[string]any {
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
 			t.Fatalf("log line is not JSON: %q", line)
 		}
-		if m["msg"] == msg {
+		if msg == "" || m["msg"] == msg {
 			out = append(out, m)
 		}
 	}
@@ -124,6 +127,18 @@ func TestUpstreamUnreachable(t *testing.T) {
 	c := dialClient(t, p.addr)
 	c.expectReply("421 4.4.1 upstream " + dead + " unreachable: connection refused\r\n")
 	c.expectEOF()
+	// One failure, one WARN line, with the error's detail.
+	p.stop()
+	var warns []map[string]any
+	for _, rec := range logRecords(t, p.logs.String(), "") {
+		if rec["level"] == "WARN" {
+			warns = append(warns, rec)
+		}
+	}
+	if len(warns) != 1 || warns[0]["msg"] != "upstream error" || warns[0]["error"] != "connect: connection refused" ||
+		!strings.Contains(fmt.Sprint(warns[0]["detail"]), "connection refused") {
+		t.Fatalf("want one WARN line naming the failure and its detail, got %v", warns)
+	}
 }
 
 func TestUpstreamClosesDuringCommand(t *testing.T) {

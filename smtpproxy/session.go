@@ -103,6 +103,7 @@ type runner struct {
 	upWriteDue     time.Time // the upstream's
 	dataStart      time.Time
 
+	upErrDetail string    // the Go error behind the next upstream error event, for its log line
 	inData      bool      // between EventDataStart and EventTxEnd, for obs
 	upWaitStart time.Time // when the current wait for an upstream reply began
 	upWaitData  bool      // that wait belongs to a message
@@ -599,8 +600,15 @@ func (r *runner) connected(conn net.Conn, err error) bool {
 		return false
 	}
 	switch {
+	case err != nil && isResourceShortage(err):
+		r.obs.ResourceShortage(ResourceUpstreamConnect)
+		r.log.Error("out of file descriptors: cannot connect to the upstream; the client gets 421 4.3.2", "upstream", r.srv.upstreamName(), "err", err, "open_files_limit", openFilesLimit())
+		r.trace.note("out of file descriptors: " + err.Error())
+		r.s.LocalResourcesExhausted(shortagePhrase(err))
 	case err != nil:
-		r.log.Warn("upstream unreachable", "upstream", r.srv.upstreamName(), "err", err)
+		// The core's upstream error event is logged (logEvents) with
+		// this detail: one line for one failure.
+		r.upErrDetail = err.Error()
 		r.trace.note("upstream unreachable: " + err.Error())
 		r.s.UpstreamConnectFailed(connectPhrase(err))
 	case r.s.UpstreamGone():
@@ -830,7 +838,12 @@ func (r *runner) logEvents(events []core.Event) {
 			r.obs.TransactionEnded(e.Tx, d)
 		case core.EventUpstreamError:
 			r.obs.UpstreamFailed(e.Reason)
-			r.log.Warn("upstream error", "upstream", r.srv.upstreamName(), "error", e.Reason)
+			if r.upErrDetail != "" {
+				r.log.Warn("upstream error", "upstream", r.srv.upstreamName(), "error", e.Reason, "detail", r.upErrDetail)
+				r.upErrDetail = ""
+			} else {
+				r.log.Warn("upstream error", "upstream", r.srv.upstreamName(), "error", e.Reason)
+			}
 			r.trace.note("upstream error: " + e.Reason)
 		case core.EventLocalReply:
 			r.log.Debug("answered locally", "reply", e.Reason)
@@ -839,6 +852,13 @@ func (r *runner) logEvents(events []core.Event) {
 		}
 	}
 }
+
+// maxLoggedRecipients bounds the recipients a transaction line lists; a
+// count follows for the rest. An SMTP transaction may have any number of
+// recipients (Postfix's smtpd_recipient_limit is 1000 by default, and
+// may be raised), while journald cuts lines at 48 KiB by default
+// (LineMax=): a line should stay whole.
+const maxLoggedRecipients = 100
 
 // logTx writes the one line per transaction of SPEC section 6.
 func (r *runner) logTx(tx *core.Transaction) {
@@ -849,9 +869,9 @@ func (r *runner) logTx(tx *core.Transaction) {
 	if !r.log.Enabled(context.Background(), level) {
 		return // parsing the addresses for a line nobody reads is waste
 	}
-	rcpts := make([]string, len(tx.Recipients))
-	for i, a := range tx.Recipients {
-		rcpts[i] = mailbox(a)
+	rcpts := make([]string, min(len(tx.Recipients), maxLoggedRecipients))
+	for i := range rcpts {
+		rcpts[i] = mailbox(tx.Recipients[i])
 	}
 	attrs := []any{
 		"client", clientOf(tx, r.client),
@@ -861,6 +881,9 @@ func (r *runner) logTx(tx *core.Transaction) {
 		"reply", tx.Reply,
 		"size", tx.Size,
 		"header_bytes", tx.HeaderBytes,
+	}
+	if len(tx.Recipients) > len(rcpts) {
+		attrs = append(attrs, "recipients_total", len(tx.Recipients))
 	}
 	if tx.LoopRecipient != "" {
 		attrs = append(attrs, "loop_recipient", tx.LoopRecipient)

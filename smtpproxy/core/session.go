@@ -336,6 +336,19 @@ func (s *Session) UpstreamConnectFailed(why string) {
 	s.after()
 }
 
+// LocalResourcesExhausted: the proxy itself could not open the upstream
+// connection for want of a local resource (file descriptors); why names
+// it. It is no upstream failure: the client gets "421 4.3.2" (RFC 3463:
+// the system is not accepting messages now) and retries later.
+func (s *Session) LocalResourcesExhausted(why string) {
+	if s.st != stConnecting {
+		return
+	}
+	s.upGone = true
+	s.closeWith(fmt.Sprintf("421 4.3.2 proxy out of resources (%s), try again later\r\n", why), "out of local resources")
+	s.after()
+}
+
 // ClientData offers bytes from the client and returns how many were
 // consumed; the rest must be offered again once WantsClientInput is true.
 func (s *Session) ClientData(p []byte) int {

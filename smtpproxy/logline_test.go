@@ -1,0 +1,50 @@
+package smtpproxy
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// A transaction line lists at most maxLoggedRecipients recipients, then
+// their number, so that one line stays whole however many there are; a
+// transaction within the bound carries no count.
+func TestTransactionLineBoundsRecipients(t *testing.T) {
+	u := newUpstream(t)
+	p := startProxy(t, baseConfig(u))
+	c := dialClient(t, p.addr)
+	c.expectReply(greeting)
+	total := maxLoggedRecipients + 50
+	var cmds strings.Builder
+	cmds.WriteString("MAIL FROM:<s@example.org>\r\n")
+	for i := range total {
+		fmt.Fprintf(&cmds, "RCPT TO:<r%d@example.net>\r\n", i)
+	}
+	c.send(cmds.String()) // pipelined
+	for range total + 1 {
+		c.expectReply(ok)
+	}
+	c.expect("DATA", local354)
+	c.expect("Subject: many\r\n\r\nbody\r\n.", queued)
+	c.expect("MAIL FROM:<s@example.org>", ok)
+	c.expect("RCPT TO:<one@example.net>", ok)
+	c.expect("DATA", local354)
+	c.expect("Subject: one\r\n\r\nbody\r\n.", queued)
+	c.expect("QUIT", "221 2.0.0 Bye\r\n")
+	c.expectEOF()
+	p.stop()
+	txs := logRecords(t, p.logs.String(), "transaction")
+	if len(txs) != 2 {
+		t.Fatalf("%d transaction lines", len(txs))
+	}
+	listed := anyStrings(txs[0]["recipients"])
+	if len(listed) != maxLoggedRecipients || listed[0] != "r0@example.net" || listed[len(listed)-1] != fmt.Sprintf("r%d@example.net", maxLoggedRecipients-1) {
+		t.Errorf("listed %d recipients (%q ... %q), want the first %d", len(listed), listed[0], listed[len(listed)-1], maxLoggedRecipients)
+	}
+	if n, ok := txs[0]["recipients_total"].(float64); !ok || int(n) != total {
+		t.Errorf("recipients_total = %v, want %d", txs[0]["recipients_total"], total)
+	}
+	if _, ok := txs[1]["recipients_total"]; ok {
+		t.Errorf("a one-recipient line has a count: %v", txs[1])
+	}
+}
