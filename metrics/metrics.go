@@ -79,6 +79,7 @@ type Metrics struct {
 	sessionsTotal   prometheus.Counter
 	sessionsRefused prometheus.Counter
 	peersRefused    prometheus.Counter
+	dryRun          prometheus.Gauge
 	shortages       map[smtpproxy.ResourceOp]prometheus.Counter
 	transactions    *prometheus.CounterVec
 	byOutcome       map[core.Outcome]prometheus.Counter
@@ -111,6 +112,10 @@ func New() *Metrics {
 		Namespace: namespace, Name: "sessions_refused_total",
 		Help: "Connections refused with 421 4.3.2 because -max-sessions were open.",
 	})).(prometheus.Counter)
+	m.dryRun = f(prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "dry_run",
+		Help: "1 while loops are only logged and let through (-dry-run), 0 while they are refused.",
+	})).(prometheus.Gauge)
 	m.peersRefused = f(prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "clients_refused_total",
 		Help: "Connections refused with 554 5.7.1 because the peer is outside -allow-client (no upstream connection was opened).",
@@ -168,6 +173,16 @@ func New() *Metrics {
 		collectors.NewBuildInfoCollector(),
 	)
 	return m
+}
+
+// SetDryRun records whether loops are only logged (-dry-run) or refused,
+// so that a monitor can confirm enforcement is on after a rollout.
+func (m *Metrics) SetDryRun(on bool) {
+	if on {
+		m.dryRun.Set(1)
+	} else {
+		m.dryRun.Set(0)
+	}
 }
 
 // Registry is where the metrics live, for a caller that adds its own.

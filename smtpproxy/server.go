@@ -84,7 +84,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 
-	s.log.Info("listening", "listen", ln.Addr().String(), "upstream", s.upstreamName(), "allow_client", s.cfg.AllowClient.String())
+	loops := "refuse"
+	if s.cfg.DryRun {
+		loops = "log only (dry run)"
+	}
+	s.log.Info("listening", "listen", ln.Addr().String(), "upstream", s.upstreamName(), "loops", loops, "allow_client", s.cfg.AllowClient.String())
+	if s.cfg.DryRun {
+		s.log.Warn("dry run: loops are logged (verdict=dry-run-loop) and let through; remove -dry-run to refuse them")
+	}
 	if s.rcvbufOff != nil {
 		s.log.Info("message bodies: client socket receive buffers left to the kernel", "reason", s.rcvbufOff)
 	}

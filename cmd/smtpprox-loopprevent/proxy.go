@@ -263,6 +263,7 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 	var m *metrics.Metrics
 	if o.metricsListen != "" {
 		m = metrics.New()
+		m.SetDryRun(o.cfg.DryRun)
 		o.cfg.Observer = m
 	}
 	o.cfg.AllowClient = o.allowClient

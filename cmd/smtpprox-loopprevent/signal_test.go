@@ -538,3 +538,36 @@ func testDrainDeadline(t *testing.T, bin string) {
 		t.Fatalf("logs:\n%s", logs)
 	}
 }
+
+// Whether loops are refused or only logged shows at start and as a
+// metric, so that an administrator can confirm enforcement after the
+// rollout step "remove -dry-run".
+func TestDryRunVisible(t *testing.T) {
+	bin := buildCommand(t)
+	up := startHeldUpstream(t)
+	for _, tc := range []struct {
+		flags  []string
+		loops  string
+		gauge  string
+		warned bool
+	}{
+		{nil, "refuse", "0", false},
+		{[]string{"-dry-run"}, "log only (dry run)", "1", true},
+	} {
+		p := startProcess(t, bin, up.ln.Addr().String(), tc.flags...)
+		if got := p.metric(t, "smtpprox_dry_run"); got != tc.gauge {
+			t.Errorf("%q: smtpprox_dry_run %s, want %s", tc.flags, got, tc.gauge)
+		}
+		p.signal(t, syscall.SIGTERM)
+		if err := p.wait(t); err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+		logs := p.logs.String()
+		if !strings.Contains(logs, `"msg":"listening"`) || !strings.Contains(logs, `"loops":"`+tc.loops+`"`) {
+			t.Errorf("%q: the listening line does not say loops=%q:\n%s", tc.flags, tc.loops, logs)
+		}
+		if warned := strings.Contains(logs, `"level":"WARN","msg":"dry run: loops are logged`); warned != tc.warned {
+			t.Errorf("%q: dry-run warning %v, want %v:\n%s", tc.flags, warned, tc.warned, logs)
+		}
+	}
+}
