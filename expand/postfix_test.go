@@ -1,0 +1,205 @@
+package expand
+
+import (
+	"context"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/postfixtest"
+)
+
+// The documented lines of docs/expansion.md, as a test instance carries
+// them: the public proxymap service, and proxy_read_maps holding its full
+// default value followed by the tables the expansion reads.
+const publicProxymap = "proxymap unix n - n - - proxymap"
+
+// defaultProxyReadMaps is `postconf -d -h proxy_read_maps`: the value an
+// administrator pastes before the proxy: entries (a self-reference,
+// "$proxy_read_maps ...", makes proxymap die).
+func defaultProxyReadMaps(t testing.TB) string {
+	t.Helper()
+	out, err := exec.Command(command("postconf"), "-d", "-h", "proxy_read_maps").Output()
+	if err != nil {
+		t.Fatalf("postconf -d -h proxy_read_maps: %v", err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// livePostfix starts a private Postfix with tables for every kind of
+// expansion: virtual one-to-one, one-to-many, recursive, catch-all and
+// regexp, recipient canonical, aliases(5), and a pipe(8) transport with
+// flag D. With approve, proxy_read_maps approves the tables and master.cf
+// has the public proxymap.
+func livePostfix(t testing.TB, approve bool) *postfixtest.Instance {
+	t.Helper()
+	tables := "hash:{etc}/virtual regexp:{etc}/virtual.re hash:{etc}/rcanon hash:{etc}/transport hash:{etc}/aliases"
+	mainCF := map[string]string{
+		"virtual_alias_maps":                  "hash:{etc}/virtual, regexp:{etc}/virtual.re",
+		"recipient_canonical_maps":            "hash:{etc}/rcanon",
+		"transport_maps":                      "hash:{etc}/transport",
+		"pipeloop_destination_recipient_limit": "1",
+	}
+	master := "pipeloop unix - n n - - pipe flags=DRq user=nobody argv=/bin/sh -c cat>>{mail}/pipebox"
+	if approve {
+		mainCF["proxy_read_maps"] = defaultProxyReadMaps(t) + " proxy:" + strings.ReplaceAll(tables, " ", " proxy:")
+		master = publicProxymap + "\n" + master
+	}
+	return postfixtest.Start(t, postfixtest.Options{
+		MainCF:   mainCF,
+		MasterCF: master,
+		Files: map[string]string{
+			"virtual": `catch.test anything
+move.test anything
+@move.test @local.test
+valias@local.test loopuser@local.test
+multi@local.test loopuser@local.test, user@local.test
+rec1@local.test rec2@local.test
+rec2@local.test loopuser@local.test
+@catch.test loopuser@local.test
+`,
+			"virtual.re": "/^re-.*@local\\.test$/ loopuser@local.test\n",
+			"rcanon":     "canon@local.test valias@local.test\n",
+			"transport":  "pipe.test pipeloop:\n",
+		},
+		Postmap: []string{"hash:virtual", "hash:rcanon", "hash:transport"},
+		Aliases: map[string]string{"lp": "loopuser"},
+	})
+}
+
+// variant is a recipient and the forged Delivered-To: address sent with
+// it; loop says whether Postfix bounces it as a loop.
+type variant struct {
+	name, rcpt, forged string
+	loop               bool
+}
+
+var liveVariants = []variant{
+	{"virtual one-to-one", "valias@local.test", "loopuser@local.test", true},
+	{"virtual one-to-many", "multi@local.test", "loopuser@local.test", true},
+	{"virtual recursive", "rec1@local.test", "loopuser@local.test", true},
+	{"virtual catch-all", "anyone@catch.test", "loopuser@local.test", true},
+	{"virtual regexp", "re-x@local.test", "loopuser@local.test", true},
+	{"recipient canonical", "canon@local.test", "loopuser@local.test", true},
+	{"aliases(5)", "lp@local.test", "loopuser@local.test", true},
+	{"aliases(5), first level", "lp@local.test", "lp@local.test", true},
+	{"aliases(5), extension", "lp+x@local.test", "loopuser@local.test", true},
+	{"@domain to @other", "loopuser+x@move.test", "loopuser+x@local.test", true},
+	{"@domain keeps the extension", "loopuser+x@move.test", "loopuser@local.test", false},
+	{"extension propagated", "valias+ext@local.test", "loopuser@local.test", false},
+	{"extension, its own loop", "valias+ext@local.test", "loopuser+ext@local.test", true},
+	{"pipe flag D", "u@pipe.test", "u@pipe.test", true},
+	{"rewritten away", "valias@local.test", "valias@local.test", false},
+}
+
+// TestLiveDifferential sends each variant through Postfix alone, with its
+// forged header, and checks the expansion against what Postfix did: the
+// forged address is among the targets that check loops exactly when
+// Postfix bounced the message as a loop, and every address Postfix
+// delivered to is a target. It runs with both backends.
+func TestLiveDifferential(t *testing.T) {
+	p := livePostfix(t, true)
+	type sent struct {
+		v   variant
+		qid string
+	}
+	var all []sent
+	for _, v := range liveVariants {
+		msg := "Delivered-To: " + v.forged + "\nSubject: " + v.name + "\n\nbody\n"
+		res, err := postfixtest.Send(p.PlainAddr(), "sender@local.test", []string{v.rcpt}, []byte(msg))
+		if err != nil {
+			t.Fatalf("%s: send: %v", v.name, err)
+		}
+		if res.EndOfData.Class() != 2 {
+			t.Fatalf("%s: Postfix refused the message: %v", v.name, res)
+		}
+		all = append(all, sent{v, res.QueueID()})
+	}
+	for _, kind := range []BackendKind{BackendProxymap, BackendPostmap} {
+		e, err := New(context.Background(), Options{ConfigDir: p.ConfigDir(), Prefer: kind, CacheSize: -1})
+		if err != nil {
+			t.Fatalf("backend %d: %v", kind, err)
+		}
+		t.Logf("backend: %s", e.BackendInfo())
+		for _, s := range all {
+			deliveries := p.WaitDone(s.qid)
+			bounced := false
+			for _, d := range deliveries {
+				if strings.EqualFold(d.Recipient, s.v.forged) && d.IsLoopBounce() {
+					bounced = true
+				}
+			}
+			if bounced != s.v.loop {
+				t.Errorf("%s: Postfix bounced as a loop: %v, the test expects %v: %v", s.v.name, bounced, s.v.loop, deliveries)
+			}
+			rcpt, _ := address.ParsePath("<" + s.v.rcpt + ">")
+			res, err := e.Expand(context.Background(), rcpt.Addr)
+			if err != nil {
+				t.Fatalf("%s: expand: %v", s.v.name, err)
+			}
+			var outcome []string
+			for _, d := range deliveries {
+				outcome = append(outcome, d.Recipient+" "+d.Status)
+			}
+			t.Logf("%-24s rcpt %-22s forged %-24s Postfix: %-45s expansion: %q", s.v.name, s.v.rcpt, s.v.forged, strings.Join(outcome, ", "), targets(res))
+			var checked []string
+			for _, tg := range res.Targets {
+				if tg.ChecksLoops {
+					checked = append(checked, tg.Addr.Key())
+				}
+			}
+			forged := address.Addr{Local: strings.Split(s.v.forged, "@")[0], Domain: strings.Split(s.v.forged, "@")[1]}.Key()
+			if got := slices.Contains(checked, forged); got != bounced {
+				t.Errorf("%s (%s): forged %s among the targets that check loops: %v; Postfix bounced: %v; targets %q",
+					s.v.name, e.BackendInfo()[:8], s.v.forged, got, bounced, targets(res))
+			}
+			for _, d := range deliveries {
+				a, err := address.ParsePath("<" + d.Recipient + ">")
+				if err != nil {
+					t.Fatalf("delivery to %q: %v", d.Recipient, err)
+				}
+				if !slices.ContainsFunc(res.Targets, func(tg Target) bool { return tg.Addr.Key() == a.Addr.Key() }) {
+					t.Errorf("%s: Postfix delivered to %s, not among the targets %q", s.v.name, d.Recipient, targets(res))
+				}
+			}
+		}
+		e.Close()
+	}
+}
+
+// TestLiveProxymapStillDelivers: with the documented lines, Postfix's own
+// mail flow works (its cleanup reads the same tables) and proxymap answers
+// this client.
+func TestLiveProxymapStillDelivers(t *testing.T) {
+	p := livePostfix(t, true)
+	res, err := postfixtest.Send(p.PlainAddr(), "sender@local.test", []string{"valias@local.test", "lp@local.test"}, []byte("Subject: plain\n\nbody\n"))
+	if err != nil || res.EndOfData.Class() != 2 {
+		t.Fatalf("send: %v %v", res, err)
+	}
+	for _, d := range p.WaitDone(res.QueueID()) {
+		if d.Status != "sent" {
+			t.Errorf("delivery with the documented lines: %v", d)
+		}
+	}
+	if n := p.MailboxMessages(postfixtest.LoopUser); n != 2 {
+		t.Errorf("loopuser got %d messages, want 2 (valias and lp)", n)
+	}
+	e, err := New(context.Background(), Options{ConfigDir: p.ConfigDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if info := e.BackendInfo(); !strings.HasPrefix(info, "proxymap") {
+		t.Fatalf("backend %q, want proxymap", info)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := e.Expand(ctx, address.Addr{Local: "valias", Domain: "local.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	equalTargets(t, "valias through proxymap", r, "loopuser@local.test local !")
+}
