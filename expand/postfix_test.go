@@ -38,9 +38,9 @@ func livePostfix(t testing.TB, approve bool) *postfixtest.Instance {
 	t.Helper()
 	tables := "hash:{etc}/virtual regexp:{etc}/virtual.re hash:{etc}/rcanon hash:{etc}/transport hash:{etc}/aliases"
 	mainCF := map[string]string{
-		"virtual_alias_maps":                  "hash:{etc}/virtual, regexp:{etc}/virtual.re",
-		"recipient_canonical_maps":            "hash:{etc}/rcanon",
-		"transport_maps":                      "hash:{etc}/transport",
+		"virtual_alias_maps":                   "hash:{etc}/virtual, regexp:{etc}/virtual.re",
+		"recipient_canonical_maps":             "hash:{etc}/rcanon",
+		"transport_maps":                       "hash:{etc}/transport",
 		"pipeloop_destination_recipient_limit": "1",
 	}
 	master := "pipeloop unix - n n - - pipe flags=DRq user=nobody argv=/bin/sh -c cat>>{mail}/pipebox"
