@@ -2,6 +2,7 @@ package expand
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -202,4 +203,71 @@ func TestLiveProxymapStillDelivers(t *testing.T) {
 		t.Fatal(err)
 	}
 	equalTargets(t, "valias through proxymap", r, "loopuser@local.test local !")
+}
+
+// TestLiveProxymapProtocol checks the facts the client rests on against
+// Postfix 3.7's proxymap(8): keys of a fixed table are folded
+// (DICT_FLAG_FOLD_FIX), open reports DICT_FLAG_FIXED for hash and not for
+// regexp, an unapproved table is denied, the 3.11 request form gets
+// status BAD, and a table rebuilt under a running proxymap is seen after
+// the client reconnects.
+func TestLiveProxymapProtocol(t *testing.T) {
+	p := livePostfix(t, true)
+	sock := (&Config{QueueDirectory: p.Dir() + "/spool"}).ProxymapSocket()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	virtual := "hash:" + p.EtcPath("virtual")
+	pm := NewProxymap(sock, false, 2)
+	defer pm.Close()
+	if v, found, err := pm.Lookup(ctx, virtual, "VALIAS@Local.Test"); err != nil || !found || v != "loopuser@local.test" {
+		t.Errorf("folded lookup: %q %v %v", v, found, err)
+	}
+	for table, want := range map[string]bool{virtual: true, "regexp:" + p.EtcPath("virtual.re"): false} {
+		if fixed, err := pm.Fixed(ctx, table); err != nil || fixed != want {
+			t.Errorf("Fixed(%s) = %v %v, want %v", table, fixed, err, want)
+		}
+	}
+	pm.mu.Lock()
+	t.Logf("open flags: %v", pm.flags)
+	pm.mu.Unlock()
+	if _, _, err := pm.Lookup(ctx, "hash:"+p.EtcPath("unlisted"), "x"); causeOf(err) != CauseDenied {
+		t.Errorf("unapproved table: %v, want cause denied", err)
+	}
+	newForm := NewProxymap(sock, true, 1)
+	defer newForm.Close()
+	if _, _, err := newForm.Lookup(ctx, virtual, "valias@local.test"); causeOf(err) != CauseProtocol {
+		t.Errorf("3.11 request form against 3.7: %v, want status BAD (cause protocol)", err)
+	}
+
+	// Rebuild the table: proxymap notices the change when it next
+	// accepts a connection, and exits; the pooled connection then reads
+	// EOF and the client reconnects.
+	if err := os.WriteFile(p.EtcPath("virtual"), []byte("added@local.test user@local.test\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	future := time.Now().Add(2 * time.Second)
+	if out, err := exec.Command(command("postmap"), "-c", p.ConfigDir(), virtual).CombinedOutput(); err != nil {
+		t.Fatalf("postmap: %v %s", err, out)
+	}
+	os.Chtimes(p.EtcPath("virtual.db"), future, future)
+	dials := pm.dials.Load()
+	deadline := time.Now().Add(postfixtest.WaitLimit)
+	for {
+		// A new connection makes the server look at its tables.
+		if err := NewProxymap(sock, false, 1).Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+		v, found, err := pm.Lookup(ctx, virtual, "added@local.test")
+		if err != nil {
+			t.Fatalf("lookup after the table changed: %v", err)
+		}
+		if found && v == "user@local.test" {
+			t.Logf("rebuilt table seen after %d new connection(s)", pm.dials.Load()-dials)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rebuilt table is not seen through the pooled client")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -31,7 +32,8 @@ type Proxymap struct {
 	socket  string
 	newForm bool
 
-	sem chan struct{} // one token per connection in use or idle
+	sem   chan struct{} // one token per connection in use or idle
+	dials atomic.Int64  // connections made, for tests and diagnostics
 
 	mu     sync.Mutex
 	idle   []*pmConn
@@ -413,6 +415,7 @@ func (p *Proxymap) dial(ctx context.Context) (*pmConn, error) {
 // connect dials the socket and reads the server's announcement.
 func (p *Proxymap) connect(ctx context.Context) (*pmConn, error) {
 	var d net.Dialer
+	p.dials.Add(1)
 	nc, err := d.DialContext(ctx, "unix", p.socket)
 	if err != nil {
 		if ctx.Err() != nil {
