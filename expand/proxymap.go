@@ -1,6 +1,7 @@
 package expand
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -338,17 +339,25 @@ func (c *pmConn) exchange(ctx context.Context, req []byte) ([]attr, error) {
 // read reads one attribute list.
 func (c *pmConn) read() ([]attr, error) {
 	var chunk [4096]byte
+	decode := true
 	for {
-		attrs, n, err := decodeAttrs(c.buf)
-		if err == nil {
-			c.buf = append(c.buf[:0], c.buf[n:]...)
-			return attrs, nil
-		}
-		if err != errAttrShort {
-			return nil, fmt.Errorf("%w: %v", errProtocol, err)
+		if decode {
+			attrs, n, err := decodeAttrs(c.buf)
+			if err == nil {
+				c.buf = append(c.buf[:0], c.buf[n:]...)
+				return attrs, nil
+			}
+			if err != errAttrShort {
+				return nil, fmt.Errorf("%w: %v", errProtocol, err)
+			}
 		}
 		m, err := c.c.Read(chunk[:])
+		// A list ends at a NUL byte: without one, the new bytes cannot
+		// complete it, and decoding again would only cost time, until
+		// the bytes may hold an over-long element for the decoder to
+		// refuse.
 		c.buf = append(c.buf, chunk[:m]...)
+		decode = bytes.IndexByte(chunk[:m], 0) >= 0 || len(c.buf) > maxAttrValue
 		if err != nil {
 			if err == io.EOF && len(c.buf) > 0 {
 				err = io.ErrUnexpectedEOF

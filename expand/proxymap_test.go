@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -291,6 +292,15 @@ func TestProxymapFailures(t *testing.T) {
 	p = NewProxymap(other.path, false, 1)
 	if _, _, err := p.Lookup(ctx, "hash:/v", "k"); causeOf(err) != CauseProtocol {
 		t.Errorf("wrong handshake: %v, want cause protocol", err)
+	}
+	p.Close()
+
+	// A peer that sends bytes without end and no NUL is cut off at the
+	// bound of one element.
+	endless := startFake(t, &fakeProxymap{handshake: strings.Repeat("x", maxAttrValue+5000), reply: answer(false, 28, nil, proxyStatNoKey)})
+	p = NewProxymap(endless.path, false, 1)
+	if _, _, err := p.Lookup(ctx, "hash:/v", "k"); causeOf(err) != CauseProtocol {
+		t.Errorf("endless handshake: %v, want cause protocol", err)
 	}
 	p.Close()
 
