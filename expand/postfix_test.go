@@ -4,8 +4,12 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"os/user"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -269,5 +273,78 @@ func TestLiveProxymapProtocol(t *testing.T) {
 			t.Fatalf("the rebuilt table is not seen through the pooled client")
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// helperSocketEnv makes the test binary, run again as another user, only
+// ping the proxymap socket it names (TestPingHelper).
+const helperSocketEnv = "EXPAND_TEST_PING_SOCKET"
+
+// TestPingHelper is not a test on its own: TestLivePostdrop runs the test
+// binary as nobody with it, to connect as an unprivileged filter would.
+func TestPingHelper(t *testing.T) {
+	sock := os.Getenv(helperSocketEnv)
+	if sock == "" {
+		t.Skip("helper for TestLivePostdrop")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := NewProxymap(sock, false, 1).Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLivePostdrop: an unprivileged process reaches public/proxymap with
+// the supplementary group postdrop (SupplementaryGroups=postdrop in the
+// systemd unit), and not without it (public/ is mode 0710
+// postfix:postdrop).
+func TestLivePostdrop(t *testing.T) {
+	p := livePostfix(t, true)
+	sock := (&Config{QueueDirectory: p.Dir() + "/spool"}).ProxymapSocket()
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	postdrop, err := user.LookupGroup("postdrop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The test binary lives under a directory only root can search:
+	// copy it where nobody can run it.
+	dir, err := os.MkdirTemp("", "expand-postdrop-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "expand.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(nobody.Gid)
+	pgid, _ := strconv.Atoi(postdrop.Gid)
+	for _, tc := range []struct {
+		name   string
+		groups []uint32
+		ok     bool
+	}{{"with postdrop", []uint32{uint32(pgid)}, true}, {"without postdrop", nil, false}} {
+		cmd := exec.Command(bin, "-test.run=^TestPingHelper$", "-test.count=1")
+		cmd.Env = append(os.Environ(), helperSocketEnv+"="+sock)
+		cmd.Dir = dir
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: tc.groups}}
+		out, err := cmd.CombinedOutput()
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: ping as nobody: err=%v, want success %v\n%s", tc.name, err, tc.ok, out)
+		}
+		if !tc.ok && !strings.Contains(string(out), "permission denied") {
+			t.Errorf("%s: failed for another reason than the socket's permissions:\n%s", tc.name, out)
+		}
 	}
 }
