@@ -10,7 +10,7 @@ import (
 // through postmap(1), beside the same expansion answered from the cache:
 // compare the three in one run.
 func BenchmarkExpandLive(b *testing.B) {
-	p := livePostfix(b, true)
+	p := livePostfix(b, setupApproved)
 	rcpt := addr("valias@local.test")
 	for _, bc := range []struct {
 		name  string

@@ -34,12 +34,28 @@ func defaultProxyReadMaps(t testing.TB) string {
 	return strings.TrimSpace(string(out))
 }
 
+// How livePostfix opens the tables to this package.
+type liveSetup int
+
+const (
+	// setupApproved: the documented lines: the public proxymap service,
+	// and proxy_read_maps with its full default value and a proxy: entry
+	// for each table.
+	setupApproved liveSetup = iota
+	// setupProxied: Postfix's own maps are written proxy:TYPE:NAME, so
+	// the default proxy_read_maps approves them, and cleanup, local and
+	// smtpd look them up through private/proxymap; the public proxymap
+	// service as documented.
+	setupProxied
+	// setupNone: no public proxymap, no approval.
+	setupNone
+)
+
 // livePostfix starts a private Postfix with tables for every kind of
 // expansion: virtual one-to-one, one-to-many, recursive, catch-all and
 // regexp, recipient canonical, aliases(5), and a pipe(8) transport with
-// flag D. With approve, proxy_read_maps approves the tables and master.cf
-// has the public proxymap.
-func livePostfix(t testing.TB, approve bool) *postfixtest.Instance {
+// flag D.
+func livePostfix(t testing.TB, setup liveSetup) *postfixtest.Instance {
 	t.Helper()
 	tables := "hash:{etc}/virtual regexp:{etc}/virtual.re hash:{etc}/rcanon hash:{etc}/transport hash:{etc}/aliases"
 	mainCF := map[string]string{
@@ -49,8 +65,16 @@ func livePostfix(t testing.TB, approve bool) *postfixtest.Instance {
 		"pipeloop_destination_recipient_limit": "1",
 	}
 	master := "pipeloop unix - n n - - pipe flags=DRq user=nobody argv=/bin/sh -c cat>>{mail}/pipebox"
-	if approve {
+	switch setup {
+	case setupApproved:
 		mainCF["proxy_read_maps"] = defaultProxyReadMaps(t) + " proxy:" + strings.ReplaceAll(tables, " ", " proxy:")
+		master = publicProxymap + "\n" + master
+	case setupProxied:
+		for _, k := range []string{"virtual_alias_maps", "recipient_canonical_maps", "transport_maps"} {
+			mainCF[k] = "proxy:" + strings.ReplaceAll(mainCF[k], ", ", ", proxy:")
+		}
+		mainCF["alias_maps"] = "proxy:hash:{etc}/aliases"
+		mainCF["local_recipient_maps"] = "proxy:unix:passwd.byname $alias_maps"
 		master = publicProxymap + "\n" + master
 	}
 	return postfixtest.Start(t, postfixtest.Options{
@@ -106,7 +130,7 @@ var liveVariants = []variant{
 // Postfix bounced the message as a loop, and every address Postfix
 // delivered to is a target. It runs with both backends.
 func TestLiveDifferential(t *testing.T) {
-	p := livePostfix(t, true)
+	p := livePostfix(t, setupApproved)
 	type sent struct {
 		v   variant
 		qid string
@@ -176,37 +200,78 @@ func TestLiveDifferential(t *testing.T) {
 }
 
 // TestLiveProxymapStillDelivers: with the documented lines, Postfix's own
-// mail flow works (its cleanup reads the same tables) and proxymap answers
-// this client.
+// mail flow works (its cleanup and local(8) read the same tables; with
+// setupProxied they do so through proxymap themselves, private/proxymap
+// beside the public entry), proxymap logs no error, and this package's
+// lookups succeed through public/proxymap.
 func TestLiveProxymapStillDelivers(t *testing.T) {
-	p := livePostfix(t, true)
-	res, err := postfixtest.Send(p.PlainAddr(), "sender@local.test", []string{"valias@local.test", "lp@local.test"}, []byte("Subject: plain\n\nbody\n"))
-	if err != nil || res.EndOfData.Class() != 2 {
-		t.Fatalf("send: %v %v", res, err)
-	}
-	for _, d := range p.WaitDone(res.QueueID()) {
-		if d.Status != "sent" {
-			t.Errorf("delivery with the documented lines: %v", d)
+	for _, setup := range []liveSetup{setupApproved, setupProxied} {
+		p := livePostfix(t, setup)
+		res, err := postfixtest.Send(p.PlainAddr(), "sender@local.test", []string{"valias@local.test", "lp@local.test", "canon@local.test"}, []byte("Subject: plain\n\nbody\n"))
+		if err != nil || res.EndOfData.Class() != 2 {
+			t.Fatalf("setup %d: send: %v %v", setup, res, err)
 		}
+		for _, d := range p.WaitDone(res.QueueID()) {
+			if d.Status != "sent" {
+				t.Errorf("setup %d: delivery with the documented lines: %v", setup, d)
+			}
+		}
+		// Three copies: cleanup keeps one queue recipient per original
+		// recipient (enable_original_recipient = yes).
+		if n := p.MailboxMessages(postfixtest.LoopUser); n != 3 {
+			t.Errorf("setup %d: loopuser got %d messages, want 3 (one per recipient)", setup, n)
+		}
+		for line := range strings.Lines(p.Maillog()) {
+			if strings.Contains(line, "proxymap") && (strings.Contains(line, "fatal") || strings.Contains(line, "panic") || strings.Contains(line, "warning")) {
+				t.Errorf("setup %d: proxymap complains: %s", setup, line)
+			}
+		}
+		e, err := New(context.Background(), Options{ConfigDir: p.ConfigDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info := e.BackendInfo(); !strings.HasPrefix(info, "proxymap") {
+			t.Fatalf("setup %d: backend %q, want proxymap", setup, info)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		for _, rcpt := range []string{"valias@local.test", "canon@local.test", "lp@local.test"} {
+			r, err := e.Expand(ctx, addr(rcpt))
+			if err != nil {
+				t.Fatalf("setup %d: %s: %v", setup, rcpt, err)
+			}
+			if !slices.ContainsFunc(r.Targets, func(tg Target) bool { return tg.Addr.Key() == "loopuser@local.test" && tg.ChecksLoops }) {
+				t.Errorf("setup %d: %s: targets %q", setup, rcpt, targets(r))
+			}
+		}
+		cancel()
+		e.Close()
 	}
-	if n := p.MailboxMessages(postfixtest.LoopUser); n != 2 {
-		t.Errorf("loopuser got %d messages, want 2 (valias and lp)", n)
-	}
+}
+
+// TestLiveBackendChoice: without the documented lines the expander falls
+// back to postmap, says why, and still expands.
+func TestLiveBackendChoice(t *testing.T) {
+	p := livePostfix(t, setupNone)
 	e, err := New(context.Background(), Options{ConfigDir: p.ConfigDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	if info := e.BackendInfo(); !strings.HasPrefix(info, "proxymap") {
-		t.Fatalf("backend %q, want proxymap", info)
+	info := e.BackendInfo()
+	t.Logf("backend: %s", info)
+	if !strings.HasPrefix(info, "postmap") || !strings.Contains(info, "proxy_read_maps does not approve") {
+		t.Errorf("backend %q: want postmap, saying which tables lack approval", info)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	r, err := e.Expand(ctx, address.Addr{Local: "valias", Domain: "local.test"})
+	r, err := e.Expand(context.Background(), addr("valias@local.test"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	equalTargets(t, "valias through proxymap", r, "loopuser@local.test local !")
+	if !slices.ContainsFunc(r.Targets, func(tg Target) bool { return tg.Addr.Key() == "loopuser@local.test" }) {
+		t.Errorf("targets %q", targets(r))
+	}
+	if _, err := New(context.Background(), Options{ConfigDir: p.ConfigDir(), Prefer: BackendProxymap}); err == nil {
+		t.Errorf("BackendProxymap without approval: no error")
+	}
 }
 
 // TestLiveProxymapProtocol checks the facts the client rests on against
@@ -216,7 +281,7 @@ func TestLiveProxymapStillDelivers(t *testing.T) {
 // status BAD, and a table rebuilt under a running proxymap is seen after
 // the client reconnects.
 func TestLiveProxymapProtocol(t *testing.T) {
-	p := livePostfix(t, true)
+	p := livePostfix(t, setupApproved)
 	sock := (&Config{QueueDirectory: p.Dir() + "/spool"}).ProxymapSocket()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -299,7 +364,7 @@ func TestPingHelper(t *testing.T) {
 // systemd unit), and not without it (public/ is mode 0710
 // postfix:postdrop).
 func TestLivePostdrop(t *testing.T) {
-	p := livePostfix(t, true)
+	p := livePostfix(t, setupApproved)
 	sock := (&Config{QueueDirectory: p.Dir() + "/spool"}).ProxymapSocket()
 	nobody, err := user.Lookup("nobody")
 	if err != nil {
