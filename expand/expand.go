@@ -103,6 +103,13 @@ const (
 	// a millisecond each through proxymap, about 25 ms each through
 	// postmap.
 	DefaultTimeout = 10 * time.Second
+	// DefaultWait is the proposed default of -expansion-wait: how long a
+	// front-end waits at end-of-DATA for expansions still running before
+	// it judges those recipients as spelled. An expansion started at RCPT
+	// time is normally done by then; through postmap a recipient can take
+	// a few hundred milliseconds. It stays well under the proxy's 90 s
+	// upstream reply timeout and Postfix's 100 s smtpd_proxy_timeout.
+	DefaultWait = 5 * time.Second
 )
 
 // BackendKind chooses the lookup backend.
