@@ -3,7 +3,6 @@ package expand
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 )
@@ -19,6 +18,10 @@ const (
 	// to need millions (1000 addresses each looked up under several
 	// keys in several tables), which must not stall a session.
 	MaxLookups = 10000
+	// maxLookupCalls bounds the lookups of one expansion answered from
+	// its memo as well: the time of an expansion whose tables send it
+	// through the same keys again and again.
+	maxLookupCalls = 10 * MaxLookups
 	// MaxTargets bounds the addresses of one expansion:
 	// virtual_alias_expansion_limit for each stage, and room for the
 	// aliases(5) levels beyond it.
@@ -43,7 +46,8 @@ type run struct {
 	be   Backend
 	read func(path string) ([]byte, error)
 
-	lookups int
+	lookups int // lookups sent to the backend
+	calls   int // lookups asked for, the memo's answers included
 	memo    map[[2]string]memoValue
 	fixed   map[string]bool
 
@@ -72,6 +76,10 @@ func newRun(ctx context.Context, cfg *Config, be Backend, read func(string) ([]b
 
 // lookup asks the backend once per (table, key) in a run.
 func (r *run) lookup(table, key string) (string, bool, error) {
+	if r.calls >= maxLookupCalls {
+		return "", false, &LimitError{Limit: "lookups per expansion", Value: maxLookupCalls, Addr: key}
+	}
+	r.calls++
 	mk := [2]string{table, key}
 	if v, ok := r.memo[mk]; ok {
 		return v.value, v.found, nil
@@ -187,16 +195,9 @@ func hasAt(s string) bool {
 // not a dot-string. bare: the whole string is a local part
 // (QUOTE_FLAG_BARE_LOCALPART).
 func quote822(s string, bare bool) string {
-	if bare {
+	if bare || !hasAt(s) {
 		return address.FromText(s, "").String()
 	}
 	local, domain := splitAt(s)
-	if !hasAt(s) {
-		return address.FromText(local, "").String()
-	}
 	return address.FromText(local, "").String() + "@" + domain
-}
-
-func (r *run) String() string {
-	return fmt.Sprintf("run{lookups=%d targets=%d}", r.lookups, len(r.targets))
 }
