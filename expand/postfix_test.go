@@ -2,6 +2,7 @@ package expand
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
@@ -341,22 +342,25 @@ func TestLiveProxymapProtocol(t *testing.T) {
 	}
 }
 
-// helperSocketEnv makes the test binary, run again as another user, only
-// ping the proxymap socket it names (TestPingHelper).
+// helperSocketEnv makes the test binary, run again as another user by
+// TestLivePostdrop, only connect to the proxymap socket it names and exit
+// with the outcome (see TestMain).
 const helperSocketEnv = "EXPAND_TEST_PING_SOCKET"
 
-// TestPingHelper is not a test on its own: TestLivePostdrop runs the test
-// binary as nobody with it, to connect as an unprivileged filter would.
-func TestPingHelper(t *testing.T) {
-	sock := os.Getenv(helperSocketEnv)
-	if sock == "" {
-		t.Skip("helper for TestLivePostdrop")
+// TestMain runs the tests, or, as TestLivePostdrop's helper, pings the
+// socket in helperSocketEnv as an unprivileged filter would.
+func TestMain(m *testing.M) {
+	if sock := os.Getenv(helperSocketEnv); sock != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := NewProxymap(sock, false, 1).Ping(ctx)
+		cancel()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := NewProxymap(sock, false, 1).Ping(ctx); err != nil {
-		t.Fatal(err)
-	}
+	os.Exit(m.Run())
 }
 
 // TestLivePostdrop: an unprivileged process reaches public/proxymap with
@@ -400,7 +404,7 @@ func TestLivePostdrop(t *testing.T) {
 		groups []uint32
 		ok     bool
 	}{{"with postdrop", []uint32{uint32(pgid)}, true}, {"without postdrop", nil, false}} {
-		cmd := exec.Command(bin, "-test.run=^TestPingHelper$", "-test.count=1")
+		cmd := exec.Command(bin)
 		cmd.Env = append(os.Environ(), helperSocketEnv+"="+sock)
 		cmd.Dir = dir
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: tc.groups}}
