@@ -358,6 +358,8 @@ func (e *Expander) readFile(path string) ([]byte, error) {
 
 // Pending is an expansion started by Start.
 type Pending struct {
+	e    *Expander
+	rcpt address.Addr
 	done chan struct{}
 	res  Result
 }
@@ -379,7 +381,7 @@ func (e *Expander) Start(rcpt address.Addr) *Pending {
 		e.mu.Unlock()
 		return p
 	}
-	p := &Pending{done: make(chan struct{})}
+	p := &Pending{e: e, rcpt: rcpt, done: make(chan struct{})}
 	e.inflight[key] = p
 	e.wg.Add(1)
 	e.mu.Unlock()
@@ -399,8 +401,9 @@ func (p *Pending) Done() <-chan struct{} { return p.done }
 
 // Wait returns the expansion's result, or, when ctx ends first, an
 // incomplete result with the cause of ctx's end (CauseTimeout for a
-// deadline). It never waits past ctx; the expansion itself runs on and
-// fills the cache. Any number of goroutines may wait.
+// deadline), counted and logged as any incomplete expansion. It never
+// waits past ctx; the expansion itself runs on and fills the cache. Any
+// number of goroutines may wait.
 func (p *Pending) Wait(ctx context.Context) Result {
 	select {
 	case <-p.done:
@@ -415,7 +418,11 @@ func (p *Pending) Wait(ctx context.Context) Result {
 		res.Targets = slices.Clone(res.Targets)
 		return res
 	case <-ctx.Done():
-		return Result{Cause: causeOf(ctx.Err()), Err: fmt.Errorf("waiting for the expansion: %w", ctx.Err())}
+		err := fmt.Errorf("waiting for the expansion: %w", ctx.Err())
+		if p.e != nil {
+			return p.e.incomplete(p.rcpt, err)
+		}
+		return Result{Cause: causeOf(err), Err: err}
 	}
 }
 

@@ -159,6 +159,11 @@ func TestStartWait(t *testing.T) {
 	if r.Complete || r.Cause != CauseTimeout {
 		t.Errorf("Wait past its bound: %+v, want incomplete with cause timeout", r)
 	}
+	obs.mu.Lock()
+	if obs.causes[CauseTimeout] != 1 {
+		t.Errorf("the wait's timeout was not counted: %v", obs.causes)
+	}
+	obs.mu.Unlock()
 	close(be.release)
 	r = p2.Wait(context.Background())
 	equalTargets(t, "after release", r, "loopuser@local.test local !")
