@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,6 +84,8 @@ func livePostfix(t testing.TB, setup liveSetup) *postfixtest.Instance {
 		MasterCF: master,
 		Files: map[string]string{
 			"virtual": `catch.test anything
+member@local.test loopuser@local.test
+member2@local.test loopuser@local.test
 move.test anything
 @move.test @local.test
 valias@local.test loopuser@local.test
@@ -94,10 +97,33 @@ rec2@local.test loopuser@local.test
 			"virtual.re": "/^re-.*@local\\.test$/ loopuser@local.test\n",
 			"rcanon":     "canon@local.test valias@local.test\n",
 			"transport":  "pipe.test pipeloop:\n",
+			"list.inc":   "# members\nmember2\n",
 		},
 		Postmap: []string{"hash:virtual", "hash:rcanon", "hash:transport"},
-		Aliases: map[string]string{"lp": "loopuser"},
+		Aliases: map[string]string{
+			"lp":         "loopuser",
+			"list":       "member2",
+			"owner-list": "postmaster",
+			"plain":      "member",
+			"incl":       ":include:{mail}/../etc/list.inc",
+		},
+		Mailboxes: []string{"member"},
 	})
+}
+
+var forwardedRE = regexp.MustCompile(`^forwarded as ([0-9A-Za-z]+)`)
+
+// followDeliveries returns the deliveries of a message and of every
+// message local(8) forwarded it as ("status=sent (forwarded as QID)").
+func followDeliveries(p *postfixtest.Instance, qid string) []postfixtest.Delivery {
+	var all []postfixtest.Delivery
+	for _, d := range p.WaitDone(qid) {
+		all = append(all, d)
+		if m := forwardedRE.FindStringSubmatch(d.Detail); m != nil {
+			all = append(all, followDeliveries(p, m[1])...)
+		}
+	}
+	return all
 }
 
 // variant is a recipient and the forged Delivered-To: address sent with
@@ -122,6 +148,10 @@ var liveVariants = []variant{
 	{"extension propagated", "valias+ext@local.test", "loopuser@local.test", false},
 	{"extension, its own loop", "valias+ext@local.test", "loopuser+ext@local.test", true},
 	{"pipe flag D", "u@pipe.test", "u@pipe.test", true},
+	{"owner- alias: forwarded through cleanup", "list@local.test", "loopuser@local.test", true},
+	{"owner- alias: compared before forwarding", "list@local.test", "member2@local.test", true},
+	{"alias to a local mailbox: no cleanup", "plain@local.test", "loopuser@local.test", false},
+	{":include: file: forwarded", "incl@local.test", "loopuser@local.test", true},
 	{"rewritten away", "valias@local.test", "valias@local.test", false},
 }
 
@@ -155,7 +185,7 @@ func TestLiveDifferential(t *testing.T) {
 		}
 		t.Logf("backend: %s", e.BackendInfo())
 		for _, s := range all {
-			deliveries := p.WaitDone(s.qid)
+			deliveries := followDeliveries(p, s.qid)
 			bounced := false
 			for _, d := range deliveries {
 				if strings.EqualFold(d.Recipient, s.v.forged) && d.IsLoopBounce() {
