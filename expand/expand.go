@@ -27,7 +27,9 @@ type Target struct {
 	// ChecksLoops: this delivery compares Addr with the message's
 	// Delivered-To: headers and bounces a match (local(8), at every
 	// aliases(5) level, and pipe(8) with flag D). True also when the
-	// transport is not known.
+	// transport depends on the sender: a loop Postfix may bounce is
+	// never let through. False for a transport master.cf lacks (qmgr
+	// defers such mail).
 	ChecksLoops bool
 }
 
