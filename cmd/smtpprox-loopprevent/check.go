@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -44,6 +46,7 @@ type checkFlags struct {
 	fs        *flag.FlagSet
 	rcpts     rcptFlags
 	maxHeader int
+	exp       expansionFlags
 }
 
 // checkUsage is the synopsis of check's -h.
@@ -54,6 +57,7 @@ func newCheckFlags() *checkFlags {
 	cf.fs.SetOutput(io.Discard)
 	cf.fs.Var(&cf.rcpts, "rcpt", "an accepted envelope recipient, as in RCPT TO: (user@example.com or <user@example.com>); repeat for several")
 	cf.fs.IntVar(&cf.maxHeader, "max-header-bytes", defaultCheckMaxHeader, "largest header section judged; the proxy refuses a larger one with 552 5.3.4")
+	cf.exp.define(cf.fs)
 	return cf
 }
 
@@ -101,6 +105,9 @@ func runCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(files) > 1 {
 		return fail("one message file at most, got %d: %q", len(files), files)
 	}
+	if _, err := cf.exp.check(); err != nil {
+		return fail("%v", err)
+	}
 	if cf.maxHeader < minHeaderBytes {
 		return fail("-max-header-bytes must be at least %d (as for the proxy), got %d", minHeaderBytes, cf.maxHeader)
 	}
@@ -131,13 +138,54 @@ func runCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "check: %s: %v\n", name, err)
 		return checkError
 	}
-	v := loopcheck.Check(rcpts, section)
+	judged, err := cf.judgedRecipients(rcpts, stderr)
+	if err != nil {
+		return fail("%v", err)
+	}
+	v := loopcheck.CheckRecipients(judged, section)
 	if v.Loop {
-		fmt.Fprintf(stdout, "loop: 554 5.4.6 mail forwarding loop for %s\n", v.Recipient)
+		via := ""
+		if v.Via != "" {
+			via = " (via " + v.Via + ")"
+		}
+		fmt.Fprintf(stdout, "loop: 554 5.4.6 mail forwarding loop for %s%s\n", v.Recipient, via)
 		return checkLoop
 	}
 	fmt.Fprintln(stdout, "pass")
 	return checkPass
+}
+
+// judgedRecipients prepares the recipients: as spelled, or with their
+// expansion under -postfix-config. An expansion that cannot be completed
+// is said on stderr, and that recipient judged as spelled, as the proxy
+// would.
+func (cf *checkFlags) judgedRecipients(rcpts []string, stderr io.Writer) ([]loopcheck.Recipient, error) {
+	mode, _ := cf.exp.check()
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	e, err := cf.exp.newExpander(ctx, log, nil)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]loopcheck.Recipient, len(rcpts))
+	if e == nil {
+		for i, r := range rcpts {
+			out[i] = loopcheck.NewRecipient(r)
+		}
+		return out, nil
+	}
+	defer e.Close()
+	waits := make([]func(context.Context) loopcheck.Recipient, len(rcpts))
+	start := recipientExpander(e, mode)
+	for i, r := range rcpts {
+		waits[i] = start(r)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cf.exp.wait)
+	defer cancel()
+	for i, w := range waits {
+		out[i] = w(ctx)
+	}
+	return out, nil
 }
 
 // errHeaderTooLarge reports a header section the proxy would refuse.

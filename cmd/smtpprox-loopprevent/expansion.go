@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/expand"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
+)
+
+// expansionFlags are the flags of recipient expansion (SPEC section 8),
+// shared by the proxy, the milter and check.
+type expansionFlags struct {
+	configDir string
+	loops     string
+	wait      time.Duration
+}
+
+func (x *expansionFlags) define(fs *flag.FlagSet) {
+	fs.StringVar(&x.configDir, "postfix-config", "", "judge each recipient also by the addresses this Postfix instance rewrites it to (canonical and virtual alias maps, aliases): its config `DIR`, e.g. /etc/postfix (off when empty; docs/expansion.md)")
+	fs.StringVar(&x.loops, "loops", "any", "with -postfix-config, which matches refuse a message: `MODE` any (the recipient as spelled or any address it expands to) or postfix (only what Postfix itself would bounce as a loop: addresses delivered by local(8) or pipe(8) with flag D)")
+	fs.DurationVar(&x.wait, "expansion-wait", expand.DefaultWait, "with -postfix-config, how long to wait at end of message for expansions still running before judging those recipients as spelled")
+}
+
+// check validates the flags' values; it returns the mode.
+func (x *expansionFlags) check() (expand.Mode, error) {
+	mode, err := expand.ParseMode(x.loops)
+	if err != nil {
+		return 0, fmt.Errorf("-loops must be any or postfix, got %q", x.loops)
+	}
+	if x.wait <= 0 {
+		return 0, fmt.Errorf("-expansion-wait must be positive, got %v", x.wait)
+	}
+	if x.configDir == "" && x.loops != "any" {
+		return 0, fmt.Errorf("-loops=%s needs -postfix-config: without it nothing tells which recipients Postfix delivers where", x.loops)
+	}
+	return mode, nil
+}
+
+// newExpander starts the expansion of recipients for the Postfix instance
+// in the flags, or returns nil when -postfix-config is not set.
+func (x *expansionFlags) newExpander(ctx context.Context, log *slog.Logger, obs expand.Observer) (*expand.Expander, error) {
+	if x.configDir == "" {
+		return nil, nil
+	}
+	e, err := expand.New(ctx, expand.Options{ConfigDir: x.configDir, Logger: log, Observer: obs})
+	if err != nil {
+		return nil, fmt.Errorf("-postfix-config %s: %w", x.configDir, err)
+	}
+	return e, nil
+}
+
+// recipientExpander is the front-ends' hook: started when a recipient is
+// accepted (its RCPT TO: argument), it returns the wait that gives the
+// recipient to judge at end of message: with its expansion in mode, or as
+// spelled when the expansion is incomplete, the path does not parse, or
+// ctx ends first. The wait never blocks past ctx.
+func recipientExpander(e *expand.Expander, mode expand.Mode) func(rcptArg string) func(ctx context.Context) loopcheck.Recipient {
+	return func(rcptArg string) func(ctx context.Context) loopcheck.Recipient {
+		r := loopcheck.NewRecipient(rcptArg)
+		p, err := address.ParsePath(rcptArg)
+		if err != nil || p.Null {
+			return func(context.Context) loopcheck.Recipient { return r }
+		}
+		pending := e.Start(p.Addr)
+		return func(ctx context.Context) loopcheck.Recipient {
+			return r.WithExpansion(pending.Wait(ctx).Expansion(mode))
+		}
+	}
+}
