@@ -166,9 +166,9 @@ func (d *decoder) atLineStart() bool { return d.st == decBOL }
 //
 // This scan reads every byte of canonical message data, so it is the
 // proxy's own cost per megabyte: on amd64 it compares 32 or 16 bytes at
-// once (lfBlocks), elsewhere it looks for each line's LF with IndexByte.
-// Both give the same answer (TestVerbatimLinesImplementationsAgree,
-// FuzzVerbatimLines).
+// once (lfBlocks), elsewhere, and with the purego build tag, it looks for
+// each line's LF with IndexByte. Both give the same answer
+// (TestVerbatimLinesImplementationsAgree, FuzzVerbatimLines).
 func verbatimLines(p []byte) int {
 	if haveLFBlocks {
 		return verbatimLinesBlocks(p)
