@@ -1,7 +1,7 @@
 // Package core is the sans-I/O protocol core of the proxy: one Session is
 // the state machine of one proxied SMTP session, with the DATA framer. It
 // reads no clock and touches no socket or file (it imports no net, os or
-// time; TestCoreImportsNoIO checks that), so a test, a fuzzer or a
+// time; package internal/sansio's test checks that), so a test, a fuzzer or a
 // model-based test drives a whole session as a list of inputs, and the
 // same code runs in production under package smtpproxy's runtime.
 //
