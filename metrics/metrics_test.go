@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
 
 // scriptUpstream is an after-filter smtpd in miniature: it answers like
@@ -335,30 +336,26 @@ func TestHealthz(t *testing.T) {
 	}
 }
 
-// Kind maps the core's reason phrases (smtpproxy/core and the runtime's
-// errors.go) to the fixed kinds.
+// Kind gives each kind of upstream failure the core reports a label of
+// its own, and a kind it does not know the label "other".
 func TestKind(t *testing.T) {
-	cases := map[string]string{
-		"connect: connection refused":            KindConnect,
-		"connect: timed out":                     KindConnect,
-		"connect: host name not found":           KindConnect,
-		"timed out":                              KindTimeout,
-		"closed the connection":                  KindClosed,
-		"closed the connection (421)":            KindClosed,
-		"reset the connection":                   KindClosed,
-		"broke the connection":                   KindClosed,
-		"sent unexpected data":                   KindProtocol,
-		"sent a malformed reply":                 KindProtocol,
-		"sent a reply over 65536 bytes":          KindProtocol,
-		"sent an unexpected reply to DATA (250)": KindProtocol,
-		"replied before the end of data":         KindProtocol,
-		"refused RSET: 500 5.5.1 no":             KindProtocol,
-		"something new":                          KindOther,
+	want := map[core.UpstreamFailure]string{
+		core.FailConnect:  KindConnect,
+		core.FailTimeout:  KindTimeout,
+		core.FailClosed:   KindClosed,
+		core.FailProtocol: KindProtocol,
 	}
-	for reason, want := range cases {
-		if got := Kind(reason); got != want {
-			t.Errorf("Kind(%q) = %q, want %q", reason, got, want)
+	kinds := core.UpstreamFailures()
+	if len(kinds) != len(want) {
+		t.Fatalf("the core reports %d kinds, this test knows %d", len(kinds), len(want))
+	}
+	for _, k := range kinds {
+		if got := Kind(k); got != want[k] {
+			t.Errorf("Kind(%v) = %q, want %q", k, got, want[k])
 		}
+	}
+	if got := Kind(core.FailUnknown); got != KindOther {
+		t.Errorf("Kind(%v) = %q, want %q", core.FailUnknown, got, KindOther)
 	}
 }
 

@@ -109,10 +109,8 @@ type Observer interface {
 	// when the message never reached DATA in this session). tx is valid
 	// only during the call.
 	TransactionEnded(tx *core.Transaction, d time.Duration)
-	// UpstreamFailed reports an upstream failure with the core's reason
-	// phrase ("connect: connection refused", "timed out", "closed the
-	// connection", "sent a malformed reply", ...).
-	UpstreamFailed(reason string)
+	// UpstreamFailed reports an upstream failure by its kind.
+	UpstreamFailed(kind core.UpstreamFailure)
 	// UpstreamReplied reports how long the upstream took to answer, from
 	// the moment the proxy began to wait (its command written) until the
 	// reply was in. inData marks the waits of a message: the upstream's
@@ -130,7 +128,7 @@ func (nopObserver) SessionStarted()                                   {}
 func (nopObserver) SessionEnded()                                     {}
 func (nopObserver) SessionRefused()                                   {}
 func (nopObserver) TransactionEnded(*core.Transaction, time.Duration) {}
-func (nopObserver) UpstreamFailed(string)                             {}
+func (nopObserver) UpstreamFailed(core.UpstreamFailure)               {}
 func (nopObserver) UpstreamReplied(time.Duration, bool)               {}
 func (nopObserver) Relayed(int, int)                                  {}
 

@@ -16,7 +16,7 @@ type recordingObserver struct {
 	mu                     sync.Mutex
 	started, ended, refuse int
 	txs                    []observedTx
-	failures               []string
+	failures               []core.UpstreamFailure
 	replies                []observedReply
 	toUp, toClient         int
 }
@@ -40,10 +40,10 @@ func (o *recordingObserver) TransactionEnded(tx *core.Transaction, d time.Durati
 	defer o.mu.Unlock()
 	o.txs = append(o.txs, observedTx{tx.Outcome.String(), tx.Size, d})
 }
-func (o *recordingObserver) UpstreamFailed(reason string) {
+func (o *recordingObserver) UpstreamFailed(kind core.UpstreamFailure) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.failures = append(o.failures, reason)
+	o.failures = append(o.failures, kind)
 }
 func (o *recordingObserver) UpstreamReplied(d time.Duration, inData bool) {
 	o.mu.Lock()
@@ -103,7 +103,7 @@ func TestObserverSeesSessionsTransactionsAndLatency(t *testing.T) {
 		obs.mu.Lock()
 		defer obs.mu.Unlock()
 		if obs.started != 1 || obs.ended != 1 || obs.refuse != 0 || len(obs.failures) != 0 {
-			t.Fatalf("sessions %d started, %d ended, %d refused; failures %q", obs.started, obs.ended, obs.refuse, obs.failures)
+			t.Fatalf("sessions %d started, %d ended, %d refused; failures %v", obs.started, obs.ended, obs.refuse, obs.failures)
 		}
 		wantTx := []observedTx{
 			{"pass", int64(len(msg)), 5 * time.Second},
@@ -153,7 +153,7 @@ func TestObserverSeesFailuresAndRefusals(t *testing.T) {
 		if obs.started != 1 || obs.ended != 1 || obs.refuse != 1 {
 			t.Fatalf("sessions %d started, %d ended, %d refused", obs.started, obs.ended, obs.refuse)
 		}
-		if diff := cmp.Diff([]string{"closed the connection"}, obs.failures); diff != "" {
+		if diff := cmp.Diff([]core.UpstreamFailure{core.FailClosed}, obs.failures); diff != "" {
 			t.Errorf("upstream failures (-want +got):\n%s", diff)
 		}
 		if len(obs.txs) != 1 || obs.txs[0].Verdict != "upstream-failed" {

@@ -410,10 +410,10 @@ func (r *runner) nextClientBuffer(own *[]byte) *[]byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	size := 0
-	switch {
-	case r.s.StreamingBody():
+	switch r.s.ClientReading() {
+	case core.ReadingBody:
 		size = streamBufferSize
-	case r.s.Timers().Client == core.TimerClientData:
+	case core.ReadingMessage:
 		size = dataBufferSize
 	}
 	if r.dataBuf != nil && cap(*r.dataBuf) != size {
@@ -529,7 +529,7 @@ func (r *runner) offerUpstream(p []byte, err error) bool {
 		if !r.s.UpstreamGone() {
 			r.log.Debug("upstream read ended", "err", err)
 		}
-		r.s.UpstreamClosed(ioPhrase(err))
+		r.s.UpstreamClosed(upstreamEnd(err))
 	}
 	r.settle()
 	return err == nil && !r.isDone()
@@ -599,7 +599,7 @@ func (r *runner) writeUpstream() bool {
 	r.obs.Relayed(n, 0)
 	if err != nil {
 		r.log.Debug("upstream write failed", "err", err)
-		r.s.UpstreamClosed(ioPhrase(err))
+		r.s.UpstreamClosed(upstreamEnd(err))
 	}
 	return true
 }
@@ -726,7 +726,7 @@ func (r *runner) logEvents(events []core.Event) {
 			}
 			r.obs.TransactionEnded(e.Tx, d)
 		case core.EventUpstreamError:
-			r.obs.UpstreamFailed(e.Reason)
+			r.obs.UpstreamFailed(e.Failure)
 			r.log.Warn("upstream error", "upstream", r.srv.upstreamName(), "error", e.Reason)
 			r.trace.note("upstream error: " + e.Reason)
 		case core.EventLocalReply:

@@ -9,7 +9,8 @@
 //
 // Inputs are method calls: UpstreamConnected / UpstreamConnectFailed,
 // ClientData (returns how much it consumed), UpstreamData, ClientClosed,
-// UpstreamClosed, TimerExpired, Shutdown, DrainExpired. After each the
+// UpstreamClosed (how: an UpstreamEnd), TimerExpired, Shutdown,
+// DrainExpired. After each the
 // caller collects the outputs, in this order: TakeUpstreamOutput and
 // TakeClientOutput (bytes to write; valid until the next input), then
 // UpstreamGone (close the upstream after writing; UpstreamQuit says it
@@ -17,7 +18,7 @@
 // Timers (which clocks to run; restart one when its generation changes)
 // and TakeEvents (for logs). WantsClientInput says whether the session
 // will take client bytes now; while it is false the caller must not read
-// the client: that is the backpressure that bounds memory. StreamingBody
+// the client: that is the backpressure that bounds memory. ClientReading
 // says a message body streams: reading the client in larger pieces then
 // adds nothing to the memory bound. With
 // Config.LendInput, TakeUpstreamLent follows TakeUpstreamOutput: runs of

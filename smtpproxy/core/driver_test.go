@@ -330,7 +330,7 @@ func (d *driver) settle() {
 		case d.closeUp:
 			d.closeUp = false
 			d.upShut = true
-			d.s.UpstreamClosed("closed the connection")
+			d.s.UpstreamClosed(EndClosed)
 		case d.s.Timers().Upstream && !d.s.Done():
 			d.s.TimerExpired(TimerUpstreamReply)
 		default:
@@ -398,7 +398,7 @@ func (d *driver) upstreamLost() {
 		d.srv.closed = true
 		d.upShut = true
 		d.reads, d.closeUp = nil, false
-		d.s.UpstreamClosed("closed the connection")
+		d.s.UpstreamClosed(EndClosed)
 	}
 	d.settle()
 }

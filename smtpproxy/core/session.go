@@ -96,6 +96,20 @@ type Config struct {
 	LendInput bool
 }
 
+// Reading is what the client's next bytes are (ClientReading).
+type Reading uint8
+
+const (
+	// ReadingCommands: command lines, or nothing while the session waits
+	// for the upstream.
+	ReadingCommands Reading = iota
+	// ReadingMessage: message data the session holds (a header section)
+	// or throws away (a refused message drained to its end).
+	ReadingMessage
+	// ReadingBody: the body of a judged message, streaming upstream.
+	ReadingBody
+)
+
 // TimerKind names a clock the session wants running.
 type TimerKind uint8
 
@@ -302,12 +316,21 @@ func (s *Session) WantsClientInput() bool {
 // TIME_WAIT with the upstream, as with any SMTP client that quits.
 func (s *Session) UpstreamQuit() bool { return s.upGone && s.upQuit }
 
-// StreamingBody reports whether the message body is streaming upstream:
-// the header section has been judged and gone, and the session holds no
-// more than a little output. A caller may read the client in larger
-// pieces now (see package smtpproxy's buffers) without adding to the
-// memory bound, which the header section sets.
-func (s *Session) StreamingBody() bool { return s.st == stStream }
+// ClientReading says what the client's next bytes are, for a caller that
+// sizes its reads by it: ReadingBody while a message body streams
+// upstream, when the header section has been judged and gone and the
+// session holds no more than a little output, so larger reads add nothing
+// to the memory bound, which the header section sets (see package
+// smtpproxy's buffers).
+func (s *Session) ClientReading() Reading {
+	switch s.st {
+	case stStream:
+		return ReadingBody
+	case stCapture, stDrain:
+		return ReadingMessage
+	}
+	return ReadingCommands
+}
 
 // ---- inputs ----
 
@@ -326,7 +349,7 @@ func (s *Session) UpstreamConnectFailed(why string) {
 	if s.st != stConnecting {
 		return
 	}
-	s.upFailEvent("connect: " + why)
+	s.upFailEvent(FailConnect, "connect: "+why)
 	s.upGone = true
 	s.closeWith(fmt.Sprintf("421 4.4.1 upstream %s unreachable: %s\r\n", s.cfg.UpstreamName, why), "upstream unreachable")
 	s.after()
@@ -370,7 +393,7 @@ func (s *Session) UpstreamData(p []byte) {
 		n, rep, err := s.replies.feed(p)
 		p = p[n:]
 		if err != nil {
-			s.upstreamFailed(err.Error())
+			s.upstreamFailed(FailProtocol, err.Error())
 			break
 		}
 		if rep != nil {
@@ -390,18 +413,18 @@ func (s *Session) UpstreamData(p []byte) {
 // unsolicited retires an upstream that sent bytes nothing asked for.
 func (s *Session) unsolicited() {
 	if s.upInData {
-		s.upstreamFailed("replied before the end of data")
+		s.upstreamFailed(FailProtocol, "replied before the end of data")
 	} else {
-		s.upstreamFailed("sent unexpected data")
+		s.upstreamFailed(FailProtocol, "sent unexpected data")
 	}
 }
 
-// UpstreamClosed: the upstream connection ended or failed (read or write);
-// why is a verb phrase such as "closed the connection".
-func (s *Session) UpstreamClosed(why string) {
+// UpstreamClosed: the upstream connection ended or failed, on a read or
+// a write, as end says.
+func (s *Session) UpstreamClosed(end UpstreamEnd) {
 	s.upQuit = false
 	if !s.upGone && !s.done {
-		s.upstreamFailed(why)
+		s.upstreamFailed(end.failure(), end.phrase())
 	}
 	s.after()
 }
@@ -426,7 +449,7 @@ func (s *Session) TimerExpired(kind TimerKind) {
 	switch {
 	case s.done:
 	case kind == TimerUpstreamReply && s.timers.Upstream:
-		s.upstreamFailed("timed out")
+		s.upstreamFailed(FailTimeout, "timed out")
 	case kind != TimerUpstreamReply && kind == s.timers.Client:
 		s.abortTx("client timed out")
 		if s.st == stCommand {
@@ -607,7 +630,7 @@ func (s *Session) onReply(rep *Reply) {
 			}
 			s.rejectLocal(rep.Raw, true)
 		default:
-			s.upstreamFailed(fmt.Sprintf("sent an unexpected reply to DATA (%d)", rep.Code))
+			s.upstreamFailed(FailProtocol, fmt.Sprintf("sent an unexpected reply to DATA (%d)", rep.Code))
 		}
 	case stDataReply:
 		s.upInData = false
@@ -626,7 +649,7 @@ func (s *Session) onReply(rep *Reply) {
 			// recipients: carrying on could deliver a later message to
 			// them unchecked. The upstream is retired instead.
 			why := "refused RSET: " + sanitize(rep.FirstLine())
-			s.upFailEvent(why)
+			s.upFailEvent(FailProtocol, why)
 			s.markGone(why)
 		}
 		s.toCommand()
@@ -1040,8 +1063,8 @@ func (s *Session) abortTx(why string) {
 
 // upstreamFailed handles the loss of the upstream (closed, reset, timed
 // out, or a protocol error), as fits the current state.
-func (s *Session) upstreamFailed(why string) {
-	s.upFailEvent(why)
+func (s *Session) upstreamFailed(kind UpstreamFailure, why string) {
+	s.upFailEvent(kind, why)
 	switch s.st {
 	case stConnecting, stGreeting:
 		s.upGone = true
@@ -1084,8 +1107,8 @@ func (s *Session) markGone(why string) {
 	}
 }
 
-func (s *Session) upFailEvent(why string) {
-	s.event(Event{Kind: EventUpstreamError, Reason: why})
+func (s *Session) upFailEvent(kind UpstreamFailure, why string) {
+	s.event(Event{Kind: EventUpstreamError, Failure: kind, Reason: why})
 }
 
 // quitUpstream says goodbye to an upstream idle between commands.

@@ -437,7 +437,7 @@ func TestUpstreamUnreachable(t *testing.T) {
 func TestUpstreamFailsBeforeGreeting(t *testing.T) {
 	h := newHarness(t, loopCfg())
 	h.s.UpstreamConnected()
-	h.s.UpstreamClosed("closed the connection")
+	h.s.UpstreamClosed(EndClosed)
 	h.flush()
 	h.expect("421 4.4.1 upstream 127.0.0.1:10026 closed the connection before its greeting\r\n")
 	h2 := newHarness(t, loopCfg())
@@ -465,7 +465,7 @@ func TestUpstreamClosesDuringCommand(t *testing.T) {
 	h.got()
 	h.up.silent = true
 	h.fromClient("MAIL FROM:<s@x>\r\n")
-	h.s.UpstreamClosed("closed the connection")
+	h.s.UpstreamClosed(EndClosed)
 	h.flush()
 	h.expect("421 4.4.2 upstream 127.0.0.1:10026 closed the connection\r\n")
 	if !h.s.Done() {
@@ -491,7 +491,7 @@ func TestUpstreamClosesMidDATA(t *testing.T) {
 	h.got()
 	sendMessage(h, "Subject: s\r\n\r\nfirst part\r\n")
 	h.expect(ok + ok + local354)
-	h.s.UpstreamClosed("reset the connection")
+	h.s.UpstreamClosed(EndReset)
 	h.flush()
 	h.expect("")
 	h.fromClient("more\r\n.\r\n")
@@ -911,31 +911,96 @@ func TestVerbsAndKeywordsCompareAsASCII(t *testing.T) {
 	}
 }
 
-// StreamingBody is true only while a judged message's body streams: not
-// while its header section is read, nor for a refused message, nor after
-// the end of data.
-func TestStreamingBody(t *testing.T) {
+// ClientReading is ReadingBody only while a judged message's body
+// streams: ReadingMessage while its header section is read and while a
+// refused message is drained, ReadingCommands between messages and while
+// the session waits for the upstream.
+func TestClientReading(t *testing.T) {
 	h := newHarness(t, loopCfg()).connect()
 	h.got()
+	want := func(when string, r Reading) {
+		t.Helper()
+		if got := h.s.ClientReading(); got != r {
+			t.Fatalf("%s: reading %d, want %d", when, got, r)
+		}
+	}
+	want("between messages", ReadingCommands)
 	h.fromClient("MAIL FROM:<s@example.org>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n")
 	h.expect(ok + ok + local354)
 	h.fromClient("Subject: streams\r\n")
-	if h.s.StreamingBody() {
-		t.Fatal("streaming while the header section is read")
-	}
-	h.fromClient("\r\nthe body\r\n")
-	if !h.s.StreamingBody() {
-		t.Fatal("not streaming once the header section has gone upstream")
-	}
+	want("while the header section is read", ReadingMessage)
+	h.up.silent = true
+	h.fromClient("\r\n")
+	want("while DATA waits for the upstream's 354", ReadingCommands)
+	h.up.silent, h.up.inData = false, true
+	h.fromUpstream("354 go on\r\n")
+	h.fromClient("the body\r\n")
+	want("once the header section has gone upstream", ReadingBody)
 	h.fromClient("more body\r\n.\r\n")
 	h.expect(queued)
-	if h.s.StreamingBody() {
-		t.Fatal("streaming after the end of data")
-	}
+	want("after the end of data", ReadingCommands)
 	h.fromClient("MAIL FROM:<s@example.org>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n")
 	h.expect(ok + ok + local354)
 	h.fromClient("Delivered-To: r@example.net\r\n\r\nbody of a loop\r\n")
-	if h.s.StreamingBody() {
-		t.Fatal("streaming the body of a message refused as a loop")
+	want("while a message refused as a loop is drained", ReadingMessage)
+}
+
+// Every way the upstream fails is reported with its kind, the fixed label
+// metrics counts, beside the phrase the client and the log read.
+func TestUpstreamFailureKinds(t *testing.T) {
+	fromCommand := func(h *harness) { h.connect() }
+	inReply := func(h *harness) {
+		h.connect()
+		h.up.silent = true
+		h.fromClient("MAIL FROM:<s@x>\r\n")
+		h.up.silent = false
+	}
+	inData := func(h *harness) {
+		h.connect()
+		sendMessage(h, "Subject: s\r\n\r\nbody\r\n")
+	}
+	for _, c := range []struct {
+		name   string
+		setup  func(h *harness)
+		fail   func(h *harness)
+		kind   UpstreamFailure
+		reason string
+	}{
+		{"unreachable", func(*harness) {}, func(h *harness) { h.s.UpstreamConnectFailed("connection refused") },
+			FailConnect, "connect: connection refused"},
+		{"reply timer", inReply, func(h *harness) { h.s.TimerExpired(TimerUpstreamReply) }, FailTimeout, "timed out"},
+		{"closed", inReply, func(h *harness) { h.s.UpstreamClosed(EndClosed) }, FailClosed, "closed the connection"},
+		{"reset", inReply, func(h *harness) { h.s.UpstreamClosed(EndReset) }, FailClosed, "reset the connection"},
+		{"broken", inReply, func(h *harness) { h.s.UpstreamClosed(EndBroken) }, FailClosed, "broke the connection"},
+		{"write timed out", inData, func(h *harness) { h.s.UpstreamClosed(EndTimedOut) }, FailTimeout, "timed out"},
+		{"unsolicited", fromCommand, func(h *harness) { h.fromUpstream("421 4.4.2 idle\r\n") }, FailProtocol, "sent unexpected data"},
+		{"malformed", inReply, func(h *harness) { h.fromUpstream("hello\r\n") }, FailProtocol, "sent a malformed reply"},
+		{"too long", inReply, func(h *harness) { h.fromUpstream(strings.Repeat("250-"+strings.Repeat("x", 1000)+"\r\n", 70)) },
+			FailProtocol, "sent a reply over 65536 bytes"},
+		{"odd reply to DATA", func(h *harness) {
+			h.connect()
+			h.up.replies["DATA"] = "250 what\r\n"
+			sendMessage(h, "Subject: s\r\n\r\nbody\r\n")
+		}, func(*harness) {}, FailProtocol, "sent an unexpected reply to DATA (250)"},
+		{"early reply", inData, func(h *harness) { h.fromUpstream("250 2.0.0 Ok: queued\r\n") }, FailProtocol, "replied before the end of data"},
+		{"refused RSET", func(h *harness) {
+			h.connect()
+			h.up.replies["RSET"] = "500 5.5.1 no\r\n"
+			sendMessage(h, "Delivered-To: a@x\r\n\r\nloop\r\n.\r\n")
+		}, func(*harness) {}, FailProtocol, "refused RSET: 500 5.5.1 no"},
+	} {
+		h := newHarness(t, loopCfg())
+		c.setup(h)
+		c.fail(h)
+		h.flush()
+		var got []Event
+		for _, e := range h.events {
+			if e.Kind == EventUpstreamError {
+				got = append(got, e)
+			}
+		}
+		if len(got) != 1 || got[0].Failure != c.kind || got[0].Reason != c.reason {
+			t.Errorf("%s: upstream errors %+v, want one of kind %v: %q", c.name, got, c.kind, c.reason)
+		}
 	}
 }
