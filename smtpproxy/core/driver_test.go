@@ -344,7 +344,7 @@ func (d *driver) settle() {
 func (d *driver) checkBounds(out int) {
 	d.t.Helper()
 	d.checks++
-	if n := len(d.s.hbuf); n > d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep {
+	if n := len(d.s.hdr.buf); n > d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep {
 		d.fail("the header buffer holds %d bytes, over %d+%d+%d", n, d.s.cfg.MaxHeaderBytes, HeaderLookahead, captureStep)
 	}
 	if out > 2*maxStreamOutput+2*MaxSASLLine+d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep+MaxReplyBytes {

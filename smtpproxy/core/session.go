@@ -7,32 +7,14 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/header"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
-
-// DefaultMaxHeaderBytes is the default bound of the header section buffer
-// (SPEC section 4): far above any real header section (Postfix's own
-// header_size_limit is 100 KiB), small enough for 1000 sessions.
-const DefaultMaxHeaderBytes = 1 << 20
 
 // maxStreamOutput bounds the bytes waiting for the upstream while a
 // message streams: the session takes no more client data until the caller
 // has written them (backpressure). Framing at most doubles a chunk, so the
 // bound holds for any input chunk up to half this size plus one.
 const maxStreamOutput = 64 << 10
-
-// captureStep bounds the bytes given to the header classifier at once, so
-// the line that ends the header section adds at most this much to the
-// header buffer beyond its limit.
-const captureStep = 4 << 10
-
-// HeaderLookahead is how far past MaxHeaderBytes the line after the header
-// section may run before it shows it is no header line ("Subj..." could
-// still become "Subject:"). With it the verdict does not depend on where
-// the client's data happened to be cut into chunks. The check subcommand
-// reads the same lookahead, so both refuse exactly the same messages.
-const HeaderLookahead = 4 << 10
 
 // keepBufferCap: after a message, buffers grown beyond this are released,
 // so an idle session holds only small buffers.
@@ -207,14 +189,12 @@ type Session struct {
 	// The message being read.
 	dec        decoder
 	enc        encoder
-	cls        header.Classifier
-	hbuf       []byte // captured content: header section, then the start of the body
-	sectionLen int    // length of the header section in hbuf, once known
-	lineStart  int    // offset in hbuf of the current line while capturing
-	dataEnded  bool   // the client's end of data has been read
-	upInData   bool   // the upstream accepted a data command and waits for content
-	finalReply []byte // the end-of-data reply to give after draining
-	rsetAfter  bool   // send RSET upstream after the final reply
+	hdr        headerCapture // the header section, then the start of the body
+	sectionLen int           // length of the header section, once known
+	dataEnded  bool          // the client's end of data has been read
+	upInData   bool          // the upstream accepted a data command and waits for content
+	finalReply []byte        // the end-of-data reply to give after draining
+	rsetAfter  bool          // send RSET upstream after the final reply
 	tx         Transaction
 
 	upGone   bool   // the upstream connection is over (or must be closed)
@@ -620,7 +600,7 @@ func (s *Session) onReply(rep *Reply) {
 		switch {
 		case rep.Code == 354:
 			s.upInData = true
-			s.upOut = s.enc.encodeCaptured(s.upOut, s.hbuf)
+			s.upOut = s.enc.encodeCaptured(s.upOut, s.hdr.buf)
 			s.afterCaptureFlushed()
 		case rep.Class() == 4 || rep.Class() == 5:
 			s.tx.Outcome = OutcomeUpstreamRefused
@@ -750,9 +730,9 @@ func xtextDecode(v string) string {
 // already answered 354 to a forwarded command (its reply was relayed);
 // otherwise the proxy answers 354 itself.
 func (s *Session) startData(upstreamReady bool) {
-	s.dec, s.enc, s.cls = decoder{}, encoder{}, header.Classifier{}
-	s.hbuf = s.hbuf[:0]
-	s.sectionLen, s.lineStart = -1, 0
+	s.dec, s.enc = decoder{}, encoder{}
+	s.hdr = headerCapture{buf: s.hdr.buf[:0], max: s.cfg.MaxHeaderBytes}
+	s.sectionLen = -1
 	s.dataEnded, s.upInData = false, upstreamReady
 	s.finalReply, s.rsetAfter = s.finalReply[:0], false
 	s.tx = Transaction{
@@ -774,27 +754,17 @@ func (s *Session) captureInput(p []byte) int {
 	n := 0
 	for n < len(p) {
 		q := p[n:]
-		// An undecided line may hold at most MaxHeaderBytes+HeaderLookahead
-		// bytes. The classifier gets no more than one byte past that room,
-		// so a piece that would cross it is seen to cross it: given more, it
-		// could decide the line within the piece and skip the check, and
-		// the verdict would depend on how the client's bytes were cut.
-		step := min(captureStep, s.cfg.MaxHeaderBytes+HeaderLookahead-len(s.hbuf)+1)
-		if len(q) > step {
-			q = q[:max(step, 1)]
-		}
+		q = q[:min(len(q), s.hdr.step())]
 		tok, k := s.dec.next(q)
 		n += k
 		switch tok.kind {
 		case tokContent:
 			s.tx.Size += int64(len(tok.content))
-			kind := s.cls.Feed(tok.content)
-			if kind != header.End && len(s.hbuf)+len(tok.content) > s.headerLimit(kind) {
+			switch s.hdr.content(tok.content) {
+			case captureTooLarge:
 				s.headerTooLarge(len(tok.content))
 				return n
-			}
-			s.hbuf = append(s.hbuf, tok.content...)
-			if kind == header.End {
+			case captureEnd:
 				s.endCapture()
 				return n
 			}
@@ -804,20 +774,17 @@ func (s *Session) captureInput(p []byte) int {
 				s.rejectBareLF()
 				return n
 			}
-			kind := s.cls.EndLine()
-			if kind != header.End && len(s.hbuf)+2 > s.cfg.MaxHeaderBytes {
+			switch s.hdr.lineEnd() {
+			case captureTooLarge:
 				s.headerTooLarge(2)
 				return n
-			}
-			s.hbuf = append(s.hbuf, '\r', '\n')
-			if kind == header.End {
+			case captureEnd:
 				s.endCapture()
 				return n
 			}
-			s.lineStart = len(s.hbuf)
 		case tokEnd:
 			s.dataEnded = true
-			s.lineStart = len(s.hbuf)
+			s.hdr.lineStart = len(s.hdr.buf)
 			s.endCapture()
 			return n
 		}
@@ -825,20 +792,10 @@ func (s *Session) captureInput(p []byte) int {
 	return n
 }
 
-// headerLimit is the most the header buffer may hold while the current
-// line is of the given kind: a header line counts in full; an undecided
-// one may run into the lookahead.
-func (s *Session) headerLimit(kind header.LineKind) int {
-	if kind == header.Undecided {
-		return s.cfg.MaxHeaderBytes + HeaderLookahead
-	}
-	return s.cfg.MaxHeaderBytes
-}
-
 // endCapture judges the message once its header section is complete:
-// hbuf[:lineStart] is the section, the rest the start of the body.
+// hdr.section() is the section, the rest of hdr.buf the start of the body.
 func (s *Session) endCapture() {
-	s.sectionLen = s.lineStart
+	s.sectionLen = s.hdr.lineStart
 	s.tx.HeaderBytes = s.sectionLen
 	v, ok := s.judge()
 	switch {
@@ -856,7 +813,7 @@ func (s *Session) endCapture() {
 		s.tx.Outcome = OutcomePass
 	}
 	if s.upInData {
-		s.upOut = s.enc.encodeCaptured(s.upOut, s.hbuf)
+		s.upOut = s.enc.encodeCaptured(s.upOut, s.hdr.buf)
 		s.afterCaptureFlushed()
 		return
 	}
@@ -872,7 +829,7 @@ func (s *Session) judge() (v loopcheck.Verdict, ok bool) {
 			ok = false
 		}
 	}()
-	return s.check(s.tx.Recipients, s.hbuf[:s.sectionLen]), true
+	return s.check(s.tx.Recipients, s.hdr.buf[:s.sectionLen]), true
 }
 
 func loopReply(rcpt string) string {
@@ -894,8 +851,8 @@ func sanitize(t string) string {
 
 // afterCaptureFlushed continues once the captured bytes went upstream.
 func (s *Session) afterCaptureFlushed() {
-	if s.hbuf != nil && cap(s.hbuf) > keepBufferCap {
-		s.hbuf = nil
+	if s.hdr.buf != nil && cap(s.hdr.buf) > keepBufferCap {
+		s.hdr.buf = nil
 	}
 	if s.dataEnded {
 		s.upOut = s.enc.end(s.upOut)
@@ -991,7 +948,7 @@ func (s *Session) drainInput(p []byte) int {
 // shows the limit crossed rather than what happened to be buffered.
 func (s *Session) headerTooLarge(extra int) {
 	s.tx.Outcome = OutcomeHeaderTooLarge
-	s.tx.HeaderBytes = len(s.hbuf) + extra
+	s.tx.HeaderBytes = len(s.hdr.buf) + extra
 	s.rejectLocal([]byte(replyHeaderTooBig), true)
 }
 
@@ -1043,8 +1000,8 @@ func (s *Session) endTx(reply string) {
 	s.tx = Transaction{}
 	s.clearTx()
 	s.upInData = false
-	if cap(s.hbuf) > keepBufferCap {
-		s.hbuf = nil
+	if cap(s.hdr.buf) > keepBufferCap {
+		s.hdr.buf = nil
 	}
 }
 
