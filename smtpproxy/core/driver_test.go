@@ -344,7 +344,7 @@ func (d *driver) settle() {
 func (d *driver) checkBounds(out int) {
 	d.t.Helper()
 	d.checks++
-	if n := len(d.s.hdr.buf); n > d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep {
+	if n := len(d.s.msg.hdr.buf); n > d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep {
 		d.fail("the header buffer holds %d bytes, over %d+%d+%d", n, d.s.cfg.MaxHeaderBytes, HeaderLookahead, captureStep)
 	}
 	if out > 2*maxStreamOutput+2*MaxSASLLine+d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep+MaxReplyBytes {
@@ -458,8 +458,8 @@ func (d *driver) verify(final bool) {
 
 	// SPEC 3: the accepted recipients are the model's.
 	d.checks++
-	if !d.s.Done() && !slices.Equal(d.s.rcpts, m.rcpts) {
-		d.fail("accepted recipients %q, the model's %q", d.s.rcpts, m.rcpts)
+	if !d.s.Done() && !slices.Equal(d.s.env.rcpts, m.rcpts) {
+		d.fail("accepted recipients %q, the model's %q", d.s.env.rcpts, m.rcpts)
 	}
 	d.checks++
 	if d.s.Done() != m.done || d.s.UpstreamGone() != m.gone {

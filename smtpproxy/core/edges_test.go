@@ -183,14 +183,14 @@ func TestBigBuffersReleased(t *testing.T) {
 	h.got()
 	h.fromClient("DATA\r\n" + big)
 	h.expect(replyData354 + "554 5.4.6 mail forwarding loop for a@x\r\n")
-	if c := cap(h.s.hdr.buf); c > keepBufferCap {
+	if c := cap(h.s.msg.hdr.buf); c > keepBufferCap {
 		t.Fatalf("after a refused message the header buffer keeps %d bytes", c)
 	}
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<b@x>\r\n")
 	h.got()
 	h.fromClient("DATA\r\n" + big)
 	h.expect(replyData354 + queued)
-	if c, u := cap(h.s.hdr.buf), cap(h.s.upOut); c > keepBufferCap || u > 4*maxStreamOutput {
+	if c, u := cap(h.s.msg.hdr.buf), cap(h.s.upOut); c > keepBufferCap || u > 4*maxStreamOutput {
 		t.Fatalf("after a delivered message the header buffer keeps %d bytes and the output buffer %d", c, u)
 	}
 }

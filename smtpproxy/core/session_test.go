@@ -903,7 +903,7 @@ func TestVerbsAndKeywordsCompareAsASCII(t *testing.T) {
 	if got, want := h.up.commands[len(h.up.commands)-3:], []string{"ſtarttls", "maıl FROM:<s@x>", "RCPT TO:<a@x>"}; !slices.Equal(got, want) {
 		t.Fatalf("upstream got %q, want %q", got, want)
 	}
-	if h.s.inTx {
+	if h.s.env.open {
 		t.Fatal("a 250 to 'maıl' started a transaction")
 	}
 	if got := string(filterEHLO(nil, []byte("250-up\r\n250-ſTARTTLS\r\n250-starttls\r\n250 \u212aEEP\r\n"), []string{"keep"})); got != "250-up\r\n250-ſTARTTLS\r\n250 \u212aEEP\r\n" {
