@@ -76,18 +76,18 @@ func proxyFraming(t fatalfer, data []byte, cuts []int, lend bool) []byte {
 		s.TakeClientOutput()
 		s.TakeEvents()
 	}
-	s.UpstreamConnected()
-	s.UpstreamData([]byte("220 up\r\n"))
+	s.HandleUpstreamConnected()
+	s.HandleUpstreamData([]byte("220 up\r\n"))
 	collect()
 	for _, cmd := range []string{"MAIL FROM:<s@x>\r\n", "RCPT TO:<r@x>\r\n"} {
-		if n := s.ClientData([]byte(cmd)); n != len(cmd) {
+		if n := s.HandleClientData([]byte(cmd)); n != len(cmd) {
 			t.Fatalf("%q: %d bytes taken", cmd, n)
 		}
 		collect()
-		s.UpstreamData([]byte("250 ok\r\n"))
+		s.HandleUpstreamData([]byte("250 ok\r\n"))
 		collect()
 	}
-	s.ClientData([]byte("DATA\r\n")) // answered 354 by the proxy
+	s.HandleClientData([]byte("DATA\r\n")) // answered 354 by the proxy
 	collect()
 	up.Reset()
 	var framed []byte
@@ -97,7 +97,7 @@ func proxyFraming(t fatalfer, data []byte, cuts []int, lend bool) []byte {
 		buf := append([]byte(nil), data[:step]...)
 		p := buf
 		for len(p) > 0 && s.WantsClientInput() {
-			p = p[s.ClientData(p):]
+			p = p[s.HandleClientData(p):]
 			collect()
 		}
 		data = data[step-len(p):]
@@ -106,7 +106,7 @@ func proxyFraming(t fatalfer, data []byte, cuts []int, lend bool) []byte {
 		case !dataSent && bytes.HasPrefix(up.Bytes(), []byte("DATA\r\n")):
 			dataSent = true
 			up.Reset()
-			s.UpstreamData([]byte("354 go\r\n"))
+			s.HandleUpstreamData([]byte("354 go\r\n"))
 			collect()
 		case len(p) == step:
 			t.Fatalf("the session takes no more data with %d bytes left (upstream got %q)", len(data), framed)

@@ -155,8 +155,8 @@ func (r *runner) run(pool *goPool, shutdown, drain context.Context) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.srv.cfg.ConnectTimeout)
 	r.input(func() {
 		r.dialCancel = cancel
-		r.stopShutdown = context.AfterFunc(shutdown, func() { r.callback(r.s.Shutdown) })
-		r.stopDrain = context.AfterFunc(drain, func() { r.callback(r.s.DrainExpired) })
+		r.stopShutdown = context.AfterFunc(shutdown, func() { r.callback(r.s.HandleShutdown) })
+		r.stopDrain = context.AfterFunc(drain, func() { r.callback(r.s.HandleDrainExpired) })
 	})
 	pool.Go(func() { r.upstreamLoop(ctx) })
 	r.clientLoop()
@@ -176,7 +176,7 @@ func (r *runner) callback(fn func()) {
 func (r *runner) clientClockFired() {
 	r.callback(func() {
 		if r.clientClock.fired(time.Now()) && r.applied.Client != core.TimerNone {
-			r.s.TimerExpired(r.applied.Client)
+			r.s.HandleTimeout(r.applied.Client)
 		}
 	})
 }
@@ -184,7 +184,7 @@ func (r *runner) clientClockFired() {
 func (r *runner) upClockFired() {
 	r.callback(func() {
 		if r.upClock.fired(time.Now()) && r.applied.Upstream {
-			r.s.TimerExpired(core.TimerUpstreamReply)
+			r.s.HandleTimeout(core.TimerUpstreamReply)
 		}
 	})
 }
@@ -378,7 +378,7 @@ func (r *runner) offerClient(p *[]byte, err error, fresh bool) clientStep {
 		r.trace.record(traceClientIn, *p)
 	}
 	for len(*p) > 0 && r.s.WantsClientInput() {
-		k := r.s.ClientData(*p)
+		k := r.s.HandleClientData(*p)
 		*p = (*p)[k:]
 		r.settle()
 		if r.isDone() {
@@ -397,7 +397,7 @@ func (r *runner) offerClient(p *[]byte, err error, fresh bool) clientStep {
 		return clientWait
 	}
 	r.log.Debug("client read ended", "err", err)
-	r.s.ClientClosed()
+	r.s.HandleClientClosed()
 	r.settle()
 	return clientStop
 }
@@ -501,12 +501,12 @@ func (r *runner) connected(conn net.Conn, err error) bool {
 	case err != nil:
 		r.log.Warn("upstream unreachable", "upstream", r.srv.upstreamName(), "err", err)
 		r.trace.note("upstream unreachable: " + err.Error())
-		r.s.UpstreamConnectFailed(connectPhrase(err))
+		r.s.HandleUpstreamConnectFailed(connectPhrase(err))
 	case r.s.UpstreamGone():
 		conn.Close()
 	default:
 		r.up = conn
-		r.s.UpstreamConnected()
+		r.s.HandleUpstreamConnected()
 	}
 	r.settle()
 	return r.up == conn && conn != nil && !r.isDone()
@@ -522,14 +522,14 @@ func (r *runner) offerUpstream(p []byte, err error) bool {
 	}
 	r.trace.record(traceUpIn, p)
 	if len(p) > 0 {
-		r.s.UpstreamData(p)
+		r.s.HandleUpstreamData(p)
 		r.observeReply()
 	}
 	if err != nil {
 		if !r.s.UpstreamGone() {
 			r.log.Debug("upstream read ended", "err", err)
 		}
-		r.s.UpstreamClosed(upstreamEnd(err))
+		r.s.HandleUpstreamClosed(upstreamEnd(err))
 	}
 	r.settle()
 	return err == nil && !r.isDone()
@@ -555,7 +555,7 @@ func (r *runner) flush(holdUp bool) {
 			if err != nil {
 				r.log.Debug("client write failed", "err", err)
 				r.clientGone = true
-				r.s.ClientClosed()
+				r.s.HandleClientClosed()
 			}
 		}
 		r.logEvents(r.s.TakeEvents())
@@ -599,7 +599,7 @@ func (r *runner) writeUpstream() bool {
 	r.obs.Relayed(n, 0)
 	if err != nil {
 		r.log.Debug("upstream write failed", "err", err)
-		r.s.UpstreamClosed(upstreamEnd(err))
+		r.s.HandleUpstreamClosed(upstreamEnd(err))
 	}
 	return true
 }
@@ -626,7 +626,7 @@ func armWrite(c net.Conn, due time.Time, timeout time.Duration) time.Time {
 
 // applyTimers starts and stops the clocks as the core asks.
 func (r *runner) applyTimers() {
-	t := r.s.Timers()
+	t := r.s.PollTimers()
 	if t.Client != r.applied.Client || t.ClientGen != r.applied.ClientGen {
 		var d time.Duration
 		switch t.Client {
@@ -655,7 +655,7 @@ func (r *runner) applyTimers() {
 // observeReply tells the observer how long the upstream took when the
 // bytes just read ended the wait the timers were armed for.
 func (r *runner) observeReply() {
-	t := r.s.Timers()
+	t := r.s.PollTimers()
 	if r.applied.Upstream && (!t.Upstream || t.UpstreamGen != r.applied.UpstreamGen) {
 		r.obs.UpstreamReplied(time.Since(r.upWaitStart), r.upWaitData)
 	}

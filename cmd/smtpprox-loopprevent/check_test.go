@@ -102,19 +102,19 @@ func TestCheckHeaderLimitBoundary(t *testing.T) {
 func proxyRefusesHeader(t *testing.T, msg string, limit int) bool {
 	t.Helper()
 	s := core.NewSession(core.Config{MaxHeaderBytes: limit, UpstreamName: "test"})
-	s.UpstreamConnected()
+	s.HandleUpstreamConnected()
 	var client []byte
 	step := func(up string) {
 		s.TakeUpstreamOutput()
 		if up != "" {
-			s.UpstreamData([]byte(up))
+			s.HandleUpstreamData([]byte(up))
 		}
 		client = append(client, s.TakeClientOutput()...)
 	}
 	step("220 up ESMTP\r\n")
 	send := func(p string) {
 		for len(p) > 0 && s.WantsClientInput() {
-			p = p[s.ClientData([]byte(p)):]
+			p = p[s.HandleClientData([]byte(p)):]
 		}
 	}
 	send("MAIL FROM:<a@b>\r\n")

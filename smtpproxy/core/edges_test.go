@@ -35,11 +35,11 @@ func TestOutcomeAndTimerNames(t *testing.T) {
 // upstream greeted ends at once with 421 4.3.2 and gives up the upstream.
 func TestShutdownBeforeGreeting(t *testing.T) {
 	for _, connected := range []bool{false, true} {
-		s := NewSession(Config{})
+		s := newTestSession(t, Config{})
 		if connected {
-			s.UpstreamConnected()
+			s.HandleUpstreamConnected()
 		}
-		s.Shutdown()
+		s.HandleShutdown()
 		if got := string(s.TakeClientOutput()); got != replyShutdown || !s.Done() || !s.UpstreamGone() {
 			t.Errorf("connected %v: client got %q, done %v, upstream gone %v; want %q, true, true", connected, got, s.Done(), s.UpstreamGone(), replyShutdown)
 		}
@@ -57,22 +57,22 @@ func TestShutdownBeforeGreeting(t *testing.T) {
 func TestInputsOutOfTurnIgnored(t *testing.T) {
 	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
 	h.expect("220 up.example ESMTP\r\n")
-	before := h.s.Timers()
-	h.s.UpstreamConnected()
-	h.s.UpstreamConnectFailed("connection refused")
+	before := h.s.PollTimers()
+	h.s.HandleUpstreamConnected()
+	h.s.HandleUpstreamConnectFailed("connection refused")
 	h.flush()
-	if h.got() != "" || h.s.Done() || h.s.Timers() != before {
-		t.Fatalf("late connection events changed the session: done %v, timers %+v (was %+v)", h.s.Done(), h.s.Timers(), before)
+	if h.got() != "" || h.s.Done() || h.s.PollTimers() != before {
+		t.Fatalf("late connection events changed the session: done %v, timers %+v (was %+v)", h.s.Done(), h.s.PollTimers(), before)
 	}
 	h.fromClient("QUIT\r\n")
 	h.expect("221 2.0.0 Bye\r\n")
 	if !h.s.Done() || h.s.EndReason() != "client quit" {
 		t.Fatalf("after QUIT: done %v, end reason %q", h.s.Done(), h.s.EndReason())
 	}
-	h.s.TimerExpired(TimerClientCommand)
-	h.s.TimerExpired(TimerUpstreamReply)
-	h.s.ClientClosed()
-	h.s.DrainExpired()
+	h.s.HandleTimeout(TimerClientCommand)
+	h.s.HandleTimeout(TimerUpstreamReply)
+	h.s.HandleClientClosed()
+	h.s.HandleDrainExpired()
 	if out := string(h.s.TakeClientOutput()) + string(h.s.TakeUpstreamOutput()); out != "" {
 		t.Fatalf("a finished session wrote %q", out)
 	}

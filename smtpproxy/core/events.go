@@ -59,7 +59,7 @@ func (f UpstreamFailure) String() string {
 }
 
 // UpstreamEnd says how the upstream connection ended, as the caller saw it
-// on a read or a write (UpstreamClosed). The session names it in the reply
+// on a read or a write (HandleUpstreamClosed). The session names it in the reply
 // to the client, so no error text of the caller's reaches the client.
 type UpstreamEnd uint8
 

@@ -126,13 +126,13 @@ func newHarness(t tb, cfg Config) *harness {
 	if cfg.UpstreamName == "" {
 		cfg.UpstreamName = "127.0.0.1:10026"
 	}
-	h := &harness{t: t, s: NewSession(cfg), up: newFakeUpstream()}
+	h := &harness{t: t, s: newTestSession(t, cfg), up: newFakeUpstream()}
 	return h
 }
 
 // connect connects the upstream and delivers its greeting.
 func (h *harness) connect() *harness {
-	h.s.UpstreamConnected()
+	h.s.HandleUpstreamConnected()
 	h.flush()
 	h.fromUpstream(h.up.greeting)
 	return h
@@ -159,13 +159,13 @@ func (h *harness) flush() {
 		if reply == "" || h.upGone {
 			return
 		}
-		h.s.UpstreamData([]byte(reply))
+		h.s.HandleUpstreamData([]byte(reply))
 	}
 }
 
 func (h *harness) pump() {
 	for len(h.pending) > 0 && h.s.WantsClientInput() {
-		n := h.s.ClientData(h.pending)
+		n := h.s.HandleClientData(h.pending)
 		h.pending = h.pending[n:]
 		h.flush()
 		if n == 0 && h.s.WantsClientInput() {
@@ -181,7 +181,7 @@ func (h *harness) fromClient(s string) *harness {
 }
 
 func (h *harness) fromUpstream(s string) *harness {
-	h.s.UpstreamData([]byte(s))
+	h.s.HandleUpstreamData([]byte(s))
 	h.flush()
 	h.pump()
 	return h

@@ -59,7 +59,7 @@ type Config struct {
 	// LendInput lets runs of canonical message data (whole CRLF lines
 	// not starting with ".", which go upstream unchanged) pass without a
 	// copy: TakeUpstreamLent returns them, as a part of the very input
-	// given to ClientData, to be written after what TakeUpstreamOutput
+	// given to HandleClientData, to be written after what TakeUpstreamOutput
 	// returned. The caller then leaves that input unchanged until it has
 	// taken the outputs. Without it, TakeUpstreamOutput returns all.
 	LendInput bool
@@ -94,6 +94,8 @@ type Session struct {
 	env                    envelope
 	clientAddr, clientName string // from XFORWARD, for logs
 	msg                    message
+
+	onEnter func(from, to state) // tests: sees every change of state
 }
 
 // envelope is the transaction as the upstream's replies have made it
@@ -131,8 +133,8 @@ func NewSession(cfg Config) *Session {
 
 // ---- inputs ----
 
-// UpstreamConnected: the connection to the upstream is open.
-func (s *Session) UpstreamConnected() {
+// HandleUpstreamConnected: the connection to the upstream is open.
+func (s *Session) HandleUpstreamConnected() {
 	if s.st != stConnecting {
 		return
 	}
@@ -140,9 +142,9 @@ func (s *Session) UpstreamConnected() {
 	s.after()
 }
 
-// UpstreamConnectFailed: the upstream could not be reached; why is a
+// HandleUpstreamConnectFailed: the upstream could not be reached; why is a
 // short phrase such as "connection refused".
-func (s *Session) UpstreamConnectFailed(why string) {
+func (s *Session) HandleUpstreamConnectFailed(why string) {
 	if s.st != stConnecting {
 		return
 	}
@@ -152,9 +154,9 @@ func (s *Session) UpstreamConnectFailed(why string) {
 	s.after()
 }
 
-// ClientData offers bytes from the client and returns how many were
+// HandleClientData offers bytes from the client and returns how many were
 // consumed; the rest must be offered again once WantsClientInput is true.
-func (s *Session) ClientData(p []byte) int {
+func (s *Session) HandleClientData(p []byte) int {
 	n := 0
 	for n < len(p) && s.WantsClientInput() {
 		var k int
@@ -177,11 +179,11 @@ func (s *Session) ClientData(p []byte) int {
 	return n
 }
 
-// UpstreamData offers bytes from the upstream, one read at a time; all are
+// HandleUpstreamData offers bytes from the upstream, one read at a time; all are
 // consumed. Bytes that follow a complete reply in the same call are
 // unsolicited: the session writes one command and waits for its reply, and
 // what it writes in answer to that reply leaves only after this call.
-func (s *Session) UpstreamData(p []byte) {
+func (s *Session) HandleUpstreamData(p []byte) {
 	for len(p) > 0 && !s.Done() && !s.up.gone() {
 		if !s.awaitingUpstream() {
 			s.unsolicited()
@@ -207,9 +209,9 @@ func (s *Session) UpstreamData(p []byte) {
 	s.after()
 }
 
-// UpstreamClosed: the upstream connection ended or failed, on a read or
+// HandleUpstreamClosed: the upstream connection ended or failed, on a read or
 // a write, as end says.
-func (s *Session) UpstreamClosed(end UpstreamEnd) {
+func (s *Session) HandleUpstreamClosed(end UpstreamEnd) {
 	if s.up == upQuit {
 		s.up = upClosed // as a QUIT asked: it has closed first
 	}
@@ -219,9 +221,9 @@ func (s *Session) UpstreamClosed(end UpstreamEnd) {
 	s.after()
 }
 
-// ClientClosed: the client connection ended or failed. The upstream is
+// HandleClientClosed: the client connection ended or failed. The upstream is
 // closed; a message being streamed never gets its final dot.
-func (s *Session) ClientClosed() {
+func (s *Session) HandleClientClosed() {
 	if s.Done() {
 		return
 	}
@@ -233,9 +235,9 @@ func (s *Session) ClientClosed() {
 	s.after()
 }
 
-// TimerExpired: a clock the session asked for ran out. Expiries of a kind
+// HandleTimeout: a clock the session asked for ran out. Expiries of a kind
 // that is no longer running are ignored.
-func (s *Session) TimerExpired(kind TimerKind) {
+func (s *Session) HandleTimeout(kind TimerKind) {
 	switch {
 	case s.Done():
 	case kind == TimerUpstreamReply && s.timers.Upstream:
@@ -250,9 +252,9 @@ func (s *Session) TimerExpired(kind TimerKind) {
 	s.after()
 }
 
-// Shutdown asks the session to end: at once when it is between
+// HandleShutdown asks the session to end: at once when it is between
 // transactions, else after the end-of-data reply of the current one.
-func (s *Session) Shutdown() {
+func (s *Session) HandleShutdown() {
 	s.shutdown = true
 	if s.st == stConnecting || s.st == stGreeting {
 		s.leaveUpstream()
@@ -262,9 +264,9 @@ func (s *Session) Shutdown() {
 	s.after()
 }
 
-// DrainExpired: the shutdown drain time is over. The session ends now;
+// HandleDrainExpired: the shutdown drain time is over. The session ends now;
 // a message cut short never gets a 2xx reply.
-func (s *Session) DrainExpired() {
+func (s *Session) HandleDrainExpired() {
 	if !s.Done() {
 		s.abortTx("shutdown drain time over")
 		s.leaveUpstream()
@@ -277,7 +279,7 @@ func (s *Session) DrainExpired() {
 // ---- outputs, to take after each input ----
 
 // TakeUpstreamOutput returns the bytes to write to the upstream, valid
-// until the next input (a method that is not a Take or a query).
+// until the next input (a Handle method).
 func (s *Session) TakeUpstreamOutput() []byte { return take(&s.upOut) }
 
 // TakeUpstreamLent returns the client input lent to the upstream (see
@@ -311,8 +313,8 @@ func (s *Session) TakeEvents() []Event {
 	return ev
 }
 
-// Timers returns the clocks the session wants running.
-func (s *Session) Timers() Timers { return s.timers }
+// PollTimers returns the clocks the session wants running.
+func (s *Session) PollTimers() Timers { return s.timers }
 
 // ---- queries ----
 
@@ -334,7 +336,7 @@ func (s *Session) Done() bool { return s.st == stClosed }
 // EndReason says why the session ended, for logs.
 func (s *Session) EndReason() string { return s.end }
 
-// WantsClientInput reports whether ClientData would consume bytes now.
+// WantsClientInput reports whether HandleClientData would consume bytes now.
 // While it is false the caller reads nothing more from the client: that
 // is the backpressure that keeps a pipelined flood or a huge message out
 // of memory.

@@ -33,7 +33,7 @@ func TestNoClientInputBeforeGreeting(t *testing.T) {
 	if h.s.WantsClientInput() {
 		t.Fatal("wants client input before the upstream is connected")
 	}
-	h.s.UpstreamConnected()
+	h.s.HandleUpstreamConnected()
 	if h.s.WantsClientInput() {
 		t.Fatal("wants client input before the greeting")
 	}
@@ -144,11 +144,11 @@ func TestPipelinedTransactionInOneWrite(t *testing.T) {
 
 func TestBackpressureOneCommandAtATime(t *testing.T) {
 	h := newHarness(t, loopCfg())
-	h.s.UpstreamConnected()
-	h.s.UpstreamData([]byte("220 hi\r\n"))
+	h.s.HandleUpstreamConnected()
+	h.s.HandleUpstreamData([]byte("220 hi\r\n"))
 	h.s.TakeClientOutput()
 	in := []byte("NOOP\r\nNOOP\r\nNOOP\r\n")
-	n := h.s.ClientData(in)
+	n := h.s.HandleClientData(in)
 	if n != 6 {
 		t.Fatalf("consumed %d bytes of a pipelined batch, want only the first command (6)", n)
 	}
@@ -158,7 +158,7 @@ func TestBackpressureOneCommandAtATime(t *testing.T) {
 	if up := string(h.s.TakeUpstreamOutput()); up != "NOOP\r\n" {
 		t.Fatalf("upstream got %q", up)
 	}
-	h.s.UpstreamData([]byte(ok))
+	h.s.HandleUpstreamData([]byte(ok))
 	if !h.s.WantsClientInput() {
 		t.Fatal("does not want input after the reply")
 	}
@@ -175,7 +175,7 @@ func TestStreamBackpressureBoundsOutput(t *testing.T) {
 	// A big chunk of bare LFs doubles when framed; the session stops
 	// taking input when its output buffer is full.
 	big := []byte(strings.Repeat("\n", 1<<20))
-	n := h.s.ClientData(big)
+	n := h.s.HandleClientData(big)
 	out := h.s.TakeUpstreamOutput()
 	if n >= len(big) || len(out) > maxStreamOutput+2 {
 		t.Fatalf("consumed %d of %d, output %d bytes: no backpressure", n, len(big), len(out))
@@ -426,7 +426,7 @@ func TestSASLContinuationRelayedRaw(t *testing.T) {
 
 func TestUpstreamUnreachable(t *testing.T) {
 	h := newHarness(t, loopCfg())
-	h.s.UpstreamConnectFailed("connection refused")
+	h.s.HandleUpstreamConnectFailed("connection refused")
 	h.flush()
 	h.expect("421 4.4.1 upstream 127.0.0.1:10026 unreachable: connection refused\r\n")
 	if !h.s.Done() {
@@ -436,16 +436,16 @@ func TestUpstreamUnreachable(t *testing.T) {
 
 func TestUpstreamFailsBeforeGreeting(t *testing.T) {
 	h := newHarness(t, loopCfg())
-	h.s.UpstreamConnected()
-	h.s.UpstreamClosed(EndClosed)
+	h.s.HandleUpstreamConnected()
+	h.s.HandleUpstreamClosed(EndClosed)
 	h.flush()
 	h.expect("421 4.4.1 upstream 127.0.0.1:10026 closed the connection before its greeting\r\n")
 	h2 := newHarness(t, loopCfg())
-	h2.s.UpstreamConnected()
-	if !h2.s.Timers().Upstream {
+	h2.s.HandleUpstreamConnected()
+	if !h2.s.PollTimers().Upstream {
 		t.Fatal("no upstream timer while waiting for the greeting")
 	}
-	h2.s.TimerExpired(TimerUpstreamReply)
+	h2.s.HandleTimeout(TimerUpstreamReply)
 	h2.flush()
 	h2.expect("421 4.4.1 upstream 127.0.0.1:10026 timed out before its greeting\r\n")
 }
@@ -465,7 +465,7 @@ func TestUpstreamClosesDuringCommand(t *testing.T) {
 	h.got()
 	h.up.silent = true
 	h.fromClient("MAIL FROM:<s@x>\r\n")
-	h.s.UpstreamClosed(EndClosed)
+	h.s.HandleUpstreamClosed(EndClosed)
 	h.flush()
 	h.expect("421 4.4.2 upstream 127.0.0.1:10026 closed the connection\r\n")
 	if !h.s.Done() {
@@ -491,7 +491,7 @@ func TestUpstreamClosesMidDATA(t *testing.T) {
 	h.got()
 	sendMessage(h, "Subject: s\r\n\r\nfirst part\r\n")
 	h.expect(ok + ok + local354)
-	h.s.UpstreamClosed(EndReset)
+	h.s.HandleUpstreamClosed(EndReset)
 	h.flush()
 	h.expect("")
 	h.fromClient("more\r\n.\r\n")
@@ -516,10 +516,10 @@ func TestUpstreamStalls(t *testing.T) {
 		h := newHarness(t, loopCfg()).connect()
 		setup(h)
 		h.got()
-		if !h.s.Timers().Upstream {
+		if !h.s.PollTimers().Upstream {
 			t.Fatalf("%s: no upstream timer running in state %d", name, h.s.st)
 		}
-		h.s.TimerExpired(TimerUpstreamReply)
+		h.s.HandleTimeout(TimerUpstreamReply)
 		h.flush()
 		h.pump()
 		if got := h.got(); got != want {
@@ -556,7 +556,7 @@ func TestUpstreamStallWhile354AwaitedDrainsClient(t *testing.T) {
 	h.got()
 	h.up.silent = true
 	h.fromClient("DATA\r\nSubject: s\r\n\r\nbody begins")
-	h.s.TimerExpired(TimerUpstreamReply)
+	h.s.HandleTimeout(TimerUpstreamReply)
 	h.flush()
 	h.expect(local354)
 	h.fromClient(" and ends\r\n.\r\nNOOP\r\n")
@@ -566,8 +566,8 @@ func TestUpstreamStallWhile354AwaitedDrainsClient(t *testing.T) {
 func TestStaleTimerIgnored(t *testing.T) {
 	h := newHarness(t, loopCfg()).connect()
 	h.got()
-	h.s.TimerExpired(TimerUpstreamReply) // not running: nothing waits for the upstream
-	h.s.TimerExpired(TimerClientData)    // not running either
+	h.s.HandleTimeout(TimerUpstreamReply) // not running: nothing waits for the upstream
+	h.s.HandleTimeout(TimerClientData)    // not running either
 	h.flush()
 	h.expect("")
 	if h.s.Done() {
@@ -580,7 +580,7 @@ func TestClientDisconnectMidDATA(t *testing.T) {
 	h := newHarness(t, loopCfg()).connect()
 	h.got()
 	sendMessage(h, "Subject: s\r\n\r\npartial body\r\n")
-	h.s.ClientClosed()
+	h.s.HandleClientClosed()
 	h.flush()
 	if !h.s.Done() || !h.upGone {
 		t.Fatal("not closed")
@@ -597,10 +597,10 @@ func TestClientDisconnectMidDATA(t *testing.T) {
 func TestClientTimeouts(t *testing.T) {
 	h := newHarness(t, loopCfg()).connect()
 	h.got()
-	if h.s.Timers().Client != TimerClientCommand {
-		t.Fatalf("client timer %v while waiting for a command", h.s.Timers().Client)
+	if h.s.PollTimers().Client != TimerClientCommand {
+		t.Fatalf("client timer %v while waiting for a command", h.s.PollTimers().Client)
 	}
-	h.s.TimerExpired(TimerClientCommand)
+	h.s.HandleTimeout(TimerClientCommand)
 	h.flush()
 	h.expect("421 4.4.2 timeout\r\n")
 	if last := h.up.commands[len(h.up.commands)-1]; last != "QUIT" || !h.s.Done() {
@@ -611,15 +611,15 @@ func TestClientTimeouts(t *testing.T) {
 	h.got()
 	sendMessage(h, "Subject: s\r\n\r\nbody")
 	h.got()
-	tm := h.s.Timers()
+	tm := h.s.PollTimers()
 	if tm.Client != TimerClientData {
 		t.Fatalf("client timer %v during DATA", tm.Client)
 	}
 	h.fromClient(" more")
-	if h.s.Timers().ClientGen == tm.ClientGen {
+	if h.s.PollTimers().ClientGen == tm.ClientGen {
 		t.Fatal("data idle timer not restarted by client data")
 	}
-	h.s.TimerExpired(TimerClientData)
+	h.s.HandleTimeout(TimerClientData)
 	h.flush()
 	h.expect("421 4.4.2 timeout\r\n")
 	if strings.Contains(h.up.raw.String(), "\r\n.\r\n") {
@@ -629,14 +629,14 @@ func TestClientTimeouts(t *testing.T) {
 
 func TestCommandTimerNotRestartedByPartialLine(t *testing.T) {
 	h := newHarness(t, loopCfg()).connect()
-	gen := h.s.Timers().ClientGen
+	gen := h.s.PollTimers().ClientGen
 	h.fromClient("NO")
 	h.fromClient("O")
-	if h.s.Timers().ClientGen != gen {
+	if h.s.PollTimers().ClientGen != gen {
 		t.Fatal("a trickle of bytes restarts the command timer")
 	}
 	h.fromClient("P\r\n")
-	if h.s.Timers().ClientGen == gen {
+	if h.s.PollTimers().ClientGen == gen {
 		t.Fatal("a complete command does not restart the command timer")
 	}
 }
@@ -672,7 +672,7 @@ func TestShutdownBetweenTransactions(t *testing.T) {
 	h.got()
 	h.fromClient("EHLO c\r\n")
 	h.got()
-	h.s.Shutdown()
+	h.s.HandleShutdown()
 	h.flush()
 	h.expect("421 4.3.2 shutting down\r\n")
 	if !h.s.Done() {
@@ -685,7 +685,7 @@ func TestShutdownInsideTransactionFinishesIt(t *testing.T) {
 	h.got()
 	sendMessage(h, "Subject: s\r\n\r\nbody\r\n")
 	h.got()
-	h.s.Shutdown()
+	h.s.HandleShutdown()
 	h.flush()
 	h.expect("")
 	h.fromClient(".\r\nMAIL FROM:<s@x>\r\n")
@@ -697,7 +697,7 @@ func TestShutdownInsideTransactionFinishesIt(t *testing.T) {
 	h = newHarness(t, loopCfg()).connect()
 	h.got()
 	h.fromClient("MAIL FROM:<s@x>\r\n")
-	h.s.Shutdown()
+	h.s.HandleShutdown()
 	h.flush()
 	h.expect(ok)
 	h.fromClient("RSET\r\n")
@@ -710,11 +710,11 @@ func TestDrainExpiredNeverGives2xx(t *testing.T) {
 	h.up.dataReply = "" // the upstream has not answered yet
 	sendMessage(h, "Subject: s\r\n\r\nbody\r\n.\r\n")
 	h.got()
-	h.s.Shutdown()
-	h.s.DrainExpired()
+	h.s.HandleShutdown()
+	h.s.HandleDrainExpired()
 	h.flush()
 	h.expect("421 4.3.2 shutting down\r\n")
-	h.s.UpstreamData([]byte(queued)) // too late
+	h.s.HandleUpstreamData([]byte(queued)) // too late
 	h.flush()
 	h.expect("")
 }
@@ -966,13 +966,13 @@ func TestUpstreamFailureKinds(t *testing.T) {
 		kind   UpstreamFailure
 		reason string
 	}{
-		{"unreachable", func(*harness) {}, func(h *harness) { h.s.UpstreamConnectFailed("connection refused") },
+		{"unreachable", func(*harness) {}, func(h *harness) { h.s.HandleUpstreamConnectFailed("connection refused") },
 			FailConnect, "connect: connection refused"},
-		{"reply timer", inReply, func(h *harness) { h.s.TimerExpired(TimerUpstreamReply) }, FailTimeout, "timed out"},
-		{"closed", inReply, func(h *harness) { h.s.UpstreamClosed(EndClosed) }, FailClosed, "closed the connection"},
-		{"reset", inReply, func(h *harness) { h.s.UpstreamClosed(EndReset) }, FailClosed, "reset the connection"},
-		{"broken", inReply, func(h *harness) { h.s.UpstreamClosed(EndBroken) }, FailClosed, "broke the connection"},
-		{"write timed out", inData, func(h *harness) { h.s.UpstreamClosed(EndTimedOut) }, FailTimeout, "timed out"},
+		{"reply timer", inReply, func(h *harness) { h.s.HandleTimeout(TimerUpstreamReply) }, FailTimeout, "timed out"},
+		{"closed", inReply, func(h *harness) { h.s.HandleUpstreamClosed(EndClosed) }, FailClosed, "closed the connection"},
+		{"reset", inReply, func(h *harness) { h.s.HandleUpstreamClosed(EndReset) }, FailClosed, "reset the connection"},
+		{"broken", inReply, func(h *harness) { h.s.HandleUpstreamClosed(EndBroken) }, FailClosed, "broke the connection"},
+		{"write timed out", inData, func(h *harness) { h.s.HandleUpstreamClosed(EndTimedOut) }, FailTimeout, "timed out"},
 		{"unsolicited", fromCommand, func(h *harness) { h.fromUpstream("421 4.4.2 idle\r\n") }, FailProtocol, "sent unexpected data"},
 		{"malformed", inReply, func(h *harness) { h.fromUpstream("hello\r\n") }, FailProtocol, "sent a malformed reply"},
 		{"too long", inReply, func(h *harness) { h.fromUpstream(strings.Repeat("250-"+strings.Repeat("x", 1000)+"\r\n", 70)) },

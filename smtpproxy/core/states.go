@@ -54,6 +54,9 @@ func (st state) String() string {
 
 // enter moves the session to st.
 func (s *Session) enter(st state) {
+	if s.onEnter != nil {
+		s.onEnter(s.st, st)
+	}
 	s.st = st
 }
 

@@ -2,7 +2,7 @@ package core
 
 // The clocks. The session reads no time: it says which clocks it wants
 // running (Timers), the caller runs them, and an expiry comes back as an
-// input (TimerExpired). SPEC section 6 gives the defaults; package
+// input (HandleTimeout). SPEC section 6 gives the defaults; package
 // smtpproxy's Config holds them.
 
 // TimerKind names a clock the session wants running.
@@ -30,7 +30,7 @@ func (k TimerKind) String() string {
 // Timers is the state of the session's two clocks. The caller keeps one
 // timer per side: when Client or ClientGen changes it restarts (or stops)
 // the client timer, likewise for the upstream one, and it reports expiry
-// with TimerExpired.
+// with HandleTimeout.
 type Timers struct {
 	Client      TimerKind // TimerNone, TimerClientCommand or TimerClientData
 	ClientGen   uint64    // changes each time the client timer starts again
