@@ -55,8 +55,8 @@
 // failure, closed) is kept beside it. This table lists every change of
 // state and the inputs during which it happens (Handle omitted); the
 // package's tests fail on a change it does not list and on a listed one
-// no test makes. One input may make several changes: a reply that ends a
-// transaction moves reply to command, and, when shutdown is pending,
+// no test makes. One input may make several changes: the end-of-data
+// reply moves datareply to command, and, when shutdown is pending,
 // command to closed.
 //
 //	from        to          inputs
