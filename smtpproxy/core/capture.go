@@ -1,17 +1,17 @@
 package core
 
-import (
-	"bytes"
-
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/header"
-)
-
 // The header section of a message is held in a bounded buffer until it
 // is judged (SPEC section 4). It ends where Postfix ends it: at the first
 // line that is neither a header field nor a continuation (an empty line
 // included), or at the end of data. The proxy's capture and the check
 // subcommand (HeaderSection) read it with the same code, so both refuse
 // exactly the same messages as too large.
+
+import (
+	"bytes"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/header"
+)
 
 // DefaultMaxHeaderBytes is the default bound of the header section buffer
 // (SPEC section 4): far above any real header section (Postfix's own

@@ -1,5 +1,10 @@
 package core
 
+// What the session reports (Event, for logs and metrics: transactions and
+// their outcomes, upstream failures by kind, local replies) and the typed
+// values the caller reports to it (UpstreamEnd). Package metrics labels
+// its counters with these kinds; no English phrase crosses the seam.
+
 // EventKind says what an Event reports.
 type EventKind uint8
 

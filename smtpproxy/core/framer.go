@@ -1,7 +1,5 @@
 package core
 
-import "bytes"
-
 // The DATA framer, in two halves.
 //
 // The decoder reads the client's message data the way RFC 5321 4.5.2 does,
@@ -27,6 +25,8 @@ import "bytes"
 // The encoder writes content lines to the upstream canonically: every line
 // ends in CRLF and every line that begins with "." gets one more, so the
 // only end of data the upstream can see is the one the proxy writes.
+
+import "bytes"
 
 // tokKind is what the decoder found.
 type tokKind uint8

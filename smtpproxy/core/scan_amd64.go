@@ -2,6 +2,10 @@
 
 package core
 
+// The scan under verbatimLines with SSE2 and AVX2 (scan_amd64.s); the
+// portable statement of what it computes is lfBlocksPortable (scan.go),
+// and the purego build tag leaves this file out.
+
 import "golang.org/x/sys/cpu"
 
 // lfBlocks looks at the positions of p from 1 on for an LF that is not
