@@ -253,6 +253,57 @@ func TestStateTableRows(t *testing.T) {
 		t.Errorf("loop after the upstream's 354: client got %q, state %v, upstream gone %v", got, h.s.st, h.s.UpstreamGone())
 	}
 
+	// A message whose data ends within its header section: judged a
+	// pass after the upstream took DATA with an argument, it goes
+	// upstream with its end at once; judged a loop after the proxy's own
+	// 354, its reply and RSET follow at once.
+	h = newHarness(t, loopCfg()).connect()
+	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA x\r\n")
+	h.got()
+	h.fromClient("Subject: s\r\n.\r\n")
+	if got := h.got(); got != queued || h.s.st != stCommand || len(h.up.messages) != 1 {
+		t.Errorf("pass after the upstream's 354: client got %q, state %v, upstream read %q", got, h.s.st, h.up.messages)
+	}
+	h = newHarness(t, loopCfg()).connect()
+	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
+	h.got()
+	h.fromClient("Delivered-To: a@x\r\n.\r\n")
+	if got := h.got(); got != "554 5.4.6 mail forwarding loop for a@x\r\n" || h.s.st != stCommand || h.up.commands[len(h.up.commands)-1] != "RSET" {
+		t.Errorf("loop ended within its header section: client got %q, state %v, upstream read %q", got, h.s.st, h.up.commands)
+	}
+
+	// The upstream fails while the header section is read: the rest of
+	// the data is drained, then 451.
+	for _, c := range []struct {
+		name  string
+		input func(h *harness)
+		why   string
+	}{
+		{"closed", func(h *harness) { h.s.HandleUpstreamClosed(EndClosed) }, "closed the connection"},
+		{"unsolicited", func(h *harness) { h.fromUpstream("250 2.0.0 Ok\r\n") }, "sent unexpected data"},
+	} {
+		h := reachState(t, stCapture)
+		h.got()
+		c.input(h)
+		h.flush()
+		if h.s.st != stDrain {
+			t.Errorf("upstream %s in capture: state %v, want drain", c.name, h.s.st)
+		}
+		h.fromClient("\r\nbody\r\n.\r\n")
+		if got, want := h.got(), failed+c.why+"\r\n"; got != want {
+			t.Errorf("upstream %s in capture: client got %q, want %q", c.name, got, want)
+		}
+	}
+
+	// The client pauses too long while a refused message is drained.
+	h = reachState(t, stDrain)
+	h.got()
+	h.s.HandleTimeout(TimerClientData)
+	h.flush()
+	if got := h.got(); got != replyTimeout || !h.s.Done() {
+		t.Errorf("client timeout in drain: client got %q, done %v", got, h.s.Done())
+	}
+
 	// Shutdown waits for the transaction; the upstream lost while it
 	// swallows RSET ends it, and the session with it.
 	h = reachState(t, stRSET)
