@@ -17,7 +17,8 @@ const sanityLimit = 10 * time.Second
 // shorter guard only makes them fail sooner (the verdict is the same).
 const expectedFailLimit = 3 * time.Second
 
-// MinCases is the size of the suite issue 4 asks for.
+// MinCases is the least size of the suite: enough cases for every edge of
+// SPEC the suite must cover.
 const MinCases = 120
 
 func loadAll(t *testing.T) []*Case {

@@ -10,8 +10,7 @@ import (
 	"pgregory.net/rapid"
 )
 
-// The optimisations of issue 6 give the protocol core a fast path for
-// canonical message data (whole CRLF lines copied as they are). These
+// The protocol core has a fast path for canonical message data (whole CRLF lines copied as they are). These
 // tests hold the core's upstream bytes, fast path and all, to a reading
 // of SPEC section 4 written the simple way, for data drawn to mix
 // canonical lines with every framing trap, cut into reads at random.

@@ -19,7 +19,7 @@ import (
 // it reports its ratio to both relays.
 const (
 	pathDirect    = "direct"
-	pathRelay     = "relay"     // io.Copy (splice): issue 6's baseline
+	pathRelay     = "relay"     // io.Copy (splice): the floor of any proxy
 	pathCopyRelay = "copyrelay" // through a buffer: the floor of a proxy that reads the bytes
 	pathProxy     = "proxy"
 )
@@ -94,7 +94,7 @@ func (e *env) addr(path string) string {
 	return e.sink.Addr()
 }
 
-// scenario is one load of issue 6.
+// scenario is one load the proxy is measured with.
 type scenario struct {
 	name    string
 	size    int  // message size
@@ -131,7 +131,7 @@ type measurement struct {
 	cpu      time.Duration // CPU time per message, whole process
 }
 
-// BenchmarkPaths sends the loads of issue 6 along the four paths in the
+// BenchmarkPaths sends each scenario's load along the four paths in the
 // same run; see the package comment for the metrics.
 func BenchmarkPaths(b *testing.B) {
 	e := startEnv(b, smtpproxy.Config{})
@@ -320,9 +320,9 @@ func TestProxyPathJudges(t *testing.T) {
 }
 
 // maxAllocGrowth bounds how many more heap allocations per message a
-// 1 MiB message may cost than a 10 KiB one (issue 6: allocations per
-// message independent of message size); a little slack covers the
-// runtime's own bookkeeping.
+// 1 MiB message may cost than a 10 KiB one (allocations per message are
+// independent of message size); a little slack covers the runtime's own
+// bookkeeping.
 const maxAllocGrowth = 4
 
 // TestAllocsPerMessageIndependentOfSize sends the same number of 10 KiB

@@ -131,8 +131,8 @@ func BenchmarkStream1GiB(b *testing.B) {
 }
 
 // BenchmarkSmallMessages compares small messages sent through the proxy
-// with the same load sent straight to the same sink (DESIGN.md:
-// performance is measured beside the direct path, and the ratio).
+// with the same load sent straight to the same sink: performance is
+// measured beside the direct path, as a ratio.
 func BenchmarkSmallMessages(b *testing.B) {
 	u := newUpstream(b)
 	u.discard = true

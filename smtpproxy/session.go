@@ -19,15 +19,14 @@ import (
 // Both readers run on the server's pooled goroutines (goPool). So a
 // command, a reply or a piece of message data costs one wake-up of the
 // goroutine that reads it, as in a blind relay, rather than a hand-over
-// between goroutines for every read: the CPU profiles showed the
-// scheduler's hand-overs costing a blind relay's worth of time per
-// message. The clocks, shutdown and the drain deadline are callbacks
-// (time.AfterFunc, context.AfterFunc) that give the core their input
-// under the same lock: no goroutine waits for them, and one runs only
-// when they fire.
+// between goroutines for every read, which costs scheduler time per
+// message (docs/performance.md). The clocks, shutdown and the drain
+// deadline are callbacks (time.AfterFunc, context.AfterFunc) that give the
+// core their input under the same lock: no goroutine waits for them, and
+// one runs only when they fire.
 //
-// Backpressure stays as it was: the client is read only when the core can
-// use the bytes. The client goroutine holds what it read (one buffer) and
+// Backpressure: the client is read only when the core can use the bytes.
+// The client goroutine holds what it read (one buffer) and
 // waits, without the lock, until the core takes input again; a side the
 // session is not ready for is simply not read, and the kernel's flow
 // control slows the sender.
@@ -192,12 +191,12 @@ func (r *runner) upClockFired() {
 // clock is one of a session's clocks: its timer t runs the clock's
 // callback, which gives the core its input when due has come. The core
 // restarts its clocks at every step (a command, a reply, a piece of data
-// each start one anew), and resetting a runtime timer each time showed in
-// the CPU profiles; so the timer is reset only when due moves earlier
-// than it is set to fire. When due moves later, or the clock stops, the
-// timer fires as it was set to, finds due not come (fired), and is set for
-// the rest. A clock never runs out late; its callback may run early and
-// find nothing to do. Guarded by the session lock.
+// each start one anew), and resetting a runtime timer each time costs CPU
+// time (docs/performance.md); so the timer is reset only when due moves
+// earlier than it is set to fire. When due moves later, or the clock
+// stops, the timer fires as it was set to, finds due not come (fired), and
+// is set for the rest. A clock never runs out late; its callback may run
+// early and find nothing to do. Guarded by the session lock.
 type clock struct {
 	t     *time.Timer
 	due   time.Time // when the clock runs out; zero: stopped
@@ -607,8 +606,8 @@ func (r *runner) writeUpstream() bool {
 // writeDeadlineShare is the share of a write timeout that may pass before
 // armWrite moves the deadline on: a write gets at least 7/8 of its
 // timeout and at most all of it. Moving a deadline changes a runtime
-// timer; the CPU profiles showed doing so before every write at 2% of the
-// proxy's time, where a session's writes now move it about once.
+// timer, which before every write costs CPU time (docs/performance.md);
+// a session's writes now move it about once.
 const writeDeadlineShare = 8
 
 // armWrite makes sure the next write to c has at least 7/8 of timeout
