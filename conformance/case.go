@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/textform"
 	"golang.org/x/tools/txtar"
 )
 
@@ -25,11 +26,11 @@ type Case struct {
 
 	// WantClient maps a client connection name ("" for the first one) to
 	// the bytes it must receive over the whole session.
-	WantClient map[string]pattern
+	WantClient map[string]textform.Pattern
 	// WantUpstream[i] is what upstream connection i+1 (in the order the
 	// scripted upstream accepted them) must receive. Connections past the
 	// end of the slice must receive nothing.
-	WantUpstream []pattern
+	WantUpstream []textform.Pattern
 }
 
 // Option is one key=value line of a case's config file.
@@ -161,7 +162,7 @@ func parseCase(path string, data []byte) (*Case, error) {
 	c := &Case{
 		Name:       strings.TrimSuffix(filepath.Base(path), ".txt"),
 		Path:       path,
-		WantClient: map[string]pattern{},
+		WantClient: map[string]textform.Pattern{},
 	}
 	var desc []string
 	for _, line := range strings.Split(string(ar.Comment), "\n") {
@@ -224,7 +225,7 @@ func parseCase(path string, data []byte) (*Case, error) {
 			return nil, fmt.Errorf("no %q file for client connection %q", fname, connLabel(name))
 		}
 		used[fname] = true
-		p, err := decodePattern(text)
+		p, err := textform.DecodePattern(text)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", fname, err)
 		}
@@ -240,7 +241,7 @@ func parseCase(path string, data []byte) (*Case, error) {
 			break
 		}
 		used[fname] = true
-		p, err := decodePattern(text)
+		p, err := textform.DecodePattern(text)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", fname, err)
 		}

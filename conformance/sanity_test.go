@@ -39,8 +39,8 @@ func TestSuiteSize(t *testing.T) {
 // isLoopCase reports whether a case expects a loop rejection.
 func isLoopCase(c *Case) bool {
 	for _, p := range c.WantClient {
-		for _, s := range p.segs {
-			if s.kind == segLit && bytes.Contains(s.lit, []byte("554 5.4.6 mail forwarding loop for ")) {
+		for _, lit := range p.Literals() {
+			if bytes.Contains(lit, []byte("554 5.4.6 mail forwarding loop for ")) {
 				return true
 			}
 		}
