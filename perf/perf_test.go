@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtpload"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 )
 
@@ -63,14 +64,11 @@ func startEnv(tb testing.TB, cfg smtpproxy.Config) *env {
 		tb.Fatal(err)
 	}
 	ln := listen(tb)
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, ln) }()
+	stopProxy := smtptest.Serve(tb, srv, ln)
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
-			cancel()
-			if err := <-served; err != nil {
+			if err := stopProxy(); err != nil {
 				tb.Errorf("proxy: %v", err)
 			}
 			relay.Close()

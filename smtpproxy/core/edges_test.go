@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
 
@@ -55,7 +56,7 @@ func TestShutdownBeforeGreeting(t *testing.T) {
 // TestInputsOutOfTurnIgnored: connection events that come late and
 // timers that run out after the end change nothing.
 func TestInputsOutOfTurnIgnored(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.expect("220 up.example ESMTP\r\n")
 	before := h.s.PollTimers()
 	h.s.HandleUpstreamConnected()
@@ -82,7 +83,7 @@ func TestInputsOutOfTurnIgnored(t *testing.T) {
 // reach the transaction record decoded from xtext and safe for one log
 // line; other attributes and malformed ones are ignored.
 func TestXFORWARDAttributesLogged(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.fromClient("XFORWARD NAME=mail+2Eclient+2eexample ADDR=192.0.2.1 PORT HELO=x+zz\r\n")
 	h.fromClient("XFORWARD junk name=a+0Ab+7\r\n")
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\nSubject: x\r\n\r\n.\r\n")
@@ -93,7 +94,7 @@ func TestXFORWARDAttributesLogged(t *testing.T) {
 	if txs[0].ClientName != "a?b+7" || txs[0].ClientAddr != "192.0.2.1" {
 		t.Fatalf("client name %q, addr %q; want %q, %q", txs[0].ClientName, txs[0].ClientAddr, "a?b+7", "192.0.2.1")
 	}
-	h = newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h = newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.fromClient("XFORWARD NAME=mail+2Eclient+2eexample ADDR=192.0.2.1\r\nMAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n\r\n.\r\n")
 	if txs := h.txEvents(); len(txs) != 1 || txs[0].ClientName != "mail.client.example" {
 		t.Fatalf("transactions %+v, want one from mail.client.example", txs)
@@ -126,7 +127,7 @@ func TestHeaderLimitAtLineEnd(t *testing.T) {
 		want    string
 	}{{limit - 2, queued}, {limit - 1, replyHeaderTooBig}, {limit, replyHeaderTooBig}} {
 		field := "Subject: " + strings.Repeat("s", c.content-len("Subject: "))
-		h := newHarness(t, Config{Check: checkDeliveredTo, MaxHeaderBytes: limit}).connect()
+		h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo, MaxHeaderBytes: limit}).connect()
 		h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
 		h.got()
 		h.fromClient(field + "\r\n\r\nbody\r\n.\r\n")
@@ -178,7 +179,7 @@ func TestReplyLimitCountsLineEnds(t *testing.T) {
 // header section went upstream in one burst.
 func TestBigBuffersReleased(t *testing.T) {
 	big := "Delivered-To: a@x\r\nX-Big: " + strings.Repeat("b", 300<<10) + "\r\n\r\nbody\r\n.\r\n"
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
 	h.got()
 	h.fromClient("DATA\r\n" + big)
@@ -199,7 +200,7 @@ func TestBigBuffersReleased(t *testing.T) {
 // end-of-data reply once the client's data is read, and the session ends
 // with it; no RSET goes to an upstream that is closing.
 func TestUpstream421ToProxyDATA(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.up.replies["DATA"] = "421-4.3.0 up.example closing\r\n421 4.3.0 try later\r\n"
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
 	h.got()
@@ -219,7 +220,7 @@ func TestUpstream421ToProxyDATA(t *testing.T) {
 // protocol error: the upstream is given up, the client gets 451 at the
 // end of its data (never a 2xx), and 421 at its next command.
 func TestUnexpectedReplyToProxyDATA(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.up.replies["DATA"] = "250 2.0.0 Ok\r\n"
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
 	h.got()

@@ -3,8 +3,6 @@ package core
 import (
 	"bytes"
 	"strings"
-
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
 
 // fakeUpstream is a scripted SMTP server read the lenient (Postfix) way:
@@ -209,22 +207,4 @@ func (h *harness) txEvents() []Transaction {
 		}
 	}
 	return txs
-}
-
-// checkDeliveredTo is a stand-in verdict: a loop when a Delivered-To line
-// of the section names an accepted recipient's argument without brackets.
-func checkDeliveredTo(rcpts []string, section []byte) loopcheck.Verdict {
-	for _, line := range strings.Split(string(section), "\r\n") {
-		name, value, ok := strings.Cut(line, ":")
-		if !ok || !strings.EqualFold(strings.TrimSpace(name), "Delivered-To") {
-			continue
-		}
-		for _, r := range rcpts {
-			mbox := strings.Trim(strings.Fields(r + " x")[0], "<>")
-			if strings.EqualFold(strings.TrimSpace(value), mbox) {
-				return loopcheck.Verdict{Loop: true, Recipient: mbox}
-			}
-		}
-	}
-	return loopcheck.Verdict{}
 }

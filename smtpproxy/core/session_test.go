@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
 
@@ -16,7 +17,7 @@ const (
 	local354     = "354 End data with <CR><LF>.<CR><LF>\r\n"
 )
 
-func loopCfg() Config { return Config{Check: checkDeliveredTo} }
+func loopCfg() Config { return Config{Check: smtptest.CheckDeliveredTo} }
 
 func TestGreetingRelayedVerbatim(t *testing.T) {
 	h := newHarness(t, loopCfg())
@@ -802,7 +803,7 @@ func TestHeaderLimitIndependentOfChunking(t *testing.T) {
 	section := "Subject: " + strings.Repeat("s", limit-2-len("Subject: ")) + "\r\n" // exactly the limit
 	data := section + "Hello world, no header\r\n.\r\n"
 	for cut := 0; cut <= len(data); cut++ {
-		h := newHarness(t, Config{Check: checkDeliveredTo, MaxHeaderBytes: limit}).connect()
+		h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo, MaxHeaderBytes: limit}).connect()
 		h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
 		h.got()
 		h.fromClient(data[:cut])
@@ -814,7 +815,7 @@ func TestHeaderLimitIndependentOfChunking(t *testing.T) {
 	// A header section over the limit is refused wherever it is cut.
 	data = section + "X: y\r\n\r\nbody\r\n.\r\n"
 	for cut := 0; cut <= len(data); cut++ {
-		h := newHarness(t, Config{Check: checkDeliveredTo, MaxHeaderBytes: limit}).connect()
+		h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo, MaxHeaderBytes: limit}).connect()
 		h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
 		h.got()
 		h.fromClient(data[:cut])
@@ -842,7 +843,7 @@ func TestHeaderLookaheadIndependentOfChunking(t *testing.T) {
 			want = replyHeaderTooBig
 		}
 		for _, step := range []int{1, 7, captureStep - 1, captureStep, len(data)} {
-			h := newHarness(t, Config{Check: checkDeliveredTo, MaxHeaderBytes: limit}).connect()
+			h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo, MaxHeaderBytes: limit}).connect()
 			h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
 			h.got()
 			for i := 0; i < len(data); i += step {
@@ -861,7 +862,7 @@ func TestHeaderLookaheadIndependentOfChunking(t *testing.T) {
 // header-only message (captured whole before DATA went upstream), so the
 // client could hear 250 for a message the upstream then refused.
 func TestReplyAlongWith354IsNoEndOfDataReply(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.got()
 	h.up.replies["DATA"] = "354 go on\r\n250 2.0.0 Ok: queued as EARLY\r\n"
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\nSubject: x\r\n.\r\n")
@@ -874,7 +875,7 @@ func TestReplyAlongWith354IsNoEndOfDataReply(t *testing.T) {
 	h.expect("421 4.4.2 upstream 127.0.0.1:10026 replied before the end of data\r\n")
 
 	// The same for a reply to a command: the bytes after it answer nothing.
-	h = newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h = newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.got()
 	h.up.replies["NOOP"] = "250 2.0.0 Ok\r\n250 2.0.0 again\r\n"
 	h.fromClient("NOOP\r\n")
@@ -888,7 +889,7 @@ func TestReplyAlongWith354IsNoEndOfDataReply(t *testing.T) {
 // so the session closed after the upstream's 502 to a word it did not
 // know, and made "ſtarttls" (long s) STARTTLS, answered locally.
 func TestVerbsAndKeywordsCompareAsASCII(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.got()
 	// The fake upstream looks verbs up with strings.ToUpper: "quıt" is
 	// "QUIT" to it, and it answers as Postfix would.
