@@ -3,6 +3,8 @@ package core
 import (
 	"bytes"
 	"strings"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 )
 
 // fakeUpstream is a scripted SMTP server read the lenient (Postfix) way:
@@ -125,6 +127,15 @@ func newHarness(t tb, cfg Config) *harness {
 		cfg.UpstreamName = "127.0.0.1:10026"
 	}
 	h := &harness{t: t, s: newTestSession(t, cfg), up: newFakeUpstream()}
+	return h
+}
+
+// openHarness returns a harness with the stand-in loop check
+// (smtptest.CheckDeliveredTo), past the greeting the client has read.
+func openHarness(t tb) *harness {
+	t.Helper()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
+	h.got()
 	return h
 }
 

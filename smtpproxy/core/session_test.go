@@ -43,8 +43,7 @@ func TestNoClientInputBeforeGreeting(t *testing.T) {
 // A passing message reaches the upstream byte for byte: for canonical
 // input the upstream receives exactly what the client sent (SPEC 2.6).
 func TestPassingMessageByteForByte(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	client := []string{
 		"EHLO client.example\r\n",
 		"MAIL FROM:<s@example.org> SIZE=100\r\n",
@@ -74,8 +73,7 @@ func TestPassingMessageByteForByte(t *testing.T) {
 // A loop message leaves the upstream with MAIL, RCPT, RSET: no DATA, no
 // content byte; the client gets one 554 line; the session goes on.
 func TestLoopMessageNeverReachesUpstream(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("MAIL FROM:<s@example.org>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n")
 	h.expect(ok + ok + local354)
 	h.fromClient("Delivered-To: r@example.net\r\nSubject: loop\r\n\r\nsecret body\r\n")
@@ -126,8 +124,7 @@ func TestDryRunPassesLoop(t *testing.T) {
 // A whole pipelined transaction in one write gets its replies in order,
 // one per command, and the upstream gets one command at a time.
 func TestPipelinedTransactionInOneWrite(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["RCPT"] = "550 5.1.1 <bad@x>: Recipient address rejected\r\n"
 	// The refused RCPT must not count; but a second accepted one does.
 	in := "EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<bad@x>\r\nNOOP\r\nRSET\r\nQUIT\r\n"
@@ -184,8 +181,7 @@ func TestStreamBackpressureBoundsOutput(t *testing.T) {
 }
 
 func TestEHLOFilterAndXFORWARD(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("EHLO front.example\r\n")
 	h.expect(ehloFiltered)
 	h.fromClient("XFORWARD NAME=client.example ADDR=192.0.2.7 PORT=54268 HELO=c+2Bx IDENT=[UNAVAILABLE]\r\n")
@@ -209,8 +205,7 @@ func TestEHLOFilterAndXFORWARD(t *testing.T) {
 }
 
 func TestLocalAnswers(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("STARTTLS\r\nstarttls\r\nBDAT 10 LAST\r\nNOOP\r\n")
 	h.expect("454 4.7.0 TLS not available\r\n454 4.7.0 TLS not available\r\n502 5.5.1 BDAT not supported\r\n" + ok)
 	if diff := cmp.Diff([]string{"NOOP"}, h.up.commands); diff != "" {
@@ -219,8 +214,7 @@ func TestLocalAnswers(t *testing.T) {
 }
 
 func TestRefusedCommandLines(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("NOOP " + strings.Repeat("x", 20000) + "\r\n")
 	h.fromClient("NO\x00OP\r\n")
 	h.fromClient("RCPT TO:<a@x>\rRCPT TO:<b@x>\r\n")
@@ -234,8 +228,7 @@ func TestRefusedCommandLines(t *testing.T) {
 // A bare LF ends a command line for the proxy as for the upstream, so
 // both count the same commands (the original's weakness 4).
 func TestBareLFInCommands(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("MAIL FROM:<s@x>\nRCPT TO:<a@x>\nDATA\nDelivered-To: a@x\r\n\r\n.\r\n")
 	h.expect(ok + ok + local354 + "554 5.4.6 mail forwarding loop for a@x\r\n")
 	if diff := cmp.Diff([]string{"MAIL FROM:<s@x>", "RCPT TO:<a@x>", "RSET"}, h.up.commands); diff != "" {
@@ -253,8 +246,7 @@ func sendMessage(h *harness, data string) {
 // "\n.\n" inside DATA ends the data neither for the proxy nor for the
 // upstream; it goes upstream as the content line "." stuffed.
 func TestBareLFDotInData(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\nline\n.\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@x>\r\n.\r\n")
 	h.expect(ok + ok + local354 + queued)
 	want := "Subject: s\r\n\r\nline\r\n..\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@x>\r\n"
@@ -274,8 +266,7 @@ func TestBareLFDotInData(t *testing.T) {
 }
 
 func TestLongContentLineUnbroken(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	long := strings.Repeat("0123456789", 10_000) // 100 KB, no line end
 	sendMessage(h, "Subject: s\r\n\r\n"+long[:30000])
 	h.fromClient(long[30000:] + "\r\n.\r\n")
@@ -293,8 +284,7 @@ func TestLongContentLineUnbroken(t *testing.T) {
 // "X\r\r\n" and ".\rX" do not desynchronise: the message and the commands
 // after it are where the client put them.
 func TestCRCornerCasesInData(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\nX\r\r\n.\rX\r\n.\r\r\n.\r\nNOOP\r\n")
 	h.expect(ok + ok + local354 + queued + ok)
 	if want := "Subject: s\r\n\r\nX\r\r\n\rX\r\n\r\r\n"; h.up.messages[0] != want {
@@ -306,8 +296,7 @@ func TestCRCornerCasesInData(t *testing.T) {
 }
 
 func TestHeaderWithLeadingDotStuffedUpstream(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "..odd: header\r\n\r\n..body\r\n.\r\n")
 	h.expect(ok + ok + local354 + queued)
 	if want := "..odd: header\r\n\r\n..body\r\n"; h.up.messages[0] != want {
@@ -344,8 +333,7 @@ func TestHeaderTooLarge(t *testing.T) {
 }
 
 func TestUpstreamRefusesDATA(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["DATA"] = "554 5.5.1 Error: no valid recipients\r\n"
 	sendMessage(h, "Subject: s\r\n\r\nMAIL FROM:<evil@x>\r\nmore\r\n.\r\nNOOP\r\n")
 	h.expect(ok + ok + local354 + "554 5.5.1 Error: no valid recipients\r\n" + ok)
@@ -361,8 +349,7 @@ func TestUpstreamRefusesDATA(t *testing.T) {
 // With no accepted recipient DATA is forwarded; a refusal keeps the
 // session in command mode (the original's weakness 3).
 func TestDATAWithoutRecipients(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["RCPT"] = "550 5.1.1 no\r\n"
 	h.up.replies["DATA"] = "503 5.5.1 Error: need RCPT command\r\n"
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\nNOOP\r\n")
@@ -383,8 +370,7 @@ func TestDATAWithoutRecipients(t *testing.T) {
 // DATA with arguments is forwarded; should an upstream answer 354 to it,
 // the message is still judged, and a loop never reaches it.
 func TestForwarded354IsStillJudged(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA x\r\n")
 	h.expect(ok + ok + local354) // the fake upstream says 354 to any DATA
 	h.fromClient("Delivered-To: a@x\r\n\r\nsecret\r\n.\r\nNOOP\r\n")
@@ -398,8 +384,7 @@ func TestForwarded354IsStillJudged(t *testing.T) {
 }
 
 func TestSASLContinuationRelayedRaw(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["AUTH"] = "334 VXNlcm5hbWU6\r\n"
 	h.up.replies["DGVZDA=="] = "334 UGFzc3dvcmQ6\r\n"
 	h.up.replies["BDAT"] = "235 2.7.0 Authentication successful\r\n"
@@ -462,8 +447,7 @@ func TestUpstreamGreeting421(t *testing.T) {
 }
 
 func TestUpstreamClosesDuringCommand(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.silent = true
 	h.fromClient("MAIL FROM:<s@x>\r\n")
 	h.s.HandleUpstreamClosed(EndClosed)
@@ -475,8 +459,7 @@ func TestUpstreamClosesDuringCommand(t *testing.T) {
 }
 
 func TestUpstream421ToCommand(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["MAIL"] = "421 4.7.0 too busy\r\n"
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
 	h.expect("421 4.7.0 too busy\r\n")
@@ -488,8 +471,7 @@ func TestUpstream421ToCommand(t *testing.T) {
 // The upstream is lost mid-DATA: the client's data is drained, it gets
 // 451, then 421 on its next command; never a 250.
 func TestUpstreamClosesMidDATA(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\nfirst part\r\n")
 	h.expect(ok + ok + local354)
 	h.s.HandleUpstreamClosed(EndReset)
@@ -565,8 +547,7 @@ func TestUpstreamStallWhile354AwaitedDrainsClient(t *testing.T) {
 }
 
 func TestStaleTimerIgnored(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.s.HandleTimeout(TimerUpstreamReply) // not running: nothing waits for the upstream
 	h.s.HandleTimeout(TimerClientData)    // not running either
 	h.flush()
@@ -578,8 +559,7 @@ func TestStaleTimerIgnored(t *testing.T) {
 
 // The client goes away mid-DATA: the upstream never sees the final dot.
 func TestClientDisconnectMidDATA(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\npartial body\r\n")
 	h.s.HandleClientClosed()
 	h.flush()
@@ -596,8 +576,7 @@ func TestClientDisconnectMidDATA(t *testing.T) {
 }
 
 func TestClientTimeouts(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	if h.s.PollTimers().Client != TimerClientCommand {
 		t.Fatalf("client timer %v while waiting for a command", h.s.PollTimers().Client)
 	}
@@ -643,8 +622,7 @@ func TestCommandTimerNotRestartedByPartialLine(t *testing.T) {
 }
 
 func TestUnsolicitedUpstreamBytes(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromUpstream("421 4.4.2 up.example Error: timeout exceeded\r\n")
 	h.expect("")
 	if !h.upGone {
@@ -655,8 +633,7 @@ func TestUnsolicitedUpstreamBytes(t *testing.T) {
 }
 
 func TestUpstreamReplyMalformedOrHuge(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["NOOP"] = "hello there\r\n"
 	h.fromClient("NOOP\r\n")
 	h.expect("421 4.4.2 upstream 127.0.0.1:10026 sent a malformed reply\r\n")
@@ -669,8 +646,7 @@ func TestUpstreamReplyMalformedOrHuge(t *testing.T) {
 }
 
 func TestShutdownBetweenTransactions(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("EHLO c\r\n")
 	h.got()
 	h.s.HandleShutdown()
@@ -682,8 +658,7 @@ func TestShutdownBetweenTransactions(t *testing.T) {
 }
 
 func TestShutdownInsideTransactionFinishesIt(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\nbody\r\n")
 	h.got()
 	h.s.HandleShutdown()
@@ -706,8 +681,7 @@ func TestShutdownInsideTransactionFinishesIt(t *testing.T) {
 }
 
 func TestDrainExpiredNeverGives2xx(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.dataReply = "" // the upstream has not answered yet
 	sendMessage(h, "Subject: s\r\n\r\nbody\r\n.\r\n")
 	h.got()
@@ -754,8 +728,7 @@ func TestCheckPanicTempfails(t *testing.T) {
 }
 
 func TestQUITClosesBoth(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("QUIT\r\nNOOP\r\n")
 	h.expect("221 2.0.0 Bye\r\n")
 	if !h.s.Done() || !h.upGone || h.s.WantsClientInput() {
@@ -764,8 +737,7 @@ func TestQUITClosesBoth(t *testing.T) {
 }
 
 func TestTransactionStateFollowsUpstream(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	// MAIL refused: RCPT and DATA are forwarded (no local 354).
 	h.up.replies["MAIL"] = "451 4.3.0 try later\r\n"
 	h.up.replies["DATA"] = "503 5.5.1 need MAIL\r\n"
@@ -784,8 +756,7 @@ func TestTransactionStateFollowsUpstream(t *testing.T) {
 // enforcing a line limit, say) is not trusted to have taken it: 451, then
 // 421 on the next command.
 func TestUpstreamRepliesMidMessage(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\nfirst\r\n")
 	h.expect(ok + ok + local354)
 	h.fromUpstream("500 5.5.2 line too long\r\n")
@@ -917,8 +888,7 @@ func TestVerbsAndKeywordsCompareAsASCII(t *testing.T) {
 // refused message is drained, ReadingCommands between messages and while
 // the session waits for the upstream.
 func TestClientReading(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	want := func(when string, r Reading) {
 		t.Helper()
 		if got := h.s.ClientReading(); got != r {
