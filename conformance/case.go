@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/textform"
 	"golang.org/x/tools/txtar"
 )
 
@@ -26,11 +27,11 @@ type Case struct {
 
 	// WantClient maps a client connection name ("" for the first one) to
 	// the bytes it must receive over the whole session.
-	WantClient map[string]pattern
+	WantClient map[string]textform.Pattern
 	// WantUpstream[i] is what upstream connection i+1 (in the order the
 	// scripted upstream accepted them) must receive. Connections past the
 	// end of the slice must receive nothing.
-	WantUpstream []pattern
+	WantUpstream []textform.Pattern
 	// WantUpstreamConns, when not negative, is how many connections the
 	// scripted upstream must have accepted over the whole case (file
 	// want-upstream-connections); -1 when the case does not say.
@@ -175,7 +176,7 @@ func parseCase(path string, data []byte) (*Case, error) {
 	c := &Case{
 		Name:              strings.TrimSuffix(filepath.Base(path), ".txt"),
 		Path:              path,
-		WantClient:        map[string]pattern{},
+		WantClient:        map[string]textform.Pattern{},
 		WantUpstreamConns: -1,
 	}
 	var desc []string
@@ -239,7 +240,7 @@ func parseCase(path string, data []byte) (*Case, error) {
 			return nil, fmt.Errorf("no %q file for client connection %q", fname, connLabel(name))
 		}
 		used[fname] = true
-		p, err := decodePattern(text)
+		p, err := textform.DecodePattern(text)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", fname, err)
 		}
@@ -255,7 +256,7 @@ func parseCase(path string, data []byte) (*Case, error) {
 			break
 		}
 		used[fname] = true
-		p, err := decodePattern(text)
+		p, err := textform.DecodePattern(text)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", fname, err)
 		}

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/textform"
 )
 
 // The scripted client: steps from a case's client file.
@@ -58,7 +60,7 @@ func parseClient(text string, files map[string]string, used, conns map[string]bo
 		}
 		switch word {
 		case "send":
-			b, err := decodeBytes(arg + "\n")
+			b, err := textform.Decode(arg + "\n")
 			if err != nil {
 				return bad("send: %v", err)
 			}
@@ -76,7 +78,7 @@ func parseClient(text string, files map[string]string, used, conns map[string]bo
 			if !ok {
 				return bad("send-file: the case has no file %q", name)
 			}
-			b, err := decodeBytes(data)
+			b, err := textform.Decode(data)
 			if err != nil {
 				return bad("send-file %s: %v", name, err)
 			}
@@ -95,7 +97,7 @@ func parseClient(text string, files map[string]string, used, conns map[string]bo
 				st.n = n
 			}
 		case "wait-upstream":
-			b, err := decodeBytes(arg + "\n")
+			b, err := textform.Decode(arg + "\n")
 			if err != nil {
 				return bad("wait-upstream: %v", err)
 			}
@@ -286,7 +288,7 @@ func (r *clientRun) waitUpstream(ctx context.Context, st step) error {
 	got, _ := rec.snapshot()
 	switch {
 	case err != nil:
-		return &stepError{st, fmt.Errorf("still waiting when the case time limit ran out; the upstream has received %s", quoteBytes(got, diffContext))}
+		return &stepError{st, fmt.Errorf("still waiting when the case time limit ran out; the upstream has received %s", textform.Quote(got))}
 	case !bytes.Contains(got, st.data) && closed:
 		return &stepError{st, fmt.Errorf("the upstream connection ended before it came")}
 	}
@@ -334,7 +336,7 @@ func (c *clientConn) await(ctx context.Context, st step) error {
 	if err != nil {
 		got, _ := c.rec.snapshot()
 		return &stepError{st, fmt.Errorf("still waiting when the case time limit ran out; connection %s has received %s after what earlier steps took",
-			connLabel(c.name), quoteBytes(got[c.cursor:], diffContext))}
+			connLabel(c.name), textform.Quote(got[c.cursor:]))}
 	}
 	c.cursor = end
 	if short {

@@ -27,8 +27,8 @@ var pfMainCF = map[string]string{"mydestination": "$myhostname, " + postfixtest.
 const pfSendParallelism = 8
 
 // TestPostfixEndToEnd runs the proxy between a real Postfix's front smtpd
-// and its after-filter smtpd (SMTPD_PROXY_README) and checks the claims of
-// issue 4 against it: (1) normal mail is delivered and the client gets the
+// and its after-filter smtpd (SMTPD_PROXY_README) and checks the project's
+// claims against it: (1) normal mail is delivered and the client gets the
 // after-filter's "queued as" reply; (2) a forged Delivered-To: equal to the
 // recipient gets 554 5.4.6 at SMTP time, nothing is queued, no bounce is
 // made; (3) XFORWARD carries the real client address to the after-filter;

@@ -1,7 +1,7 @@
 package conformance
 
 // The Delivered-To: variants of the real-Postfix differential test
-// (TestPostfixEndToEnd, item 4 of issue 4). Each is sent twice: around the
+// (TestPostfixEndToEnd, item 4). Each is sent twice: around the
 // proxy (the plain front smtpd, where local(8) judges it after queueing) and
 // through it (the filtered front smtpd). SPEC section 5: every variant
 // local(8) bounces as a loop must be rejected by the proxy at SMTP time.

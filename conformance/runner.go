@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/textform"
 )
 
 // DefaultCaseLimit bounds one case from start to end. It only guards
@@ -118,12 +120,12 @@ func RunCase(ctx context.Context, c *Case, impl Implementation, limit time.Durat
 
 	var diffs []string
 	var first string
-	addDiff := func(label string, want pattern, got []byte) {
-		ok, mm := want.matches(got)
+	addDiff := func(label string, want textform.Pattern, got []byte) {
+		ok, mm := want.Match(got)
 		if ok {
 			return
 		}
-		d := fmt.Sprintf("%s: %s", label, mm.describe(got))
+		d := fmt.Sprintf("%s: %s", label, mm.Describe(got))
 		if first == "" {
 			first = d
 		}
@@ -144,7 +146,7 @@ func RunCase(ctx context.Context, c *Case, impl Implementation, limit time.Durat
 			if i < len(recs) {
 				got, _ = recs[i].snapshot()
 			}
-			want := pattern{}
+			want := textform.Pattern{}
 			if i < len(c.WantUpstream) {
 				want = c.WantUpstream[i]
 			}

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/textform"
 )
 
 // The scripted upstream: an SMTP server that answers from a case's
@@ -114,7 +116,7 @@ func parseUpstream(text string) (upstreamScript, error) {
 			block.WriteByte('\n')
 			hasBlock = true
 		}
-		reply, err := decodeBytes(block.String())
+		reply, err := textform.Decode(block.String())
 		if err != nil {
 			return s, fmt.Errorf("reply after line %d: %w", lineNo, err)
 		}

@@ -218,7 +218,7 @@ var verdictCases = []verdictCase{
 
 func TestCheckTable(t *testing.T) {
 	if len(verdictCases) < 60 {
-		t.Fatalf("the verdict table has %d cases; issue 2 asks for at least 60", len(verdictCases))
+		t.Fatalf("the verdict table has %d cases; it must hold at least 60", len(verdictCases))
 	}
 	for _, tc := range verdictCases {
 		t.Run(tc.src+"/"+tc.name, func(t *testing.T) {

@@ -21,7 +21,6 @@ package metrics
 import (
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,13 +33,14 @@ import (
 // namespace prefixes every metric of the proxy.
 const namespace = "smtpprox"
 
-// Upstream error kinds: the label values of smtpprox_upstream_errors_total.
+// Upstream error kinds: the label values of smtpprox_upstream_errors_total,
+// one for each core.UpstreamFailure (Kind).
 const (
 	KindConnect  = "connect"  // the after-filter could not be reached
 	KindTimeout  = "timeout"  // it did not answer within -upstream-reply-timeout
 	KindClosed   = "closed"   // it closed or reset the connection
 	KindProtocol = "protocol" // it answered out of turn or malformed, or refused RSET
-	KindOther    = "other"    // anything else the core reports
+	KindOther    = "other"    // a kind this package does not know: a bug, counted anyway
 )
 
 // Label values of the byte and latency metrics.
@@ -83,7 +83,7 @@ type Metrics struct {
 	shortages       map[smtpproxy.ResourceOp]prometheus.Counter
 	transactions    *prometheus.CounterVec
 	byOutcome       map[core.Outcome]prometheus.Counter
-	upstreamErrors  map[string]prometheus.Counter
+	upstreamErrors  map[string]prometheus.Counter // by Kind
 	bytesToUpstream prometheus.Counter
 	bytesToClient   prometheus.Counter
 	messageBytes    prometheus.Counter
@@ -133,7 +133,7 @@ func New() *Metrics {
 		Help: "Messages by verdict: pass, loop, dry-run-loop, header-too-large, bare-lf, upstream-refused, upstream-failed, check-failed, aborted.",
 	}, []string{"verdict"})).(*prometheus.CounterVec)
 	m.byOutcome = make(map[core.Outcome]prometheus.Counter)
-	for o := core.OutcomePass; o.String() != core.OutcomeUnknown.String(); o++ {
+	for _, o := range core.Outcomes() {
 		m.byOutcome[o] = m.transactions.WithLabelValues(o.String())
 	}
 	upErrors := f(prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -247,8 +247,8 @@ func (m *Metrics) TransactionEnded(tx *core.Transaction, d time.Duration) {
 }
 
 // UpstreamFailed implements smtpproxy.Observer.
-func (m *Metrics) UpstreamFailed(reason string) {
-	m.upstreamErrors[Kind(reason)].Inc()
+func (m *Metrics) UpstreamFailed(kind core.UpstreamFailure) {
+	m.upstreamErrors[Kind(kind)].Inc()
 }
 
 // UpstreamReplied implements smtpproxy.Observer.
@@ -270,18 +270,17 @@ func (m *Metrics) Relayed(toUpstream, toClient int) {
 	}
 }
 
-// Kind sorts an upstream failure reason of package core into one of the
-// fixed kinds, so that free text never becomes a label value.
-func Kind(reason string) string {
-	switch {
-	case strings.HasPrefix(reason, "connect: "):
+// Kind is the label value of an upstream failure's kind.
+func Kind(f core.UpstreamFailure) string {
+	switch f {
+	case core.FailConnect:
 		return KindConnect
-	case strings.Contains(reason, "timed out"):
+	case core.FailTimeout:
 		return KindTimeout
-	case strings.HasPrefix(reason, "sent "), strings.HasPrefix(reason, "replied "), strings.HasPrefix(reason, "refused "):
-		return KindProtocol
-	case strings.HasSuffix(reason, "the connection"), strings.HasPrefix(reason, "closed the connection"):
+	case core.FailClosed:
 		return KindClosed
+	case core.FailProtocol:
+		return KindProtocol
 	}
 	return KindOther
 }

@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -14,86 +13,33 @@ import (
 	"testing"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
 
-// scriptUpstream is an after-filter smtpd in miniature: it answers like
-// Postfix, and drops the connection after the data of a message from
-// <fail@example.org>. It counts every octet it reads.
-type scriptUpstream struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	octet int
-	wg    sync.WaitGroup
-}
-
-func startScriptUpstream(t *testing.T) *scriptUpstream {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &scriptUpstream{ln: ln}
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u.wg.Add(1)
-			go u.serve(conn)
+// startUpstream starts an after-filter smtpd in miniature: it answers
+// like Postfix, and drops the connection after the data of a message from
+// <fail@example.org>.
+func startUpstream(t *testing.T) *smtptest.Upstream {
+	u := smtptest.StartUpstream(t)
+	var mu sync.Mutex
+	failing := map[*smtptest.Conn]bool{}
+	u.Hook = func(c *smtptest.Conn, cmd string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case strings.HasPrefix(cmd, "MAIL"):
+			failing[c] = strings.Contains(cmd, "<fail@example.org>")
+		case cmd == "DATA" && failing[c]:
+			c.Send(smtptest.Data354)
+			c.ReadData()
+			c.Close()
+			return true
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); u.wg.Wait() })
+		return false
+	}
 	return u
-}
-
-func (u *scriptUpstream) octets() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.octet
-}
-
-func (u *scriptUpstream) serve(conn net.Conn) {
-	defer u.wg.Done()
-	defer conn.Close()
-	r := bufio.NewReader(conn)
-	readLine := func() (string, error) {
-		line, err := r.ReadString('\n')
-		u.mu.Lock()
-		u.octet += len(line)
-		u.mu.Unlock()
-		return line, err
-	}
-	io.WriteString(conn, "220 after.example ESMTP\r\n")
-	fail := false
-	for {
-		line, err := readLine()
-		if err != nil {
-			return
-		}
-		verb := strings.ToUpper(strings.Fields(line + " x")[0])
-		switch verb {
-		case "MAIL":
-			fail = strings.Contains(line, "<fail@example.org>")
-			io.WriteString(conn, "250 2.1.0 Ok\r\n")
-		case "DATA":
-			io.WriteString(conn, "354 End data with <CR><LF>.<CR><LF>\r\n")
-			for line != ".\r\n" {
-				if line, err = readLine(); err != nil {
-					return
-				}
-			}
-			if fail {
-				return
-			}
-			io.WriteString(conn, "250 2.0.0 Ok: queued as 3ZxQ1\r\n")
-		case "QUIT":
-			io.WriteString(conn, "221 2.0.0 Bye\r\n")
-			return
-		default:
-			io.WriteString(conn, "250 2.0.0 Ok\r\n")
-		}
-	}
 }
 
 // serveProxy runs an smtpproxy.Server reporting to m; stop shuts it down
@@ -108,63 +54,15 @@ func serveProxy(t *testing.T, m *Metrics, cfg smtpproxy.Config) (addr string, st
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return ln.Addr().String(), stop
-}
-
-// smtpClient reads whole replies and counts the octets it received.
-type smtpClient struct {
-	t     *testing.T
-	conn  net.Conn
-	r     *bufio.Reader
-	octet int
-}
-
-func dial(t *testing.T, addr string) *smtpClient {
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &smtpClient{t: t, conn: conn, r: bufio.NewReader(conn)}
-}
-
-func (c *smtpClient) reply() string {
-	c.t.Helper()
-	var b strings.Builder
-	for {
-		line, err := c.r.ReadString('\n')
-		b.WriteString(line)
-		c.octet += len(line)
-		if err != nil || len(line) < 4 || line[3] != '-' {
-			return b.String()
+	stopServe := smtptest.Serve(t, srv, ln)
+	return ln.Addr().String(), func() {
+		if err := stopServe(); err != nil {
+			t.Errorf("Serve: %v", err)
 		}
 	}
 }
 
-func (c *smtpClient) expect(send, wantPrefix string) {
-	c.t.Helper()
-	if send != "" {
-		if _, err := io.WriteString(c.conn, send); err != nil {
-			c.t.Fatalf("write %q: %v", send, err)
-		}
-	}
-	if got := c.reply(); !strings.HasPrefix(got, wantPrefix) {
-		c.t.Fatalf("after %q got %q, want %q...", send, got, wantPrefix)
-	}
-}
+func dial(t *testing.T, addr string) *smtptest.Client { return smtptest.Dial(t, "tcp", addr) }
 
 // scrape fetches url and returns each sample line's value by its series
 // ("name{labels}").
@@ -218,8 +116,8 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 	m := New()
 	web := httptest.NewServer(m.Handler(nil))
 	defer web.Close()
-	up := startScriptUpstream(t)
-	addr, stop := serveProxy(t, m, smtpproxy.Config{Upstream: up.ln.Addr().String(), MaxSessions: 2})
+	up := startUpstream(t)
+	addr, stop := serveProxy(t, m, smtpproxy.Config{Upstream: up.Addr(), MaxSessions: 2})
 
 	// Every series of the fixed label sets is there, at zero, before any
 	// traffic.
@@ -232,10 +130,10 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 	}
 
 	s1, s2 := dial(t, addr), dial(t, addr)
-	s1.expect("", "220 after.example")
-	s2.expect("", "220 after.example")
+	s1.ExpectReply(smtptest.Greeting)
+	s2.ExpectReply(smtptest.Greeting)
 	over := dial(t, addr)
-	over.expect("", "421 4.3.2 too many connections")
+	over.ExpectReply("421 4.3.2 too many connections\r\n")
 	checkSamples(t, scrape(t, web.URL+"/metrics"), map[string]float64{
 		"smtpprox_sessions_active":        2,
 		"smtpprox_sessions_total":         2,
@@ -244,22 +142,19 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 
 	pass := "Subject: hello\r\n\r\nbody\r\n"
 	loop := "Delivered-To: User@Example.NET\r\nSubject: loop\r\n\r\nbody\r\n"
-	s1.expect("MAIL FROM:<s@example.org>\r\n", "250 ")
-	s1.expect("RCPT TO:<user@example.net>\r\n", "250 ")
-	s1.expect("DATA\r\n", "354 ")
-	s1.expect(pass+".\r\n", "250 2.0.0 Ok: queued as 3ZxQ1")
-	s1.expect("MAIL FROM:<s@example.org>\r\n", "250 ")
-	s1.expect("RCPT TO:<user@example.net>\r\n", "250 ")
-	s1.expect("DATA\r\n", "354 ")
-	s1.expect(loop+".\r\n", "554 5.4.6 mail forwarding loop for user@example.net")
-	s1.expect("QUIT\r\n", "221 ")
+	s1.StartMessage("<s@example.org>", "<user@example.net>")
+	s1.Send(pass + ".\r\n")
+	s1.ExpectReply(smtptest.Queued)
+	s1.StartMessage("<s@example.org>", "<user@example.net>")
+	s1.Send(loop + ".\r\n")
+	s1.ExpectReply("554 5.4.6 mail forwarding loop for user@example.net\r\n")
+	s1.Expect("QUIT", smtptest.Bye)
 
 	dropped := "Subject: dropped\r\n\r\nbody\r\n"
-	s2.expect("MAIL FROM:<fail@example.org>\r\n", "250 ")
-	s2.expect("RCPT TO:<user@example.net>\r\n", "250 ")
-	s2.expect("DATA\r\n", "354 ")
-	s2.expect(dropped+".\r\n", "451 4.4.2 upstream")
-	s2.expect("QUIT\r\n", "421 4.4.2 upstream")
+	s2.StartMessage("<fail@example.org>", "<user@example.net>")
+	s2.Send(dropped + ".\r\n")
+	s2.ExpectReply("451 4.4.2 upstream " + up.Addr() + " closed the connection\r\n")
+	s2.Expect("QUIT", "421 4.4.2 upstream "+up.Addr()+" closed the connection\r\n")
 
 	// A second proxy, reporting to the same Metrics, whose after-filter
 	// is down.
@@ -271,7 +166,7 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 	closed.Close()
 	addr2, stop2 := serveProxy(t, m, smtpproxy.Config{Upstream: downAddr})
 	s3 := dial(t, addr2)
-	s3.expect("", "421 4.4.1 upstream "+downAddr+" unreachable")
+	s3.ExpectReply("421 4.4.1 upstream " + downAddr + " unreachable: connection refused\r\n")
 
 	// A third proxy, reporting to the same Metrics, that serves no
 	// loopback peer.
@@ -279,9 +174,9 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr3, stop3 := serveProxy(t, m, smtpproxy.Config{Upstream: up.ln.Addr().String(), AllowClient: others})
+	addr3, stop3 := serveProxy(t, m, smtpproxy.Config{Upstream: up.Addr(), AllowClient: others})
 	s4 := dial(t, addr3)
-	s4.expect("", "554 5.7.1 ")
+	s4.ExpectReply(core.ReplyNotAllowed)
 
 	stop()
 	stop2()
@@ -301,8 +196,8 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 		`smtpprox_upstream_errors_total{kind="closed"}`:                  1,
 		`smtpprox_upstream_errors_total{kind="timeout"}`:                 0,
 		"smtpprox_message_bytes_total":                                   float64(len(pass) + len(loop) + len(dropped)),
-		`smtpprox_relayed_bytes_total{direction="to_client"}`:            float64(s1.octet + s2.octet + s3.octet), // not s4: no session
-		`smtpprox_relayed_bytes_total{direction="to_upstream"}`:          float64(up.octets()),
+		`smtpprox_relayed_bytes_total{direction="to_client"}`:            float64(s1.Received() + s2.Received() + s3.Received()), // not s4: no session
+		`smtpprox_relayed_bytes_total{direction="to_upstream"}`:          float64(len(up.Raw())),
 		"smtpprox_transaction_duration_seconds_count":                    3,
 		`smtpprox_upstream_reply_seconds_count{phase="data"}`:            3, // 354 and 250 of the pass, 354 of the dropped one
 		`smtpprox_upstream_reply_seconds_count{phase="command"}`:         10,
@@ -348,30 +243,26 @@ func TestHealthz(t *testing.T) {
 	}
 }
 
-// Kind maps the core's reason phrases (smtpproxy/core and the runtime's
-// errors.go) to the fixed kinds.
+// Kind gives each kind of upstream failure the core reports a label of
+// its own, and a kind it does not know the label "other".
 func TestKind(t *testing.T) {
-	cases := map[string]string{
-		"connect: connection refused":            KindConnect,
-		"connect: timed out":                     KindConnect,
-		"connect: host name not found":           KindConnect,
-		"timed out":                              KindTimeout,
-		"closed the connection":                  KindClosed,
-		"closed the connection (421)":            KindClosed,
-		"reset the connection":                   KindClosed,
-		"broke the connection":                   KindClosed,
-		"sent unexpected data":                   KindProtocol,
-		"sent a malformed reply":                 KindProtocol,
-		"sent a reply over 65536 bytes":          KindProtocol,
-		"sent an unexpected reply to DATA (250)": KindProtocol,
-		"replied before the end of data":         KindProtocol,
-		"refused RSET: 500 5.5.1 no":             KindProtocol,
-		"something new":                          KindOther,
+	want := map[core.UpstreamFailure]string{
+		core.FailConnect:  KindConnect,
+		core.FailTimeout:  KindTimeout,
+		core.FailClosed:   KindClosed,
+		core.FailProtocol: KindProtocol,
 	}
-	for reason, want := range cases {
-		if got := Kind(reason); got != want {
-			t.Errorf("Kind(%q) = %q, want %q", reason, got, want)
+	kinds := core.UpstreamFailures()
+	if len(kinds) != len(want) {
+		t.Fatalf("the core reports %d kinds, this test knows %d", len(kinds), len(want))
+	}
+	for _, k := range kinds {
+		if got := Kind(k); got != want[k] {
+			t.Errorf("Kind(%v) = %q, want %q", k, got, want[k])
 		}
+	}
+	if got := Kind(core.FailUnknown); got != KindOther {
+		t.Errorf("Kind(%v) = %q, want %q", core.FailUnknown, got, KindOther)
 	}
 }
 

@@ -10,8 +10,7 @@ import (
 	"pgregory.net/rapid"
 )
 
-// The optimisations of issue 6 give the protocol core a fast path for
-// canonical message data (whole CRLF lines copied as they are). These
+// The protocol core has a fast path for canonical message data (whole CRLF lines copied as they are). These
 // tests hold the core's upstream bytes, fast path and all, to a reading
 // of SPEC section 4 written the simple way, for data drawn to mix
 // canonical lines with every framing trap, cut into reads at random.
@@ -76,18 +75,18 @@ func proxyFraming(t fatalfer, data []byte, cuts []int, lend bool) []byte {
 		s.TakeClientOutput()
 		s.TakeEvents()
 	}
-	s.UpstreamConnected()
-	s.UpstreamData([]byte("220 up\r\n"))
+	s.HandleUpstreamConnected()
+	s.HandleUpstreamData([]byte("220 up\r\n"))
 	collect()
 	for _, cmd := range []string{"MAIL FROM:<s@x>\r\n", "RCPT TO:<r@x>\r\n"} {
-		if n := s.ClientData([]byte(cmd)); n != len(cmd) {
+		if n := s.HandleClientData([]byte(cmd)); n != len(cmd) {
 			t.Fatalf("%q: %d bytes taken", cmd, n)
 		}
 		collect()
-		s.UpstreamData([]byte("250 ok\r\n"))
+		s.HandleUpstreamData([]byte("250 ok\r\n"))
 		collect()
 	}
-	s.ClientData([]byte("DATA\r\n")) // answered 354 by the proxy
+	s.HandleClientData([]byte("DATA\r\n")) // answered 354 by the proxy
 	collect()
 	up.Reset()
 	var framed []byte
@@ -97,7 +96,7 @@ func proxyFraming(t fatalfer, data []byte, cuts []int, lend bool) []byte {
 		buf := append([]byte(nil), data[:step]...)
 		p := buf
 		for len(p) > 0 && s.WantsClientInput() {
-			p = p[s.ClientData(p):]
+			p = p[s.HandleClientData(p):]
 			collect()
 		}
 		data = data[step-len(p):]
@@ -106,7 +105,7 @@ func proxyFraming(t fatalfer, data []byte, cuts []int, lend bool) []byte {
 		case !dataSent && bytes.HasPrefix(up.Bytes(), []byte("DATA\r\n")):
 			dataSent = true
 			up.Reset()
-			s.UpstreamData([]byte("354 go\r\n"))
+			s.HandleUpstreamData([]byte("354 go\r\n"))
 			collect()
 		case len(p) == step:
 			t.Fatalf("the session takes no more data with %d bytes left (upstream got %q)", len(data), framed)

@@ -13,12 +13,13 @@ import (
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 )
 
-// idleSessions is the number of sessions held open at once (issue 6), the
-// proxy's default session limit.
+// idleSessions is the number of sessions held open at once: the proxy's
+// default session limit.
 const idleSessions = smtpproxy.DefaultMaxSessions
 
-// maxIdleSessionBytes is the bound of issue 6 on the memory of one idle
-// proxy session: heap objects and goroutine stacks together.
+// maxIdleSessionBytes bounds the memory of one idle proxy session, heap
+// objects and goroutine stacks together, so that the default 1000
+// sessions fit in 64 MiB.
 const maxIdleSessionBytes = 64 << 10
 
 // idleDeadline bounds each exchange while sessions are opened: a hang
@@ -120,7 +121,7 @@ func proxyIdleCost(tb testing.TB) (proxy, direct memory) {
 }
 
 // TestIdleSessionMemory holds 1000 idle sessions open through the proxy
-// and checks the memory of one against the bound of issue 6.
+// and checks the memory of one against maxIdleSessionBytes.
 func TestIdleSessionMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens 2000 sessions")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtpload"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 )
 
@@ -19,7 +20,7 @@ import (
 // it reports its ratio to both relays.
 const (
 	pathDirect    = "direct"
-	pathRelay     = "relay"     // io.Copy (splice): issue 6's baseline
+	pathRelay     = "relay"     // io.Copy (splice): the floor of any proxy
 	pathCopyRelay = "copyrelay" // through a buffer: the floor of a proxy that reads the bytes
 	pathProxy     = "proxy"
 )
@@ -63,14 +64,11 @@ func startEnv(tb testing.TB, cfg smtpproxy.Config) *env {
 		tb.Fatal(err)
 	}
 	ln := listen(tb)
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, ln) }()
+	stopProxy := smtptest.Serve(tb, srv, ln)
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
-			cancel()
-			if err := <-served; err != nil {
+			if err := stopProxy(); err != nil {
 				tb.Errorf("proxy: %v", err)
 			}
 			relay.Close()
@@ -94,7 +92,7 @@ func (e *env) addr(path string) string {
 	return e.sink.Addr()
 }
 
-// scenario is one load of issue 6.
+// scenario is one load the proxy is measured with.
 type scenario struct {
 	name    string
 	size    int  // message size
@@ -131,7 +129,7 @@ type measurement struct {
 	cpu      time.Duration // CPU time per message, whole process
 }
 
-// BenchmarkPaths sends the loads of issue 6 along the four paths in the
+// BenchmarkPaths sends each scenario's load along the four paths in the
 // same run; see the package comment for the metrics.
 func BenchmarkPaths(b *testing.B) {
 	e := startEnv(b, smtpproxy.Config{})
@@ -320,9 +318,9 @@ func TestProxyPathJudges(t *testing.T) {
 }
 
 // maxAllocGrowth bounds how many more heap allocations per message a
-// 1 MiB message may cost than a 10 KiB one (issue 6: allocations per
-// message independent of message size); a little slack covers the
-// runtime's own bookkeeping.
+// 1 MiB message may cost than a 10 KiB one (allocations per message are
+// independent of message size); a little slack covers the runtime's own
+// bookkeeping.
 const maxAllocGrowth = 4
 
 // TestAllocsPerMessageIndependentOfSize sends the same number of 10 KiB

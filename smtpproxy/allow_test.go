@@ -1,6 +1,8 @@
 package smtpproxy
 
 import (
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
+
 	"bufio"
 	"io"
 	"net"
@@ -28,7 +30,7 @@ func dialFrom(t *testing.T, addr, ip string) net.Conn {
 // upstream connection is opened for it, and it is logged once. An allowed
 // peer of the same proxy relays as always.
 func TestPeerOutsideAllowListRefused(t *testing.T) {
-	u := newUpstream(t)
+	u := smtptest.StartUpstream(t)
 	allow, err := allowlist.Parse("127.0.0.1/32")
 	if err != nil {
 		t.Fatal(err)
@@ -49,17 +51,17 @@ func TestPeerOutsideAllowListRefused(t *testing.T) {
 	}
 
 	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("MAIL FROM:<s@x>", ok)
-	c.expect("RCPT TO:<a@x>", ok)
-	c.expect("DATA", local354)
-	c.expect("Subject: s\r\n\r\nbody\r\n.", queued)
-	c.expect("QUIT", "221 2.0.0 Bye\r\n")
-	c.expectEOF()
+	c.ExpectReply(greeting)
+	c.Expect("MAIL FROM:<s@x>", ok)
+	c.Expect("RCPT TO:<a@x>", ok)
+	c.Expect("DATA", local354)
+	c.Expect("Subject: s\r\n\r\nbody\r\n.", queued)
+	c.Expect("QUIT", "221 2.0.0 Bye\r\n")
+	c.ExpectEOF()
 	if err := p.stop(); err != nil {
 		t.Fatal(err)
 	}
-	if n := u.accepted.Load(); n != 1 {
+	if n := u.Accepted(); n != 1 {
 		t.Errorf("the upstream accepted %d connections, want 1 (the allowed peer's alone)", n)
 	}
 	obs.mu.Lock()
@@ -76,7 +78,7 @@ func TestPeerOutsideAllowListRefused(t *testing.T) {
 
 // The default list is loopback: 127.0.0.0/8 and ::1 are served.
 func TestDefaultAllowsLoopback(t *testing.T) {
-	u := newUpstream(t)
+	u := smtptest.StartUpstream(t)
 	p := startProxy(t, baseConfig(u))
 	for _, ip := range []string{"127.0.0.1", "127.0.0.2", "127.3.4.5"} {
 		conn := dialFrom(t, p.addr, ip)

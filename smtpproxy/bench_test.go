@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 )
 
 // heapPeak samples the live heap (runtime/metrics) until stopped and
@@ -54,23 +56,21 @@ func (h *heapPeak) finish() uint64 {
 // through the proxy at addr and returns the end-of-data reply.
 func streamMessage(t testing.TB, addr string, size int64) string {
 	c := dialClient(t, addr)
-	c.expectReply(greeting)
-	c.expect("MAIL FROM:<s@example.org>", ok)
-	c.expect("RCPT TO:<r@example.net>", ok)
-	c.expect("DATA", local354)
+	c.ExpectReply(greeting)
+	c.StartMessage("<s@example.org>", "<r@example.net>")
 	line := strings.Repeat("x", 998) + "\r\n"
 	block := []byte("Subject: big\r\n\r\n" + strings.Repeat(line, 64))
 	var sent int64
 	for sent < size {
-		if _, err := c.conn.Write(block); err != nil {
+		if _, err := c.Conn.Write(block); err != nil {
 			t.Fatalf("client write after %d bytes: %v", sent, err)
 		}
 		sent += int64(len(block))
 		block = bytes.TrimPrefix(block, []byte("Subject: big\r\n\r\n"))
 	}
-	c.send(".\r\n")
-	reply := c.reply()
-	c.expect("QUIT", "221 2.0.0 Bye\r\n")
+	c.Send(".\r\n")
+	reply := c.Reply()
+	c.Expect("QUIT", "221 2.0.0 Bye\r\n")
 	return reply
 }
 
@@ -85,17 +85,17 @@ func TestStreamingMemoryBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("streams 64 MiB")
 	}
-	u := newUpstream(t)
-	u.discard = true
-	p := startProxy(t, Config{Upstream: u.addr(), Logger: discardLogger()})
+	u := smtptest.StartUpstream(t)
+	u.Discard = true
+	p := startProxy(t, Config{Upstream: u.Addr(), Logger: discardLogger()})
 	peak := startHeapPeak()
 	reply := streamMessage(t, p.addr, 64<<20)
 	maxHeap := peak.finish()
 	if reply != queued {
 		t.Fatalf("end of data: %q", reply)
 	}
-	if u.sized < 64<<20 {
-		t.Fatalf("sink got %d bytes", u.sized)
+	if u.Size() < 64<<20 {
+		t.Fatalf("sink got %d bytes", u.Size())
 	}
 	t.Logf("peak heap %.1f MiB streaming 64 MiB", float64(maxHeap)/(1<<20))
 	if maxHeap > maxStreamingHeap {
@@ -110,9 +110,9 @@ func TestStreamingMemoryBounded(t *testing.T) {
 //	go test ./smtpproxy -run '^$' -bench Stream1GiB -benchtime 1x
 func BenchmarkStream1GiB(b *testing.B) {
 	const size = 1 << 30
-	u := newUpstream(b)
-	u.discard = true
-	p := startProxy(b, Config{Upstream: u.addr(), Logger: discardLogger()})
+	u := smtptest.StartUpstream(b)
+	u.Discard = true
+	p := startProxy(b, Config{Upstream: u.Addr(), Logger: discardLogger()})
 	b.SetBytes(size)
 	peak := startHeapPeak()
 	for b.Loop() {
@@ -121,8 +121,8 @@ func BenchmarkStream1GiB(b *testing.B) {
 		}
 	}
 	maxHeap := peak.finish()
-	if u.sized < size {
-		b.Fatalf("sink got %d bytes of a %d-byte message", u.sized, size)
+	if u.Size() < size {
+		b.Fatalf("sink got %d bytes of a %d-byte message", u.Size(), size)
 	}
 	b.ReportMetric(float64(maxHeap)/(1<<20), "peak-heap-MiB")
 	if maxHeap > maxStreamingHeap {
@@ -131,25 +131,25 @@ func BenchmarkStream1GiB(b *testing.B) {
 }
 
 // BenchmarkSmallMessages compares small messages sent through the proxy
-// with the same load sent straight to the same sink (DESIGN.md:
-// performance is measured beside the direct path, and the ratio).
+// with the same load sent straight to the same sink: performance is
+// measured beside the direct path, as a ratio.
 func BenchmarkSmallMessages(b *testing.B) {
-	u := newUpstream(b)
-	u.discard = true
-	p := startProxy(b, Config{Upstream: u.addr(), Logger: discardLogger()})
+	u := smtptest.StartUpstream(b)
+	u.Discard = true
+	p := startProxy(b, Config{Upstream: u.Addr(), Logger: discardLogger()})
 	msg := "From: a@example.org\r\nTo: r@example.net\r\nSubject: hello\r\nDelivered-To: other@example.net\r\n\r\n" +
 		strings.Repeat("body line of a short message\r\n", 60) + ".\r\n"
 	run := func(b *testing.B, addr string) {
 		c := dialClient(b, addr)
-		c.reply()
+		c.Reply()
 		for b.Loop() {
-			c.cmd("MAIL FROM:<s@example.org>")
-			c.cmd("RCPT TO:<r@example.net>")
-			if r := c.cmd("DATA"); !strings.HasPrefix(r, "354") {
+			c.Cmd("MAIL FROM:<s@example.org>")
+			c.Cmd("RCPT TO:<r@example.net>")
+			if r := c.Cmd("DATA"); !strings.HasPrefix(r, "354") {
 				b.Fatalf("DATA: %q", r)
 			}
-			c.send(msg)
-			if r := c.reply(); r != queued {
+			c.Send(msg)
+			if r := c.Reply(); r != queued {
 				b.Fatalf("end of data: %q", r)
 			}
 		}
@@ -157,7 +157,7 @@ func BenchmarkSmallMessages(b *testing.B) {
 	}
 	var direct, proxied float64
 	b.Run("direct", func(b *testing.B) {
-		run(b, u.addr())
+		run(b, u.Addr())
 		direct = float64(b.N) / b.Elapsed().Seconds()
 	})
 	b.Run("proxy", func(b *testing.B) {

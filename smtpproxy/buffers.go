@@ -27,11 +27,9 @@ const (
 	dataBufferSize = 64 << 10
 	// streamBufferSize is the client's read buffer while a body streams.
 	// The core lends canonical data straight from it to the upstream, so
-	// a read of it goes upstream in one write. The benchmarks' 1 MiB
-	// messages (perf) took 0.83 of the blind relay's throughput with
-	// 64 KiB reads and 0.88 with 256 KiB or 1 MiB reads: fewer system
-	// calls and wake-ups per megabyte. (io.Copy's splice moves up to 1 MiB
-	// a call.)
+	// a read of it goes upstream in one write; reads this large mean
+	// fewer system calls and wake-ups per megabyte than dataBufferSize
+	// (docs/performance.md).
 	streamBufferSize = 256 << 10
 )
 
@@ -44,19 +42,10 @@ const (
 // drains it. Postfix opens a connection to its filter for every message,
 // so a large message spends its whole transfer in that growth, and the
 // proxy, which reads a little slower than a copying relay, kept meeting a
-// full buffer: a zero window about once per 1 MiB message, after which
-// the sender waits for the window update and then sends in a burst. A
-// fixed buffer ends that. At 1 MiB with 4 sessions (package perf) the
-// zero windows fell from 2.2 to 1.1 per message (the copying relay's
-// figure: 1.0), pure ACKs by 3.9 per message, and the proxy went from 0.880 to
-// 0.906 of the blind relay's throughput (medians of 10 paired runs, 8 of
-// them won; the same comparison of this code against the code before it:
-// 0.873 to 0.907, 10 of 10 won), using 5% less CPU per message. With
-// smtp-source, which writes as Postfix does, nothing changed beyond the
-// noise (scripts/proxy-ab, 10 KiB to 3 MiB: messages/s 0.97-1.02 of
-// before, CPU per message 0.96-1.00). A smaller fixed buffer, 256 KiB
-// (512 KiB in the kernel's count), was worse than the kernel's sizing:
-// 0.71 of the blind relay, the window too small for the sender.
+// full buffer: a zero window, after which the sender waits for the window
+// update and then sends in a burst. A fixed buffer ends that; a smaller
+// one (256 KiB) left the window too small for the sender. The
+// measurements are in docs/performance.md.
 //
 // It is set only when a body streams, once per connection, so a message
 // that arrives in one read costs no system call. 2 MiB covers a gigabit

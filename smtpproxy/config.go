@@ -127,10 +127,8 @@ type Observer interface {
 	// (EMFILE, ENFILE) at op: a local fault, never counted as the
 	// upstream's.
 	ResourceShortage(op ResourceOp)
-	// UpstreamFailed reports an upstream failure with the core's reason
-	// phrase ("connect: connection refused", "timed out", "closed the
-	// connection", "sent a malformed reply", ...).
-	UpstreamFailed(reason string)
+	// UpstreamFailed reports an upstream failure by its kind.
+	UpstreamFailed(kind core.UpstreamFailure)
 	// UpstreamReplied reports how long the upstream took to answer, from
 	// the moment the proxy began to wait (its command written) until the
 	// reply was in. inData marks the waits of a message: the upstream's
@@ -172,7 +170,7 @@ func (nopObserver) SessionRefused()                                   {}
 func (nopObserver) PeerRefused()                                      {}
 func (nopObserver) ResourceShortage(ResourceOp)                       {}
 func (nopObserver) TransactionEnded(*core.Transaction, time.Duration) {}
-func (nopObserver) UpstreamFailed(string)                             {}
+func (nopObserver) UpstreamFailed(core.UpstreamFailure)               {}
 func (nopObserver) UpstreamReplied(time.Duration, bool)               {}
 func (nopObserver) Relayed(int, int)                                  {}
 

@@ -3,6 +3,8 @@
 package smtpproxy
 
 import (
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
+
 	"bufio"
 	"context"
 	"encoding/json"
@@ -39,9 +41,9 @@ func TestDescriptorExhaustion(t *testing.T) {
 		emfileChild(up)
 		return
 	}
-	u := newUpstream(t)
+	u := smtptest.StartUpstream(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestDescriptorExhaustion$")
-	cmd.Env = append(os.Environ(), emfileChildEnv+"="+u.addr())
+	cmd.Env = append(os.Environ(), emfileChildEnv+"="+u.Addr())
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -64,26 +66,26 @@ func TestDescriptorExhaustion(t *testing.T) {
 
 	// Every idle session holds two descriptors; the child left room for
 	// emfileIdle of them and one descriptor more.
-	var idle []*client
+	var idle []*smtptest.Client
 	for range emfileIdle {
 		c := dialGuarded(t, addr)
-		c.expectReply(greeting)
+		c.ExpectReply(greeting)
 		idle = append(idle, c)
 	}
 	short := "421 4.3.2 proxy out of resources (too many open files), try again later\r\n"
 	c := dialGuarded(t, addr)
-	if got := c.reply(); got != short {
+	if got := c.Reply(); got != short {
 		t.Fatalf("with the descriptors used up: got %q, want %q", got, short)
 	}
-	c.expectEOF()
+	c.ExpectEOF()
 
 	// Descriptors come free: a session ends, and new ones are served.
-	idle[0].expect("QUIT", "221 2.0.0 Bye\r\n")
-	idle[0].expectEOF()
+	idle[0].Expect("QUIT", "221 2.0.0 Bye\r\n")
+	idle[0].ExpectEOF()
 	for deadline := time.Now().Add(10 * time.Second); ; { // a hang guard
 		c := dialGuarded(t, addr)
-		got := c.reply()
-		c.conn.Close()
+		got := c.Reply()
+		c.Conn.Close()
 		if got == greeting {
 			break
 		}
@@ -121,10 +123,10 @@ func TestDescriptorExhaustion(t *testing.T) {
 	}
 }
 
-func dialGuarded(t *testing.T, addr string) *client {
+func dialGuarded(t *testing.T, addr string) *smtptest.Client {
 	t.Helper()
 	c := dialClient(t, addr)
-	c.conn.SetDeadline(time.Now().Add(20 * time.Second)) // a hang guard
+	c.Conn.SetDeadline(time.Now().Add(20 * time.Second)) // a hang guard
 	return c
 }
 
@@ -139,7 +141,7 @@ func emfileChild(upstream string) {
 	if err != nil {
 		fail(err)
 	}
-	srv, err := New(Config{Upstream: upstream, Check: checkDeliveredTo,
+	srv, err := New(Config{Upstream: upstream, Check: smtptest.CheckDeliveredTo,
 		Logger: slog.New(slog.NewJSONHandler(os.Stderr, nil))})
 	if err != nil {
 		fail(err)
@@ -198,7 +200,7 @@ func emfileChild(upstream string) {
 // An accept that fails for want of descriptors is reported as the local
 // shortage it is, and the listener retries.
 func TestAcceptShortageRetried(t *testing.T) {
-	u := newUpstream(t)
+	u := smtptest.StartUpstream(t)
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -209,9 +211,9 @@ func TestAcceptShortageRetried(t *testing.T) {
 	cfg.Observer = obs
 	p := serveProxy(t, cfg, ln)
 	c := dialGuarded(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("QUIT", "221 2.0.0 Bye\r\n")
-	c.expectEOF()
+	c.ExpectReply(greeting)
+	c.Expect("QUIT", "221 2.0.0 Bye\r\n")
+	c.ExpectEOF()
 	if err := p.stop(); err != nil {
 		t.Fatal(err)
 	}

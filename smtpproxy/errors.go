@@ -7,11 +7,14 @@ import (
 	"net"
 	"os"
 	"syscall"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
 
 // The client reads why the upstream failed in a reply line, so errors are
-// mapped to short fixed phrases, never a Go error string (which would name
-// file descriptors and local addresses). The full error goes to the log.
+// mapped to short fixed phrases or kinds, never a Go error string (which
+// would name file descriptors and local addresses). The full error goes to
+// the log.
 
 // connectPhrase says why the upstream could not be reached, as a noun
 // phrase after "unreachable: ".
@@ -38,18 +41,18 @@ func connectPhrase(err error) string {
 	return "connection failed"
 }
 
-// ioPhrase says what the upstream did when a read or write failed, as a
-// verb phrase after "upstream NAME ".
-func ioPhrase(err error) string {
+// upstreamEnd says how the upstream connection ended when a read or write
+// failed; the core names it in the client's reply.
+func upstreamEnd(err error) core.UpstreamEnd {
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, syscall.EPIPE), errors.Is(err, io.ErrClosedPipe):
-		return "closed the connection"
+		return core.EndClosed
 	case errors.Is(err, syscall.ECONNRESET):
-		return "reset the connection"
+		return core.EndReset
 	case isTimeout(err):
-		return "timed out"
+		return core.EndTimedOut
 	}
-	return "broke the connection"
+	return core.EndBroken
 }
 
 // isResourceShortage reports whether err says the process or the system

@@ -12,8 +12,8 @@ const workerIdleTime = 10 * time.Second
 // goPool runs functions on goroutines that outlive them for a while and
 // take the next one. Postfix opens a connection per message, so every
 // session's goroutines would otherwise be created, and grow their stacks
-// (dialing, the loop check, logging), anew for every message: the CPU
-// profiles showed the stack growth alone at 2 to 6% of the proxy's time.
+// (dialing, the loop check, logging), anew for every message, which shows
+// in the CPU profiles (docs/performance.md).
 // A pool never holds more goroutines than ran at once; an idle one ends
 // after workerIdleTime or when stop is closed.
 type goPool struct {

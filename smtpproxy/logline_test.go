@@ -1,6 +1,8 @@
 package smtpproxy
 
 import (
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
+
 	"fmt"
 	"strings"
 	"testing"
@@ -10,28 +12,28 @@ import (
 // their number, so that one line stays whole however many there are; a
 // transaction within the bound carries no count.
 func TestTransactionLineBoundsRecipients(t *testing.T) {
-	u := newUpstream(t)
+	u := smtptest.StartUpstream(t)
 	p := startProxy(t, baseConfig(u))
 	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
+	c.ExpectReply(greeting)
 	total := maxLoggedRecipients + 50
 	var cmds strings.Builder
 	cmds.WriteString("MAIL FROM:<s@example.org>\r\n")
 	for i := range total {
 		fmt.Fprintf(&cmds, "RCPT TO:<r%d@example.net>\r\n", i)
 	}
-	c.send(cmds.String()) // pipelined
+	c.Send(cmds.String()) // pipelined
 	for range total + 1 {
-		c.expectReply(ok)
+		c.ExpectReply(ok)
 	}
-	c.expect("DATA", local354)
-	c.expect("Subject: many\r\n\r\nbody\r\n.", queued)
-	c.expect("MAIL FROM:<s@example.org>", ok)
-	c.expect("RCPT TO:<one@example.net>", ok)
-	c.expect("DATA", local354)
-	c.expect("Subject: one\r\n\r\nbody\r\n.", queued)
-	c.expect("QUIT", "221 2.0.0 Bye\r\n")
-	c.expectEOF()
+	c.Expect("DATA", local354)
+	c.Expect("Subject: many\r\n\r\nbody\r\n.", queued)
+	c.Expect("MAIL FROM:<s@example.org>", ok)
+	c.Expect("RCPT TO:<one@example.net>", ok)
+	c.Expect("DATA", local354)
+	c.Expect("Subject: one\r\n\r\nbody\r\n.", queued)
+	c.Expect("QUIT", "221 2.0.0 Bye\r\n")
+	c.ExpectEOF()
 	p.stop()
 	txs := logRecords(t, p.logs.String(), "transaction")
 	if len(txs) != 2 {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
 
@@ -16,7 +17,7 @@ type recordingObserver struct {
 	mu                            sync.Mutex
 	started, ended, refuse, peers int
 	txs                           []observedTx
-	failures                      []string
+	failures                      []core.UpstreamFailure
 	shortages                     []ResourceOp
 	replies                       []observedReply
 	toUp, toClient                int
@@ -47,10 +48,10 @@ func (o *recordingObserver) TransactionEnded(tx *core.Transaction, d time.Durati
 	defer o.mu.Unlock()
 	o.txs = append(o.txs, observedTx{tx.Outcome.String(), tx.Size, d})
 }
-func (o *recordingObserver) UpstreamFailed(reason string) {
+func (o *recordingObserver) UpstreamFailed(kind core.UpstreamFailure) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.failures = append(o.failures, reason)
+	o.failures = append(o.failures, kind)
 }
 func (o *recordingObserver) UpstreamReplied(d time.Duration, inData bool) {
 	o.mu.Lock()
@@ -71,15 +72,15 @@ func TestObserverSeesSessionsTransactionsAndLatency(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		obs := &recordingObserver{}
 		b := newBubble(t, Config{Observer: obs})
-		b.u.hook = func(c *upConn, cmd string) bool {
+		b.u.Hook = func(c *smtptest.Conn, cmd string) bool {
 			switch {
 			case strings.HasPrefix(cmd, "MAIL"):
 				time.Sleep(2 * time.Second)
 			case cmd == "DATA":
-				c.send(local354)
-				if b.u.readData(c) {
+				c.Send(local354)
+				if c.ReadData() {
 					time.Sleep(5 * time.Second) // writing the queue file
-					c.send(queued)
+					c.Send(queued)
 				}
 				return true
 			}
@@ -88,10 +89,10 @@ func TestObserverSeesSessionsTransactionsAndLatency(t *testing.T) {
 		c := b.dial()
 		var toClient int
 		expect := func(line, want string) {
-			c.expect(line, want)
+			c.Expect(line, want)
 			toClient += len(want)
 		}
-		c.expectReply(greeting)
+		c.ExpectReply(greeting)
 		toClient += len(greeting)
 		expect("MAIL FROM:<s@x>", ok)
 		expect("RCPT TO:<a@x>", ok)
@@ -103,14 +104,14 @@ func TestObserverSeesSessionsTransactionsAndLatency(t *testing.T) {
 		expect("DATA", local354)
 		expect("Delivered-To: a@x\r\n\r\nloop\r\n.", "554 5.4.6 mail forwarding loop for a@x\r\n")
 		expect("QUIT", "221 2.0.0 Bye\r\n")
-		c.expectEOF()
-		b.u.waitEnded(t)
+		c.ExpectEOF()
+		b.u.WaitEnded(t)
 		b.stop()
 
 		obs.mu.Lock()
 		defer obs.mu.Unlock()
 		if obs.started != 1 || obs.ended != 1 || obs.refuse != 0 || len(obs.failures) != 0 {
-			t.Fatalf("sessions %d started, %d ended, %d refused; failures %q", obs.started, obs.ended, obs.refuse, obs.failures)
+			t.Fatalf("sessions %d started, %d ended, %d refused; failures %v", obs.started, obs.ended, obs.refuse, obs.failures)
 		}
 		wantTx := []observedTx{
 			{"pass", int64(len(msg)), 5 * time.Second},
@@ -129,8 +130,8 @@ func TestObserverSeesSessionsTransactionsAndLatency(t *testing.T) {
 		if diff := cmp.Diff(wantReplies, obs.replies); diff != "" {
 			t.Errorf("upstream reply latencies (-want +got):\n%s", diff)
 		}
-		if obs.toClient != toClient || obs.toUp != len(b.u.rawString()) {
-			t.Errorf("relayed %d octets to the client, %d upstream; want %d and %d", obs.toClient, obs.toUp, toClient, len(b.u.rawString()))
+		if obs.toClient != toClient || obs.toUp != len(b.u.Raw()) {
+			t.Errorf("relayed %d octets to the client, %d upstream; want %d and %d", obs.toClient, obs.toUp, toClient, len(b.u.Raw()))
 		}
 	})
 }
@@ -140,19 +141,16 @@ func TestObserverSeesFailuresAndRefusals(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		obs := &recordingObserver{}
 		b := newBubble(t, Config{Observer: obs, MaxSessions: 1})
-		b.u.dataHook = func(c *upConn, line string) bool {
+		b.u.DataHook = func(c *smtptest.Conn, line string) bool {
 			c.Close()
 			return true
 		}
-		c := b.dial()
-		c.expectReply(greeting)
+		c := b.open()
 		over := b.dial()
-		over.expectReply("421 4.3.2 too many connections\r\n")
-		c.expect("MAIL FROM:<s@x>", ok)
-		c.expect("RCPT TO:<a@x>", ok)
-		c.expect("DATA", local354)
-		c.expect("Subject: s\r\n\r\nbody\r\n.", "451 4.4.2 upstream up.test:10026 closed the connection\r\n")
-		c.expect("NOOP", "421 4.4.2 upstream up.test:10026 closed the connection\r\n")
+		over.ExpectReply("421 4.3.2 too many connections\r\n")
+		c.StartMessage("<s@x>", "<a@x>")
+		c.Expect("Subject: s\r\n\r\nbody\r\n.", "451 4.4.2 upstream up.test:10026 closed the connection\r\n")
+		c.Expect("NOOP", "421 4.4.2 upstream up.test:10026 closed the connection\r\n")
 		b.stop()
 
 		obs.mu.Lock()
@@ -160,7 +158,7 @@ func TestObserverSeesFailuresAndRefusals(t *testing.T) {
 		if obs.started != 1 || obs.ended != 1 || obs.refuse != 1 {
 			t.Fatalf("sessions %d started, %d ended, %d refused", obs.started, obs.ended, obs.refuse)
 		}
-		if diff := cmp.Diff([]string{"closed the connection"}, obs.failures); diff != "" {
+		if diff := cmp.Diff([]core.UpstreamFailure{core.FailClosed}, obs.failures); diff != "" {
 			t.Errorf("upstream failures (-want +got):\n%s", diff)
 		}
 		if len(obs.txs) != 1 || obs.txs[0].Verdict != "upstream-failed" {

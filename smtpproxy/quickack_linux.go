@@ -18,21 +18,17 @@ import (
 // tail with the final dot) until everything before it is acknowledged;
 // once the proxy has written replies on the connection, Linux delays its
 // ACKs, up to 40 ms. On loopback, where smtpd and the proxy meet, such
-// stalls were most of a message's time: smtp-source sending 1 MiB
-// messages one at a time got 80 messages/s through the proxy without this
-// and 200 with it (scripts/proxy-ab). An ACK sent as soon as the data is
-// read lets the tail go at once.
+// stalls were most of a message's time. An ACK sent as soon as the data
+// is read lets the tail go at once.
 //
 // It costs one setsockopt(2) per read of message data; commands and
 // replies need none, since a reply carries the ACK of its command.
 // Sending the ACK only when a read finds the socket empty (the moment a
 // sender held by Nagle waits for it; a read through the RawConn, with the
 // setsockopt before the wait) saves most of those calls, but it measured
-// worse with a sender that never waits: the 1 MiB, 4-session benchmark
-// (package perf) fell from 0.878 to 0.866 of the blind relay, and the
-// proxy lost in 8 of 10 paired runs. The ACK sent after every read lets
-// such a sender go on while the proxy writes what it read; it costs
-// about 1.4 µs a call, some 13 calls per MiB.
+// worse with a sender that never waits: the ACK sent after every read
+// lets such a sender go on while the proxy writes what it read. The
+// measurements are in docs/performance.md.
 type dataAcker struct {
 	rc     syscall.RawConn
 	set    func(fd uintptr) // built once: Control's argument would else allocate per call

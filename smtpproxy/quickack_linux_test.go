@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,21 +54,17 @@ func unackedAfterDeferral(t *testing.T, c net.Conn) uint32 {
 // 40 ms), and a client with Nagle's algorithm on, as Postfix's smtpd is,
 // holds its last short segment that long (dataAcker).
 func TestMessageDataAckedAtOnce(t *testing.T) {
-	u := newUpstream(t)
+	u := smtptest.StartUpstream(t)
 	seen := make(chan string, 10)
-	u.dataHook = func(c *upConn, line string) bool {
+	u.DataHook = func(c *smtptest.Conn, line string) bool {
 		seen <- line
 		return false
 	}
-	p := startProxy(t, baseConfig(u))
-	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	if got := c.cmd("EHLO front.example"); !strings.HasPrefix(got, "250-") {
+	_, c := openSession(t, baseConfig(u))
+	if got := c.Cmd("EHLO front.example"); !strings.HasPrefix(got, "250-") {
 		t.Fatalf("EHLO got %q", got)
 	}
-	c.expect("MAIL FROM:<s@x>", ok)
-	c.expect("RCPT TO:<a@x>", ok)
-	c.expect("DATA", local354)
+	c.StartMessage("<s@x>", "<a@x>")
 	// next is the next content line the upstream got.
 	next := func() string {
 		t.Helper()
@@ -79,7 +76,7 @@ func TestMessageDataAckedAtOnce(t *testing.T) {
 			return ""
 		}
 	}
-	c.send("Subject: s\r\n\r\nfirst\r\n")
+	c.Send("Subject: s\r\n\r\nfirst\r\n")
 	for _, want := range []string{"Subject: s\r\n", "\r\n", "first\r\n"} {
 		if got := next(); got != want {
 			t.Fatalf("upstream got %q, want %q", got, want)
@@ -89,16 +86,16 @@ func TestMessageDataAckedAtOnce(t *testing.T) {
 	// acknowledged to the client.
 	for i := range 5 {
 		line := strings.Repeat("x", i+1) + "\r\n"
-		c.send(line)
+		c.Send(line)
 		if got := next(); got != line {
 			t.Fatalf("upstream got %q, want %q", got, line)
 		}
-		if n := unackedAfterDeferral(t, c.conn); n != 0 {
+		if n := unackedAfterDeferral(t, c.Conn); n != 0 {
 			t.Fatalf("segment %d: %d segments still unacknowledged after the upstream got the data", i+1, n)
 		}
 	}
-	c.send(".\r\n")
-	c.expectReply("250 2.0.0 Ok: queued as 4XyZ1\r\n")
+	c.Send(".\r\n")
+	c.ExpectReply("250 2.0.0 Ok: queued as 4XyZ1\r\n")
 }
 
 // TestDataAckerNotTCP: a connection that is not TCP (a Unix socket, a

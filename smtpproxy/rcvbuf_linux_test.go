@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,7 +51,7 @@ func rcvbuf(t *testing.T, c *net.TCPConn) int {
 // the kernel takes it as it is.
 func TestStreamingBodyFixesReceiveBuffer(t *testing.T) {
 	const size = 96 << 10
-	u := newUpstream(t)
+	u := smtptest.StartUpstream(t)
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -58,19 +59,17 @@ func TestStreamingBodyFixesReceiveBuffer(t *testing.T) {
 	ln := acceptRecorder{tcp, make(chan *net.TCPConn, 1)}
 	p := serveTuned(t, baseConfig(u), ln, func(s *Server) { s.streamRcvbuf = size })
 	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
+	c.ExpectReply(greeting)
 	accepted := <-ln.conns
-	if got := c.cmd("EHLO front.example"); !strings.HasPrefix(got, "250-") {
+	if got := c.Cmd("EHLO front.example"); !strings.HasPrefix(got, "250-") {
 		t.Fatalf("EHLO got %q", got)
 	}
-	c.expect("MAIL FROM:<s@x>", ok)
-	c.expect("RCPT TO:<a@x>", ok)
-	c.expect("DATA", local354)
+	c.StartMessage("<s@x>", "<a@x>")
 	if got := rcvbuf(t, accepted); got == 2*size {
 		t.Fatalf("SO_RCVBUF is %d before any message data", got)
 	}
-	c.send("Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1<<14) + ".\r\n")
-	c.expectReply("250 2.0.0 Ok: queued as 4XyZ1\r\n")
+	c.Send("Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1<<14) + ".\r\n")
+	c.ExpectReply("250 2.0.0 Ok: queued as 4XyZ1\r\n")
 	if got := rcvbuf(t, accepted); got != 2*size {
 		t.Fatalf("after a 1.6 MiB body SO_RCVBUF is %d, want %d", got, 2*size)
 	}

@@ -13,52 +13,47 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 )
 
 const (
-	greeting     = "220 after.example ESMTP Postfix\r\n"
-	ok           = "250 2.0.0 Ok\r\n"
-	queued       = "250 2.0.0 Ok: queued as 4XyZ1\r\n"
-	local354     = "354 End data with <CR><LF>.<CR><LF>\r\n"
+	greeting     = smtptest.Greeting
+	ok           = smtptest.OK
+	queued       = smtptest.Queued
+	local354     = smtptest.Data354
 	filteredEHLO = "250-after.example\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250 SMTPUTF8\r\n"
 )
 
-func baseConfig(u *upstream) Config {
-	return Config{Upstream: u.addr(), Check: checkDeliveredTo}
+func baseConfig(u *smtptest.Upstream) Config {
+	return Config{Upstream: u.Addr(), Check: smtptest.CheckDeliveredTo}
 }
 
 func TestPassAndLoopOverTCP(t *testing.T) {
-	u := newUpstream(t)
-	p := startProxy(t, baseConfig(u))
-	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("EHLO front.example", filteredEHLO)
-	c.expect("XFORWARD NAME=client.example ADDR=192.0.2.9 PORT=4000", ok)
-	c.expect("MAIL FROM:<s@example.org>", ok)
-	c.expect("RCPT TO:<r@example.net>", ok)
-	c.expect("DATA", local354)
+	u := smtptest.StartUpstream(t)
+	p, c := openSession(t, baseConfig(u))
+	c.Expect("EHLO front.example", filteredEHLO)
+	c.Expect("XFORWARD NAME=client.example ADDR=192.0.2.9 PORT=4000", ok)
+	c.StartMessage("<s@example.org>", "<r@example.net>")
 	msg := "Delivered-To: other@example.net\r\nSubject: hi\r\n\r\n..stuffed\r\nbody\r\n"
-	c.send(msg + ".\r\n")
-	c.expectReply(queued)
-	c.expect("MAIL FROM:<s@example.org>", ok)
-	c.expect("RCPT TO:<r@example.net>", ok)
-	c.expect("DATA", local354)
-	c.send("Delivered-To: r@example.net\r\n\r\nloop body\r\n.\r\n")
-	c.expectReply("554 5.4.6 mail forwarding loop for r@example.net\r\n")
-	c.expect("NOOP", ok)
-	c.expect("QUIT", "221 2.0.0 Bye\r\n")
-	c.expectEOF()
-	u.waitEnded(t)
-	if diff := cmp.Diff([]string{msg}, u.msgs()); diff != "" {
+	c.Send(msg + ".\r\n")
+	c.ExpectReply(queued)
+	c.StartMessage("<s@example.org>", "<r@example.net>")
+	c.Send("Delivered-To: r@example.net\r\n\r\nloop body\r\n.\r\n")
+	c.ExpectReply("554 5.4.6 mail forwarding loop for r@example.net\r\n")
+	c.Expect("NOOP", ok)
+	c.Expect("QUIT", "221 2.0.0 Bye\r\n")
+	c.ExpectEOF()
+	u.WaitEnded(t)
+	if diff := cmp.Diff([]string{msg}, u.Messages()); diff != "" {
 		t.Fatalf("upstream messages (-want +got):\n%s", diff)
 	}
-	if strings.Contains(u.rawString(), "loop body") {
+	if strings.Contains(u.Raw(), "loop body") {
 		t.Fatal("loop content reached the upstream")
 	}
 	want := []string{"EHLO front.example", "XFORWARD NAME=client.example ADDR=192.0.2.9 PORT=4000",
 		"MAIL FROM:<s@example.org>", "RCPT TO:<r@example.net>", "DATA",
 		"MAIL FROM:<s@example.org>", "RCPT TO:<r@example.net>", "RSET", "NOOP", "QUIT"}
-	if diff := cmp.Diff(want, u.cmds()); diff != "" {
+	if diff := cmp.Diff(want, u.Commands()); diff != "" {
 		t.Fatalf("upstream commands (-want +got):\n%s", diff)
 	}
 	// One log line per transaction, with the XFORWARD client.
@@ -125,8 +120,8 @@ func TestUpstreamUnreachable(t *testing.T) {
 	ln.Close() // nothing listens there now
 	p := startProxy(t, Config{Upstream: dead})
 	c := dialClient(t, p.addr)
-	c.expectReply("421 4.4.1 upstream " + dead + " unreachable: connection refused\r\n")
-	c.expectEOF()
+	c.ExpectReply("421 4.4.1 upstream " + dead + " unreachable: connection refused\r\n")
+	c.ExpectEOF()
 	// One failure, one WARN line, with the error's detail.
 	p.stop()
 	var warns []map[string]any
@@ -142,87 +137,77 @@ func TestUpstreamUnreachable(t *testing.T) {
 }
 
 func TestUpstreamClosesDuringCommand(t *testing.T) {
-	u := newUpstream(t)
-	u.hook = func(c *upConn, cmd string) bool {
+	u := smtptest.StartUpstream(t)
+	u.Hook = func(c *smtptest.Conn, cmd string) bool {
 		if strings.HasPrefix(cmd, "MAIL") {
 			c.Close()
 			return true
 		}
 		return false
 	}
-	p := startProxy(t, baseConfig(u))
-	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("MAIL FROM:<s@x>", "421 4.4.2 upstream "+u.addr()+" closed the connection\r\n")
-	c.expectEOF()
+	_, c := openSession(t, baseConfig(u))
+	c.Expect("MAIL FROM:<s@x>", "421 4.4.2 upstream "+u.Addr()+" closed the connection\r\n")
+	c.ExpectEOF()
 }
 
 func TestUpstreamClosesMidDATA(t *testing.T) {
-	u := newUpstream(t)
-	u.dataHook = func(c *upConn, line string) bool {
+	u := smtptest.StartUpstream(t)
+	u.DataHook = func(c *smtptest.Conn, line string) bool {
 		if strings.HasPrefix(line, "first") {
 			c.Close()
 			return true
 		}
 		return false
 	}
-	p := startProxy(t, baseConfig(u))
-	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("MAIL FROM:<s@x>", ok)
-	c.expect("RCPT TO:<a@x>", ok)
-	c.expect("DATA", local354)
-	c.send("Subject: s\r\n\r\nfirst line\r\n")
-	u.waitEnded(t)
+	_, c := openSession(t, baseConfig(u))
+	c.StartMessage("<s@x>", "<a@x>")
+	c.Send("Subject: s\r\n\r\nfirst line\r\n")
+	u.WaitEnded(t)
 	// The rest of the message after the upstream is gone: drained.
-	c.send(strings.Repeat("more body\r\n", 1000) + ".\r\n")
-	got := c.reply()
-	if !strings.HasPrefix(got, "451 4.4.2 upstream "+u.addr()+" ") {
+	c.Send(strings.Repeat("more body\r\n", 1000) + ".\r\n")
+	got := c.Reply()
+	if !strings.HasPrefix(got, "451 4.4.2 upstream "+u.Addr()+" ") {
 		t.Fatalf("end of data got %q, want 451 4.4.2", got)
 	}
-	if got := c.cmd("MAIL FROM:<s@x>"); !strings.HasPrefix(got, "421 4.4.2 ") {
+	if got := c.Cmd("MAIL FROM:<s@x>"); !strings.HasPrefix(got, "421 4.4.2 ") {
 		t.Fatalf("next command got %q, want 421 4.4.2", got)
 	}
-	c.expectEOF()
+	c.ExpectEOF()
 }
 
 func TestUpstreamRefusesDATA(t *testing.T) {
-	u := newUpstream(t)
-	u.replies["DATA"] = "554 5.5.1 Error: no valid recipients\r\n"
-	p := startProxy(t, baseConfig(u))
-	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("MAIL FROM:<s@x>", ok)
-	c.expect("RCPT TO:<a@x>", ok)
-	c.expect("DATA", local354)
-	c.send("Subject: s\r\n\r\nRSET\r\nMAIL FROM:<evil@x>\r\n.\r\n")
-	c.expectReply("554 5.5.1 Error: no valid recipients\r\n")
-	c.expect("NOOP", ok)
+	u := smtptest.StartUpstream(t)
+	u.Replies["DATA"] = "554 5.5.1 Error: no valid recipients\r\n"
+	_, c := openSession(t, baseConfig(u))
+	c.StartMessage("<s@x>", "<a@x>")
+	c.Send("Subject: s\r\n\r\nRSET\r\nMAIL FROM:<evil@x>\r\n.\r\n")
+	c.ExpectReply("554 5.5.1 Error: no valid recipients\r\n")
+	c.Expect("NOOP", ok)
 	want := []string{"MAIL FROM:<s@x>", "RCPT TO:<a@x>", "DATA", "RSET", "NOOP"}
-	if diff := cmp.Diff(want, u.cmds()); diff != "" {
+	if diff := cmp.Diff(want, u.Commands()); diff != "" {
 		t.Fatalf("upstream commands (-want +got):\n%s", diff)
 	}
 }
 
 func TestSessionLimit(t *testing.T) {
-	u := newUpstream(t)
+	u := smtptest.StartUpstream(t)
 	cfg := baseConfig(u)
 	cfg.MaxSessions = 1
 	p := startProxy(t, cfg)
 	c1 := dialClient(t, p.addr)
-	c1.expectReply(greeting)
+	c1.ExpectReply(greeting)
 	c2 := dialClient(t, p.addr)
-	c2.expectReply("421 4.3.2 too many connections\r\n")
-	c2.expectEOF()
-	c1.expect("NOOP", ok) // the first session is unaffected
-	c1.expect("QUIT", "221 2.0.0 Bye\r\n")
-	c1.expectEOF()
-	u.waitEnded(t)
+	c2.ExpectReply("421 4.3.2 too many connections\r\n")
+	c2.ExpectEOF()
+	c1.Expect("NOOP", ok) // the first session is unaffected
+	c1.Expect("QUIT", "221 2.0.0 Bye\r\n")
+	c1.ExpectEOF()
+	u.WaitEnded(t)
 	// Its slot is free again (the count drops when the session ends).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c3 := dialClient(t, p.addr)
-		got := c3.reply()
+		got := c3.Reply()
 		if got == greeting {
 			break
 		}
@@ -234,35 +219,29 @@ func TestSessionLimit(t *testing.T) {
 }
 
 func TestClientDisconnectMidDATA(t *testing.T) {
-	u := newUpstream(t)
-	p := startProxy(t, baseConfig(u))
-	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("MAIL FROM:<s@x>", ok)
-	c.expect("RCPT TO:<a@x>", ok)
-	c.expect("DATA", local354)
-	c.send("Subject: s\r\n\r\npartial\r\n")
-	c.conn.Close()
-	u.waitEnded(t)
-	raw := u.rawString()
+	u := smtptest.StartUpstream(t)
+	_, c := openSession(t, baseConfig(u))
+	c.StartMessage("<s@x>", "<a@x>")
+	c.Send("Subject: s\r\n\r\npartial\r\n")
+	c.Conn.Close()
+	u.WaitEnded(t)
+	raw := u.Raw()
 	if !strings.Contains(raw, "partial\r\n") {
 		t.Fatalf("the streamed part did not arrive: %q", raw)
 	}
-	if strings.Contains(raw, "\r\n.\r\n") || len(u.msgs()) != 0 {
+	if strings.Contains(raw, "\r\n.\r\n") || len(u.Messages()) != 0 {
 		t.Fatalf("the upstream saw an end of data: %q", raw)
 	}
 }
 
 func TestGracefulShutdownBetweenTransactions(t *testing.T) {
-	u := newUpstream(t)
-	p := startProxy(t, baseConfig(u))
-	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("EHLO x", filteredEHLO)
+	u := smtptest.StartUpstream(t)
+	p, c := openSession(t, baseConfig(u))
+	c.Expect("EHLO x", filteredEHLO)
 	stopped := make(chan error, 1)
 	go func() { stopped <- p.stop() }()
-	c.expectReply("421 4.3.2 shutting down\r\n")
-	c.expectEOF()
+	c.ExpectReply("421 4.3.2 shutting down\r\n")
+	c.ExpectEOF()
 	// Serve returns once the connection is closed on both sides.
 	if err := <-stopped; err != nil {
 		t.Fatalf("Serve returned %v", err)
@@ -273,40 +252,34 @@ func TestGracefulShutdownBetweenTransactions(t *testing.T) {
 }
 
 func TestGracefulShutdownFinishesTransaction(t *testing.T) {
-	u := newUpstream(t)
-	p := startProxy(t, baseConfig(u))
-	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("MAIL FROM:<s@x>", ok)
-	c.expect("RCPT TO:<a@x>", ok)
-	c.expect("DATA", local354)
-	c.send("Subject: s\r\n\r\nbody\r\n")
+	u := smtptest.StartUpstream(t)
+	p, c := openSession(t, baseConfig(u))
+	c.StartMessage("<s@x>", "<a@x>")
+	c.Send("Subject: s\r\n\r\nbody\r\n")
 	stopped := make(chan error, 1)
 	go func() { stopped <- p.stop() }()
 	// Serve is waiting for this session: finish the message.
-	c.send(".\r\n")
-	c.expectReply(queued)
-	c.expectReply("421 4.3.2 shutting down\r\n")
-	c.expectEOF()
+	c.Send(".\r\n")
+	c.ExpectReply(queued)
+	c.ExpectReply("421 4.3.2 shutting down\r\n")
+	c.ExpectEOF()
 	if err := <-stopped; err != nil {
 		t.Fatalf("Serve returned %v", err)
 	}
-	if len(u.msgs()) != 1 {
+	if len(u.Messages()) != 1 {
 		t.Fatal("message lost in shutdown")
 	}
 }
 
 func TestDebugTrace(t *testing.T) {
-	u := newUpstream(t)
+	u := smtptest.StartUpstream(t)
 	dir := t.TempDir()
 	cfg := baseConfig(u)
 	cfg.DebugTrace = filepath.Join(dir, "trace")
-	p := startProxy(t, cfg)
-	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("NOOP", ok)
-	c.expect("QUIT", "221 2.0.0 Bye\r\n")
-	c.expectEOF()
+	p, c := openSession(t, cfg)
+	c.Expect("NOOP", ok)
+	c.Expect("QUIT", "221 2.0.0 Bye\r\n")
+	c.ExpectEOF()
 	p.stop()
 	files, _ := filepath.Glob(cfg.DebugTrace + ".*")
 	if len(files) != 1 {
@@ -345,34 +318,25 @@ func TestDebugTrace(t *testing.T) {
 }
 
 func TestListenIPv6AndUnix(t *testing.T) {
-	u := newUpstream(t)
+	u := smtptest.StartUpstream(t)
 	// Upstream over a Unix socket, client over IPv6 loopback.
 	sock := filepath.Join(t.TempDir(), "up.sock")
 	uln, err := Listen("unix:" + sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		for {
-			conn, err := uln.Accept()
-			if err != nil {
-				return
-			}
-			go u.serve(&upConn{Conn: conn, r: bufio.NewReader(conn), u: u})
-		}
-	}()
-	t.Cleanup(func() { uln.Close() })
+	u.ServeListener(uln)
 	ln, err := Listen("[::1]:0")
 	if err != nil {
 		t.Skipf("no IPv6 loopback here: %v", err)
 	}
-	p := serveProxy(t, Config{Upstream: "unix:" + sock, Check: checkDeliveredTo}, ln)
+	p := serveProxy(t, Config{Upstream: "unix:" + sock, Check: smtptest.CheckDeliveredTo}, ln)
 	if !strings.HasPrefix(p.addr, "[::1]:") {
 		t.Fatalf("listening on %s", p.addr)
 	}
 	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("QUIT", "221 2.0.0 Bye\r\n")
+	c.ExpectReply(greeting)
+	c.Expect("QUIT", "221 2.0.0 Bye\r\n")
 	// A Unix listener replaces a stale socket but no other file.
 	if _, err := Listen("unix:" + sock); err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
@@ -431,25 +395,21 @@ func TestDialLiteralErrorNamesUpstreamOnly(t *testing.T) {
 // A client that sends its last command or message and half-closes at
 // once (as Postfix's front smtpd does with QUIT) still gets the reply.
 func TestClientHalfCloseGetsReply(t *testing.T) {
-	u := newUpstream(t)
-	p := startProxy(t, baseConfig(u))
-	c := dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.expect("MAIL FROM:<s@x>", ok)
-	c.expect("RCPT TO:<a@x>", ok)
-	c.expect("DATA", local354)
-	c.send("Subject: s\r\n\r\nbody\r\n.\r\n")
-	c.conn.(*net.TCPConn).CloseWrite()
-	c.expectReply(queued)
-	c.expectEOF()
-	if len(u.msgs()) != 1 {
+	u := smtptest.StartUpstream(t)
+	p, c := openSession(t, baseConfig(u))
+	c.StartMessage("<s@x>", "<a@x>")
+	c.Send("Subject: s\r\n\r\nbody\r\n.\r\n")
+	c.Conn.(*net.TCPConn).CloseWrite()
+	c.ExpectReply(queued)
+	c.ExpectEOF()
+	if len(u.Messages()) != 1 {
 		t.Fatal("message not delivered")
 	}
 
 	c = dialClient(t, p.addr)
-	c.expectReply(greeting)
-	c.send("QUIT\r\n")
-	c.conn.(*net.TCPConn).CloseWrite()
-	c.expectReply("221 2.0.0 Bye\r\n")
-	c.expectEOF()
+	c.ExpectReply(greeting)
+	c.Send("QUIT\r\n")
+	c.Conn.(*net.TCPConn).CloseWrite()
+	c.ExpectReply("221 2.0.0 Bye\r\n")
+	c.ExpectEOF()
 }

@@ -21,15 +21,14 @@ import (
 // Both readers run on the server's pooled goroutines (goPool). So a
 // command, a reply or a piece of message data costs one wake-up of the
 // goroutine that reads it, as in a blind relay, rather than a hand-over
-// between goroutines for every read: the CPU profiles showed the
-// scheduler's hand-overs costing a blind relay's worth of time per
-// message. The clocks, shutdown and the drain deadline are callbacks
-// (time.AfterFunc, context.AfterFunc) that give the core their input
-// under the same lock: no goroutine waits for them, and one runs only
-// when they fire.
+// between goroutines for every read, which costs scheduler time per
+// message (docs/performance.md). The clocks, shutdown and the drain
+// deadline are callbacks (time.AfterFunc, context.AfterFunc) that give the
+// core their input under the same lock: no goroutine waits for them, and
+// one runs only when they fire.
 //
-// Backpressure stays as it was: the client is read only when the core can
-// use the bytes. The client goroutine holds what it read (one buffer) and
+// Backpressure: the client is read only when the core can use the bytes.
+// The client goroutine holds what it read (one buffer) and
 // waits, without the lock, until the core takes input again; a side the
 // session is not ready for is simply not read, and the kernel's flow
 // control slows the sender.
@@ -183,7 +182,7 @@ func (r *runner) run(pool *goPool, shutdown, drain context.Context) {
 	r.live.Store(2)
 	r.input(func() {
 		r.dialCancel = cancel
-		r.stopShutdown = context.AfterFunc(shutdown, func() { r.callback(r.s.Shutdown) })
+		r.stopShutdown = context.AfterFunc(shutdown, func() { r.callback(r.s.HandleShutdown) })
 		r.stopExpire = context.AfterFunc(drain, r.expire)
 	})
 	pool.Go(func() { r.upstreamLoop(ctx) })
@@ -228,7 +227,7 @@ func (r *runner) expire() {
 	if !r.isDone() {
 		r.clientWriteDue = time.Now().Add(finalReplyGrace)
 		r.client.SetWriteDeadline(r.clientWriteDue)
-		r.s.DrainExpired()
+		r.s.HandleDrainExpired()
 		r.settle()
 	}
 	now := time.Now()
@@ -260,7 +259,7 @@ func (r *runner) callback(fn func()) {
 func (r *runner) clientClockFired() {
 	r.callback(func() {
 		if r.clientClock.fired(time.Now()) && r.applied.Client != core.TimerNone {
-			r.s.TimerExpired(r.applied.Client)
+			r.s.HandleTimeout(r.applied.Client)
 		}
 	})
 }
@@ -268,7 +267,7 @@ func (r *runner) clientClockFired() {
 func (r *runner) upClockFired() {
 	r.callback(func() {
 		if r.upClock.fired(time.Now()) && r.applied.Upstream {
-			r.s.TimerExpired(core.TimerUpstreamReply)
+			r.s.HandleTimeout(core.TimerUpstreamReply)
 		}
 	})
 }
@@ -276,12 +275,12 @@ func (r *runner) upClockFired() {
 // clock is one of a session's clocks: its timer t runs the clock's
 // callback, which gives the core its input when due has come. The core
 // restarts its clocks at every step (a command, a reply, a piece of data
-// each start one anew), and resetting a runtime timer each time showed in
-// the CPU profiles; so the timer is reset only when due moves earlier
-// than it is set to fire. When due moves later, or the clock stops, the
-// timer fires as it was set to, finds due not come (fired), and is set for
-// the rest. A clock never runs out late; its callback may run early and
-// find nothing to do. Guarded by the session lock.
+// each start one anew), and resetting a runtime timer each time costs CPU
+// time (docs/performance.md); so the timer is reset only when due moves
+// earlier than it is set to fire. When due moves later, or the clock
+// stops, the timer fires as it was set to, finds due not come (fired), and
+// is set for the rest. A clock never runs out late; its callback may run
+// early and find nothing to do. Guarded by the session lock.
 type clock struct {
 	t     *time.Timer
 	due   time.Time // when the clock runs out; zero: stopped
@@ -479,7 +478,7 @@ func (r *runner) offerClient(p *[]byte, err error, fresh bool) clientStep {
 		r.trace.record(traceClientIn, *p)
 	}
 	for len(*p) > 0 && r.s.WantsClientInput() {
-		k := r.s.ClientData(*p)
+		k := r.s.HandleClientData(*p)
 		*p = (*p)[k:]
 		r.settle()
 		if r.isDone() {
@@ -498,7 +497,7 @@ func (r *runner) offerClient(p *[]byte, err error, fresh bool) clientStep {
 		return clientWait
 	}
 	r.log.Debug("client read ended", "err", err)
-	r.s.ClientClosed()
+	r.s.HandleClientClosed()
 	r.settle()
 	return clientStop
 }
@@ -511,10 +510,10 @@ func (r *runner) nextClientBuffer(own *[]byte) *[]byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	size := 0
-	switch {
-	case r.s.StreamingBody():
+	switch r.s.ClientReading() {
+	case core.ReadingBody:
 		size = streamBufferSize
-	case r.s.Timers().Client == core.TimerClientData:
+	case core.ReadingMessage:
 		size = dataBufferSize
 	}
 	if r.dataBuf != nil && cap(*r.dataBuf) != size {
@@ -604,13 +603,13 @@ func (r *runner) connected(conn net.Conn, err error) bool {
 		r.obs.ResourceShortage(ResourceUpstreamConnect)
 		r.log.Error("out of file descriptors: cannot connect to the upstream; the client gets 421 4.3.2", "upstream", r.srv.upstreamName(), "err", err, "open_files_limit", openFilesLimit())
 		r.trace.note("out of file descriptors: " + err.Error())
-		r.s.LocalResourcesExhausted(shortagePhrase(err))
+		r.s.HandleLocalResourcesExhausted(shortagePhrase(err))
 	case err != nil:
 		// The core's upstream error event is logged (logEvents) with
 		// this detail: one line for one failure.
 		r.upErrDetail = err.Error()
 		r.trace.note("upstream unreachable: " + err.Error())
-		r.s.UpstreamConnectFailed(connectPhrase(err))
+		r.s.HandleUpstreamConnectFailed(connectPhrase(err))
 	case r.s.UpstreamGone():
 		conn.Close()
 	default:
@@ -618,7 +617,7 @@ func (r *runner) connected(conn net.Conn, err error) bool {
 		r.ioMu.Lock()
 		r.upIO = conn
 		r.ioMu.Unlock()
-		r.s.UpstreamConnected()
+		r.s.HandleUpstreamConnected()
 	}
 	r.settle()
 	return r.up == conn && conn != nil && !r.isDone()
@@ -634,14 +633,14 @@ func (r *runner) offerUpstream(p []byte, err error) bool {
 	}
 	r.trace.record(traceUpIn, p)
 	if len(p) > 0 {
-		r.s.UpstreamData(p)
+		r.s.HandleUpstreamData(p)
 		r.observeReply()
 	}
 	if err != nil {
 		if !r.s.UpstreamGone() {
 			r.log.Debug("upstream read ended", "err", err)
 		}
-		r.s.UpstreamClosed(ioPhrase(err))
+		r.s.HandleUpstreamClosed(upstreamEnd(err))
 	}
 	r.settle()
 	return err == nil && !r.isDone()
@@ -667,7 +666,7 @@ func (r *runner) flush(holdUp bool) {
 			if err != nil {
 				r.log.Debug("client write failed", "err", err)
 				r.clientGone = true
-				r.s.ClientClosed()
+				r.s.HandleClientClosed()
 			}
 		}
 		r.logEvents(r.s.TakeEvents())
@@ -711,7 +710,7 @@ func (r *runner) writeUpstream() bool {
 	r.obs.Relayed(n, 0)
 	if err != nil {
 		r.log.Debug("upstream write failed", "err", err)
-		r.s.UpstreamClosed(ioPhrase(err))
+		r.s.HandleUpstreamClosed(upstreamEnd(err))
 	}
 	return true
 }
@@ -719,8 +718,8 @@ func (r *runner) writeUpstream() bool {
 // writeDeadlineShare is the share of a write timeout that may pass before
 // armWrite moves the deadline on: a write gets at least 7/8 of its
 // timeout and at most all of it. Moving a deadline changes a runtime
-// timer; the CPU profiles showed doing so before every write at 2% of the
-// proxy's time, where a session's writes now move it about once.
+// timer, which before every write costs CPU time (docs/performance.md);
+// a session's writes now move it about once.
 const writeDeadlineShare = 8
 
 // armWrite makes sure the next write to c has at least 7/8 of timeout
@@ -738,7 +737,7 @@ func armWrite(c net.Conn, due time.Time, timeout time.Duration) time.Time {
 
 // applyTimers starts and stops the clocks as the core asks.
 func (r *runner) applyTimers() {
-	t := r.s.Timers()
+	t := r.s.PollTimers()
 	if t.Client != r.applied.Client || t.ClientGen != r.applied.ClientGen {
 		var d time.Duration
 		switch t.Client {
@@ -767,7 +766,7 @@ func (r *runner) applyTimers() {
 // observeReply tells the observer how long the upstream took when the
 // bytes just read ended the wait the timers were armed for.
 func (r *runner) observeReply() {
-	t := r.s.Timers()
+	t := r.s.PollTimers()
 	if r.applied.Upstream && (!t.Upstream || t.UpstreamGen != r.applied.UpstreamGen) {
 		r.obs.UpstreamReplied(time.Since(r.upWaitStart), r.upWaitData)
 	}
@@ -837,7 +836,7 @@ func (r *runner) logEvents(events []core.Event) {
 			}
 			r.obs.TransactionEnded(e.Tx, d)
 		case core.EventUpstreamError:
-			r.obs.UpstreamFailed(e.Reason)
+			r.obs.UpstreamFailed(e.Failure)
 			if r.upErrDetail != "" {
 				r.log.Warn("upstream error", "upstream", r.srv.upstreamName(), "error", e.Reason, "detail", r.upErrDetail)
 				r.upErrDetail = ""

@@ -1,7 +1,6 @@
 package smtpproxy
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/syncbuf"
 )
 
@@ -56,7 +56,7 @@ func (pipeAddr) String() string  { return "pipe" }
 // bubble is a proxy with a scripted upstream, all in memory.
 type bubble struct {
 	t      *testing.T
-	u      *upstream
+	u      *smtptest.Upstream
 	ln     *pipeListener
 	cancel context.CancelFunc
 	served chan error
@@ -64,17 +64,17 @@ type bubble struct {
 }
 
 func newBubble(t *testing.T, cfg Config) *bubble {
-	b := &bubble{t: t, u: newScript(t), ln: newPipeListener(), served: make(chan error, 1), logs: &syncbuf.Buffer{}}
+	b := &bubble{t: t, u: smtptest.NewUpstream(t), ln: newPipeListener(), served: make(chan error, 1), logs: &syncbuf.Buffer{}}
 	if cfg.Dial == nil {
 		cfg.Dial = func(ctx context.Context) (net.Conn, error) {
 			a, z := net.Pipe()
-			go b.u.serve(&upConn{Conn: z, r: bufio.NewReader(z), u: b.u})
+			b.u.ServeConn(z)
 			return a, nil
 		}
 	}
 	cfg.Upstream = "up.test:10026"
 	if cfg.Check == nil {
-		cfg.Check = checkDeliveredTo
+		cfg.Check = smtptest.CheckDeliveredTo
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(b.logs, nil))
 	srv, err := New(cfg)
@@ -87,11 +87,17 @@ func newBubble(t *testing.T, cfg Config) *bubble {
 	return b
 }
 
-func (b *bubble) dial() *client {
+func (b *bubble) dial() *smtptest.Client {
 	a, z := net.Pipe()
 	b.ln.ch <- z
-	b.t.Cleanup(func() { a.Close() })
-	return &client{t: b.t, conn: a, r: bufio.NewReader(a)}
+	return smtptest.NewClient(b.t, a)
+}
+
+// open dials the proxy and reads the upstream's greeting.
+func (b *bubble) open() *smtptest.Client {
+	c := b.dial()
+	c.ExpectReply(greeting)
+	return c
 }
 
 // stop shuts the server down and waits for Serve to return.
@@ -105,16 +111,15 @@ func (b *bubble) stop() {
 func TestClientIdleTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{})
-		c := b.dial()
-		c.expectReply(greeting)
+		c := b.open()
 		start := time.Now()
-		c.expectReply("421 4.4.2 timeout\r\n")
+		c.ExpectReply("421 4.4.2 timeout\r\n")
 		if waited := time.Since(start); waited != DefaultCommandTimeout {
 			t.Fatalf("timed out after %v (fake time), want %v", waited, DefaultCommandTimeout)
 		}
-		c.expectEOF()
-		b.u.waitEnded(t)
-		if cmds := b.u.cmds(); len(cmds) != 1 || cmds[0] != "QUIT" {
+		c.ExpectEOF()
+		b.u.WaitEnded(t)
+		if cmds := b.u.Commands(); len(cmds) != 1 || cmds[0] != "QUIT" {
 			t.Fatalf("upstream commands %q, want a QUIT", cmds)
 		}
 		b.stop()
@@ -125,14 +130,13 @@ func TestClientIdleTimeout(t *testing.T) {
 func TestClientTrickleTimesOut(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{})
-		c := b.dial()
-		c.expectReply(greeting)
+		c := b.open()
 		for range 10 {
-			c.send("N")
+			c.Send("N")
 			time.Sleep(DefaultCommandTimeout / 10)
 		}
 		synctest.Wait()
-		c.expectReply("421 4.4.2 timeout\r\n")
+		c.ExpectReply("421 4.4.2 timeout\r\n")
 		b.stop()
 	})
 }
@@ -140,25 +144,22 @@ func TestClientTrickleTimesOut(t *testing.T) {
 func TestClientDataIdleTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{})
-		c := b.dial()
-		c.expectReply(greeting)
-		c.expect("MAIL FROM:<s@x>", ok)
-		c.expect("RCPT TO:<a@x>", ok)
-		c.expect("DATA", local354)
-		c.send("Subject: s\r\n\r\nbody\r\n")
+		c := b.open()
+		c.StartMessage("<s@x>", "<a@x>")
+		c.Send("Subject: s\r\n\r\nbody\r\n")
 		// Activity restarts the idle clock: 170 s, then data, then 170 s
 		// is not yet a timeout.
 		time.Sleep(170 * time.Second)
-		c.send("more\r\n")
+		c.Send("more\r\n")
 		time.Sleep(170 * time.Second)
-		c.send("more\r\n")
+		c.Send("more\r\n")
 		start := time.Now()
-		c.expectReply("421 4.4.2 timeout\r\n")
+		c.ExpectReply("421 4.4.2 timeout\r\n")
 		if waited := time.Since(start); waited != DefaultDataIdleTimeout {
 			t.Fatalf("timed out after %v of silence, want %v", waited, DefaultDataIdleTimeout)
 		}
-		b.u.waitEnded(t)
-		if raw := b.u.rawString(); strings.Contains(raw, "\r\n.\r\n") || !strings.Contains(raw, "more\r\nmore\r\n") {
+		b.u.WaitEnded(t)
+		if raw := b.u.Raw(); strings.Contains(raw, "\r\n.\r\n") || !strings.Contains(raw, "more\r\nmore\r\n") {
 			t.Fatalf("upstream received %q", raw)
 		}
 		b.stop()
@@ -168,17 +169,16 @@ func TestClientDataIdleTimeout(t *testing.T) {
 func TestUpstreamStallTimeouts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{})
-		b.u.hook = func(c *upConn, cmd string) bool {
+		b.u.Hook = func(c *smtptest.Conn, cmd string) bool {
 			return strings.HasPrefix(cmd, "MAIL FROM:<stall@x>") // never answered
 		}
-		c := b.dial()
-		c.expectReply(greeting)
+		c := b.open()
 		start := time.Now()
-		c.expect("MAIL FROM:<stall@x>", "421 4.4.2 upstream up.test:10026 timed out\r\n")
+		c.Expect("MAIL FROM:<stall@x>", "421 4.4.2 upstream up.test:10026 timed out\r\n")
 		if waited := time.Since(start); waited != DefaultReplyTimeout {
 			t.Fatalf("waited %v, want %v", waited, DefaultReplyTimeout)
 		}
-		c.expectEOF()
+		c.ExpectEOF()
 		b.stop()
 	})
 }
@@ -187,15 +187,12 @@ func TestUpstreamStallTimeouts(t *testing.T) {
 func TestUpstreamStallAtEndOfData(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{})
-		b.u.dataReply = ""
-		c := b.dial()
-		c.expectReply(greeting)
-		c.expect("MAIL FROM:<s@x>", ok)
-		c.expect("RCPT TO:<a@x>", ok)
-		c.expect("DATA", local354)
-		c.send("Subject: s\r\n\r\nb\r\n.\r\n")
-		c.expectReply("451 4.4.2 upstream up.test:10026 timed out\r\n")
-		c.expect("NOOP", "421 4.4.2 upstream up.test:10026 timed out\r\n")
+		b.u.DataReply = ""
+		c := b.open()
+		c.StartMessage("<s@x>", "<a@x>")
+		c.Send("Subject: s\r\n\r\nb\r\n.\r\n")
+		c.ExpectReply("451 4.4.2 upstream up.test:10026 timed out\r\n")
+		c.Expect("NOOP", "421 4.4.2 upstream up.test:10026 timed out\r\n")
 		b.stop()
 	})
 }
@@ -208,11 +205,11 @@ func TestUpstreamConnectTimeout(t *testing.T) {
 		}})
 		c := b.dial()
 		start := time.Now()
-		c.expectReply("421 4.4.1 upstream up.test:10026 unreachable: timed out\r\n")
+		c.ExpectReply("421 4.4.1 upstream up.test:10026 unreachable: timed out\r\n")
 		if waited := time.Since(start); waited != DefaultConnectTimeout {
 			t.Fatalf("waited %v, want %v", waited, DefaultConnectTimeout)
 		}
-		c.expectEOF()
+		c.ExpectEOF()
 		b.stop()
 	})
 }
@@ -220,9 +217,9 @@ func TestUpstreamConnectTimeout(t *testing.T) {
 func TestUpstreamSilentBeforeGreeting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{})
-		b.u.greeting = ""
+		b.u.Greeting = ""
 		c := b.dial()
-		c.expectReply("421 4.4.1 upstream up.test:10026 timed out before its greeting\r\n")
+		c.ExpectReply("421 4.4.1 upstream up.test:10026 timed out before its greeting\r\n")
 		b.stop()
 	})
 }
@@ -230,27 +227,23 @@ func TestUpstreamSilentBeforeGreeting(t *testing.T) {
 func TestShutdownWaitsForTransaction(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{})
-		idle := b.dial()
-		idle.expectReply(greeting)
-		busy := b.dial()
-		busy.expectReply(greeting)
-		busy.expect("MAIL FROM:<s@x>", ok)
-		busy.expect("RCPT TO:<a@x>", ok)
-		busy.expect("DATA", local354)
-		busy.send("Subject: s\r\n\r\nbody\r\n")
+		idle := b.open()
+		busy := b.open()
+		busy.StartMessage("<s@x>", "<a@x>")
+		busy.Send("Subject: s\r\n\r\nbody\r\n")
 		b.cancel()
 		synctest.Wait() // every session has seen the shutdown
-		idle.expectReply("421 4.3.2 shutting down\r\n")
-		idle.expectEOF()
+		idle.ExpectReply("421 4.3.2 shutting down\r\n")
+		idle.ExpectEOF()
 		time.Sleep(10 * time.Second) // within the drain time
-		busy.send("rest\r\n.\r\n")
-		busy.expectReply(queued)
-		busy.expectReply("421 4.3.2 shutting down\r\n")
-		busy.expectEOF()
+		busy.Send("rest\r\n.\r\n")
+		busy.ExpectReply(queued)
+		busy.ExpectReply("421 4.3.2 shutting down\r\n")
+		busy.ExpectEOF()
 		if err := <-b.served; err != nil {
 			t.Fatalf("Serve: %v", err)
 		}
-		if msgs := b.u.msgs(); len(msgs) != 1 || msgs[0] != "Subject: s\r\n\r\nbody\r\nrest\r\n" {
+		if msgs := b.u.Messages(); len(msgs) != 1 || msgs[0] != "Subject: s\r\n\r\nbody\r\nrest\r\n" {
 			t.Fatalf("upstream messages %q", msgs)
 		}
 	})
@@ -259,23 +252,20 @@ func TestShutdownWaitsForTransaction(t *testing.T) {
 func TestShutdownDrainDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{DataIdleTimeout: time.Hour})
-		c := b.dial()
-		c.expectReply(greeting)
-		c.expect("MAIL FROM:<s@x>", ok)
-		c.expect("RCPT TO:<a@x>", ok)
-		c.expect("DATA", local354)
-		c.send("Subject: s\r\n\r\nbody\r\n")
+		c := b.open()
+		c.StartMessage("<s@x>", "<a@x>")
+		c.Send("Subject: s\r\n\r\nbody\r\n")
 		start := time.Now()
 		b.cancel()
-		c.expectReply("421 4.3.2 shutting down\r\n")
+		c.ExpectReply("421 4.3.2 shutting down\r\n")
 		if waited := time.Since(start); waited != DefaultDrainTimeout {
 			t.Fatalf("cut after %v, want the drain time %v", waited, DefaultDrainTimeout)
 		}
-		c.expectEOF()
+		c.ExpectEOF()
 		if err := <-b.served; err != nil {
 			t.Fatalf("Serve: %v", err)
 		}
-		if raw := b.u.rawString(); strings.Contains(raw, "\r\n.\r\n") || len(b.u.msgs()) != 0 {
+		if raw := b.u.Raw(); strings.Contains(raw, "\r\n.\r\n") || len(b.u.Messages()) != 0 {
 			t.Fatalf("cut message reached the upstream: %q", raw)
 		}
 	})
@@ -287,18 +277,16 @@ func TestIdleClientsDoNotBlockOthers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{MaxSessions: 3})
 		idle1, idle2 := b.dial(), b.dial()
-		idle1.expectReply(greeting)
-		idle2.expectReply(greeting)
-		c := b.dial()
-		c.expectReply(greeting)
-		c.expect("NOOP", ok)
-		c.expect("QUIT", "221 2.0.0 Bye\r\n")
+		idle1.ExpectReply(greeting)
+		idle2.ExpectReply(greeting)
+		c := b.open()
+		c.Expect("NOOP", ok)
+		c.Expect("QUIT", "221 2.0.0 Bye\r\n")
 		// The idle ones are timed out and their slots freed.
-		idle1.expectReply("421 4.4.2 timeout\r\n")
-		idle2.expectReply("421 4.4.2 timeout\r\n")
+		idle1.ExpectReply("421 4.4.2 timeout\r\n")
+		idle2.ExpectReply("421 4.4.2 timeout\r\n")
 		synctest.Wait()
-		d := b.dial()
-		d.expectReply(greeting)
+		b.open() // a slot is free again
 		b.stop()
 	})
 }
@@ -311,35 +299,32 @@ func TestUpstreamStopsReadingTimesOut(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{})
 		stuck := make(chan struct{})
-		b.u.dataHook = func(c *upConn, line string) bool {
+		b.u.DataHook = func(c *smtptest.Conn, line string) bool {
 			<-stuck // reads no more, and keeps the connection open
 			return true
 		}
-		c := b.dial()
-		c.expectReply(greeting)
-		c.expect("MAIL FROM:<s@x>", ok)
-		c.expect("RCPT TO:<a@x>", ok)
-		c.expect("DATA", local354)
+		c := b.open()
+		c.StartMessage("<s@x>", "<a@x>")
 		start := time.Now()
 		sent := make(chan error, 1)
 		go func() {
 			// More than net.Pipe and the proxy's buffers hold.
-			_, err := c.conn.Write([]byte("Subject: s\r\n\r\n" + strings.Repeat("a line of the body\r\n", 50000) + ".\r\n"))
+			_, err := c.Conn.Write([]byte("Subject: s\r\n\r\n" + strings.Repeat("a line of the body\r\n", 50000) + ".\r\n"))
 			sent <- err
 		}()
-		c.expectReply("451 4.4.2 upstream up.test:10026 timed out\r\n")
+		c.ExpectReply("451 4.4.2 upstream up.test:10026 timed out\r\n")
 		if waited := time.Since(start); waited < DefaultReplyTimeout*7/8 || waited > DefaultReplyTimeout {
 			t.Errorf("the stuck write failed after %v, want between 7/8 of %v and all of it", waited, DefaultReplyTimeout)
 		}
 		if err := <-sent; err != nil {
 			t.Errorf("client write: %v", err)
 		}
-		if n := len(b.u.msgs()); n != 0 {
+		if n := len(b.u.Messages()); n != 0 {
 			t.Errorf("the upstream took %d messages", n)
 		}
 		close(stuck)
-		c.expect("QUIT", "421 4.4.2 upstream up.test:10026 timed out\r\n")
-		c.expectEOF()
+		c.Expect("QUIT", "421 4.4.2 upstream up.test:10026 timed out\r\n")
+		c.ExpectEOF()
 		b.stop()
 	})
 }
@@ -433,22 +418,21 @@ func TestUpstreamClosesFirstAfterQuit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBubble(t, Config{})
 		proxyClosed := make(chan time.Duration, 1)
-		b.u.hook = func(c *upConn, cmd string) bool {
+		b.u.Hook = func(c *smtptest.Conn, cmd string) bool {
 			if cmd != "QUIT" {
 				return false
 			}
-			c.send("221 2.0.0 Bye\r\n")
+			c.Send("221 2.0.0 Bye\r\n")
 			start := time.Now()
-			if _, err := c.r.ReadByte(); err == nil {
+			if _, err := c.ReadByte(); err == nil {
 				t.Error("the proxy sent something after QUIT")
 			}
 			proxyClosed <- time.Since(start)
 			return true
 		}
-		c := b.dial()
-		c.expectReply(greeting)
-		c.expect("QUIT", "221 2.0.0 Bye\r\n")
-		c.expectEOF()
+		c := b.open()
+		c.Expect("QUIT", "221 2.0.0 Bye\r\n")
+		c.ExpectEOF()
 		if waited := <-proxyClosed; waited != closeLinger {
 			t.Errorf("the proxy closed the upstream %v after the 221, want %v (it waits for the upstream to close first)", waited, closeLinger)
 		}
@@ -466,28 +450,28 @@ func TestDrainDeadlineEndsStalledUpstreamWrite(t *testing.T) {
 		b := newBubble(t, Config{DrainTimeout: drain, ReplyTimeout: 30 * time.Second})
 		stuck := make(chan struct{})
 		defer close(stuck)
-		b.u.dataHook = func(c *upConn, line string) bool {
+		b.u.DataHook = func(c *smtptest.Conn, line string) bool {
 			<-stuck // reads no more, and keeps the connection open
 			return true
 		}
 		c := b.dial()
-		c.expectReply(greeting)
-		c.expect("MAIL FROM:<s@x>", ok)
-		c.expect("RCPT TO:<a@x>", ok)
-		c.expect("DATA", local354)
-		go c.conn.Write([]byte("Subject: s\r\n\r\n" + strings.Repeat("a line of the body\r\n", 50000) + ".\r\n"))
+		c.ExpectReply(greeting)
+		c.Expect("MAIL FROM:<s@x>", ok)
+		c.Expect("RCPT TO:<a@x>", ok)
+		c.Expect("DATA", local354)
+		go c.Conn.Write([]byte("Subject: s\r\n\r\n" + strings.Repeat("a line of the body\r\n", 50000) + ".\r\n"))
 		synctest.Wait() // the proxy is blocked writing to the upstream
 		start := time.Now()
 		b.cancel()
-		c.expectReply("421 4.3.2 shutting down\r\n")
-		c.expectEOF()
+		c.ExpectReply("421 4.3.2 shutting down\r\n")
+		c.ExpectEOF()
 		if err := <-b.served; err != nil {
 			t.Fatalf("Serve: %v", err)
 		}
 		if took := time.Since(start); took > drain+time.Second {
 			t.Errorf("Serve returned %v after the shutdown began, want within a second of the %v drain deadline", took, drain)
 		}
-		if n := len(b.u.msgs()); n != 0 {
+		if n := len(b.u.Messages()); n != 0 {
 			t.Errorf("the upstream took %d messages", n)
 		}
 	})
@@ -500,8 +484,8 @@ func TestDrainDeadlineEndsClientThatNeverReads(t *testing.T) {
 		const drain = 2 * time.Second
 		b := newBubble(t, Config{DrainTimeout: drain})
 		c := b.dial()
-		c.expectReply(greeting)
-		go c.conn.Write([]byte(strings.Repeat("NOOP\r\n", 10000)))
+		c.ExpectReply(greeting)
+		go c.Conn.Write([]byte(strings.Repeat("NOOP\r\n", 10000)))
 		synctest.Wait() // the proxy is blocked writing a reply to the client
 		start := time.Now()
 		b.cancel()
@@ -513,7 +497,7 @@ func TestDrainDeadlineEndsClientThatNeverReads(t *testing.T) {
 		}
 		// The session is closed: what the client reads now ends, and
 		// never in the middle of a reply.
-		rest, err := io.ReadAll(c.conn)
+		rest, err := io.ReadAll(c.Conn)
 		if err != nil {
 			t.Fatalf("reading the rest: %v", err)
 		}
@@ -533,10 +517,10 @@ func TestServeWaitsForLingeringConnections(t *testing.T) {
 		proxySide := &closeRecorder{Conn: z}
 		b.ln.ch <- proxySide
 		t.Cleanup(func() { a.Close() })
-		c := &client{t: t, conn: a, r: bufio.NewReader(a)}
-		c.expectReply(greeting)
-		c.send("QUIT\r\n")
-		c.expectReply("221 2.0.0 Bye\r\n")
+		c := smtptest.NewClient(t, a)
+		c.ExpectReply(greeting)
+		c.Send("QUIT\r\n")
+		c.ExpectReply("221 2.0.0 Bye\r\n")
 		// The client neither reads on nor closes: the proxy lingers.
 		b.stop()
 		if !proxySide.closed.Load() {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -13,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/header"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
@@ -24,15 +22,6 @@ const (
 	checkLoop  = 1
 	checkError = 2
 )
-
-// defaultCheckMaxHeader mirrors the proxy's -max-header-bytes default, so a
-// message the proxy would refuse as too large is reported, not judged.
-const defaultCheckMaxHeader = 1 << 20
-
-// checkLookahead is how far past the limit the line after the header
-// section may run before it shows it is no header line: the proxy's own
-// bound, so that check and proxy refuse exactly the same messages.
-const checkLookahead = core.HeaderLookahead
 
 // rcptFlags collects repeated -rcpt values.
 type rcptFlags []string
@@ -56,7 +45,7 @@ func newCheckFlags() *checkFlags {
 	cf := &checkFlags{fs: flag.NewFlagSet("check", flag.ContinueOnError)}
 	cf.fs.SetOutput(io.Discard)
 	cf.fs.Var(&cf.rcpts, "rcpt", "an accepted envelope recipient, as in RCPT TO: (user@example.com or <user@example.com>); repeat for several")
-	cf.fs.IntVar(&cf.maxHeader, "max-header-bytes", defaultCheckMaxHeader, "largest header section judged; the proxy refuses a larger one with 552 5.3.4")
+	cf.fs.IntVar(&cf.maxHeader, "max-header-bytes", core.DefaultMaxHeaderBytes, "largest header section judged; the proxy refuses a larger one with 552 5.3.4")
 	cf.exp.define(cf.fs)
 	return cf
 }
@@ -191,9 +180,10 @@ func (cf *checkFlags) judgedRecipients(rcpts []string, stderr io.Writer) ([]loop
 // errHeaderTooLarge reports a header section the proxy would refuse.
 var errHeaderTooLarge = errors.New("header section too large")
 
-// readHeaderSection reads the message's header section (and at most the
-// line after it) without holding more than max bytes of it, skipping a
-// leading mbox "From " line the way Postfix turns it into X-Mailbox-Line.
+// readHeaderSection reads the message's header section as the proxy
+// captures it (core.HeaderSection), holding no more of the message than
+// that needs, and skipping a leading mbox "From " line the way Postfix
+// turns it into X-Mailbox-Line.
 func readHeaderSection(r io.Reader, max int) ([]byte, error) {
 	br := bufio.NewReader(r)
 	if first, err := br.Peek(5); err == nil && string(first) == "From " {
@@ -208,32 +198,13 @@ func readHeaderSection(r io.Reader, max int) ([]byte, error) {
 			break
 		}
 	}
-	// Read the limit, the lookahead, and two bytes more: enough to see
-	// whether the line after the section runs past the lookahead (one more
-	// content byte, or a CR that may be its line end).
-	readLimit := max + checkLookahead + 2
-	buf, err := io.ReadAll(io.LimitReader(br, int64(readLimit)))
+	buf, err := io.ReadAll(io.LimitReader(br, int64(core.HeaderReadLimit(max))))
 	if err != nil {
 		return nil, fmt.Errorf("read error: %w", err)
 	}
-	tooLarge := fmt.Errorf("%w: more than %d bytes (the proxy would reply 552 5.3.4)", errHeaderTooLarge, max)
-	end := header.SectionEnd(buf)
-	if end > max {
-		return nil, tooLarge
+	section, ok := core.HeaderSection(buf, max)
+	if !ok {
+		return nil, fmt.Errorf("%w: more than %d bytes (the proxy would reply 552 5.3.4)", errHeaderTooLarge, max)
 	}
-	// The line after the section counts against max+checkLookahead while
-	// its first bytes still look like a header name ("Subj" could become
-	// "Subject:"), exactly as the proxy counts it.
-	line := buf[end:]
-	if i := bytes.IndexByte(line, '\n'); i >= 0 {
-		line = line[:i]
-	}
-	line = bytes.TrimSuffix(line, []byte("\r"))
-	if room := max + checkLookahead - end; len(line) > room {
-		var c header.Classifier
-		if c.Feed(line[:room+1]) != header.End {
-			return nil, tooLarge
-		}
-	}
-	return buf[:end], nil
+	return section, nil
 }

@@ -87,10 +87,10 @@ func TestCheckHeaderLimitBoundary(t *testing.T) {
 		{"limit, then a long body line that is no header", section + "\r\n" + strings.Repeat("b ", 100), 1},
 		{"limit, then a line whose first byte rules out a header", section + ":no header\r\n", 1},
 		{"limit, then a non-header line", section + "no header line here\r\n", 1},
-		{"limit, then a name longer than the lookahead", section + strings.Repeat("n", 2*checkLookahead), 2},
-		{"limit, then a name-like line as long as the lookahead", section + strings.Repeat("n", checkLookahead) + "\r\n\r\nbody\r\n", 1},
-		{"limit, then a name-like line one byte longer", section + strings.Repeat("n", checkLookahead+1) + "\r\n\r\nbody\r\n", 2},
-		{"limit, then a name-like line as long as the lookahead, at the end", section + strings.Repeat("n", checkLookahead), 1},
+		{"limit, then a name longer than the lookahead", section + strings.Repeat("n", 2*core.HeaderLookahead), 2},
+		{"limit, then a name-like line as long as the lookahead", section + strings.Repeat("n", core.HeaderLookahead) + "\r\n\r\nbody\r\n", 1},
+		{"limit, then a name-like line one byte longer", section + strings.Repeat("n", core.HeaderLookahead+1) + "\r\n\r\nbody\r\n", 2},
+		{"limit, then a name-like line as long as the lookahead, at the end", section + strings.Repeat("n", core.HeaderLookahead), 1},
 		{"one byte over", section + "X: y\r\n\r\n", 2},
 		{"limit, then a line that could still be a header", section + "Subject: y\r\n", 2},
 	} {
@@ -108,19 +108,19 @@ func TestCheckHeaderLimitBoundary(t *testing.T) {
 func proxyRefusesHeader(t *testing.T, msg string, limit int) bool {
 	t.Helper()
 	s := core.NewSession(core.Config{MaxHeaderBytes: limit, UpstreamName: "test"})
-	s.UpstreamConnected()
+	s.HandleUpstreamConnected()
 	var client []byte
 	step := func(up string) {
 		s.TakeUpstreamOutput()
 		if up != "" {
-			s.UpstreamData([]byte(up))
+			s.HandleUpstreamData([]byte(up))
 		}
 		client = append(client, s.TakeClientOutput()...)
 	}
 	step("220 up ESMTP\r\n")
 	send := func(p string) {
 		for len(p) > 0 && s.WantsClientInput() {
-			p = p[s.ClientData([]byte(p)):]
+			p = p[s.HandleClientData([]byte(p)):]
 		}
 	}
 	send("MAIL FROM:<a@b>\r\n")
@@ -143,13 +143,18 @@ func TestCheckAgreesWithProxyAtTheLimit(t *testing.T) {
 	}
 	var msgs []string
 	for _, sect := range []int{limit - 1, limit, limit + 1} {
-		for _, next := range []int{0, 1, checkLookahead - 1, checkLookahead, checkLookahead + 1, checkLookahead + 2} {
+		for _, next := range []int{0, 1, core.HeaderLookahead - 1, core.HeaderLookahead, core.HeaderLookahead + 1, core.HeaderLookahead + 2} {
 			name := strings.Repeat("n", max(0, next-(sect-limit)))
-			msgs = append(msgs,
-				pad(sect)+name+"\r\n\r\nbody\r\n",
-				pad(sect)+name+" x\r\nbody\r\n",
-				pad(sect)+name+":\r\n\r\nbody\r\n",
-				pad(sect)+name+"\rX\r\n\r\nbody\r\n")
+			for _, m := range []string{
+				pad(sect) + name + "\r\n\r\nbody\r\n",
+				pad(sect) + name + " x\r\nbody\r\n",
+				pad(sect) + name + ":\r\n\r\nbody\r\n",
+				pad(sect) + name + "\rX\r\n\r\nbody\r\n",
+			} {
+				// The same with LF line ends, which the proxy counts
+				// as CRLF.
+				msgs = append(msgs, m, strings.ReplaceAll(m, "\r\n", "\n"))
+			}
 		}
 	}
 	refused := 0

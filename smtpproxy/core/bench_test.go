@@ -74,30 +74,30 @@ func benchSession(tb testing.TB, u *benchUpstream, client []byte, readSize int) 
 			u.receive(s.TakeUpstreamLent())
 			s.TakeClientOutput()
 			s.TakeEvents()
-			s.Timers()
+			s.PollTimers()
 			if len(u.replies) == 0 {
 				return
 			}
 			r := u.replies
 			u.replies = u.replies[len(u.replies):]
-			s.UpstreamData(r)
+			s.HandleUpstreamData(r)
 		}
 	}
-	s.UpstreamConnected()
-	s.UpstreamData([]byte("220 sink.example ESMTP\r\n"))
+	s.HandleUpstreamConnected()
+	s.HandleUpstreamData([]byte("220 sink.example ESMTP\r\n"))
 	settle()
 	for p := client; len(p) > 0 && !s.Done(); {
 		read := p[:min(len(p), readSize)]
 		p = p[len(read):]
 		for len(read) > 0 && s.WantsClientInput() {
-			read = read[s.ClientData(read):]
+			read = read[s.HandleClientData(read):]
 			settle()
 		}
 		if len(read) > 0 {
 			tb.Fatalf("the session takes no more input with %d bytes left", len(read)+len(p))
 		}
 	}
-	s.ClientClosed()
+	s.HandleClientClosed()
 	settle()
 	if !s.Done() {
 		tb.Fatal("the session is not over")

@@ -1,5 +1,10 @@
 package core
 
+// Command lines from the client (SPEC section 3): a line ends at CRLF or
+// at a bare LF, as Postfix reads it; one over the limit, or holding a NUL
+// or a bare CR, is marked faulty and refused whole, never forwarded. The
+// reader holds at most one line of the limit it is given.
+
 import "bytes"
 
 // MaxCommandLine is the longest command line taken, without its line end:

@@ -245,11 +245,11 @@ func clip[T ~string | ~[]byte](b T) string {
 func newDriver(t tb, m *refModel, cut func(int) int) *driver {
 	d := &driver{t: t, m: m, cut: cut, limits: m.cfg}
 	d.srv = &strictServer{t: t, fail: d.fail, m: m, units: []*gotUnit{{what: uGreeting}}}
-	d.s = NewSession(m.cfg.config(func(rcpts []string, section []byte) loopcheck.Verdict {
+	d.s = newTestSession(t, m.cfg.config(func(rcpts []string, section []byte) loopcheck.Verdict {
 		d.calls = append(d.calls, checkCall{Rcpts: slices.Clone(rcpts), Section: string(section)})
 		return loopcheck.Check(rcpts, section)
 	}))
-	d.s.UpstreamConnected()
+	d.s.HandleUpstreamConnected()
 	d.queue(m.units[0].act)
 	d.settle()
 	return d
@@ -326,13 +326,13 @@ func (d *driver) settle() {
 		case len(d.reads) > 0:
 			r := d.reads[0]
 			d.reads = d.reads[1:]
-			d.s.UpstreamData(r)
+			d.s.HandleUpstreamData(r)
 		case d.closeUp:
 			d.closeUp = false
 			d.upShut = true
-			d.s.UpstreamClosed("closed the connection")
-		case d.s.Timers().Upstream && !d.s.Done():
-			d.s.TimerExpired(TimerUpstreamReply)
+			d.s.HandleUpstreamClosed(EndClosed)
+		case d.s.PollTimers().Upstream && !d.s.Done():
+			d.s.HandleTimeout(TimerUpstreamReply)
 		default:
 			return
 		}
@@ -344,7 +344,7 @@ func (d *driver) settle() {
 func (d *driver) checkBounds(out int) {
 	d.t.Helper()
 	d.checks++
-	if n := len(d.s.hbuf); n > d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep {
+	if n := len(d.s.msg.hdr.buf); n > d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep {
 		d.fail("the header buffer holds %d bytes, over %d+%d+%d", n, d.s.cfg.MaxHeaderBytes, HeaderLookahead, captureStep)
 	}
 	if out > 2*maxStreamOutput+2*MaxSASLLine+d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep+MaxReplyBytes {
@@ -365,7 +365,7 @@ func (d *driver) feed(p []byte) {
 		// are taken, as the runtime reuses its buffer: input the session
 		// lent (Config.LendInput) must have been taken by then.
 		read := slices.Clone(d.pending[:k])
-		n := d.s.ClientData(read)
+		n := d.s.HandleClientData(read)
 		d.note("C %s", clip(read[:n]))
 		d.pending = d.pending[n:]
 		d.settle()
@@ -378,14 +378,14 @@ func (d *driver) feed(p []byte) {
 
 func (d *driver) clientClosed() {
 	d.note("C closes")
-	d.s.ClientClosed()
+	d.s.HandleClientClosed()
 	d.settle()
 }
 
 func (d *driver) clientTimeout() {
 	d.note("C times out")
-	if k := d.s.Timers().Client; k != TimerNone {
-		d.s.TimerExpired(k)
+	if k := d.s.PollTimers().Client; k != TimerNone {
+		d.s.HandleTimeout(k)
 	} else if !d.s.Done() {
 		d.fail("no client timer runs while the session waits for the client")
 	}
@@ -398,14 +398,14 @@ func (d *driver) upstreamLost() {
 		d.srv.closed = true
 		d.upShut = true
 		d.reads, d.closeUp = nil, false
-		d.s.UpstreamClosed("closed the connection")
+		d.s.HandleUpstreamClosed(EndClosed)
 	}
 	d.settle()
 }
 
 func (d *driver) shutdown() {
 	d.note("shutdown")
-	d.s.Shutdown()
+	d.s.HandleShutdown()
 	d.settle()
 }
 
@@ -458,8 +458,8 @@ func (d *driver) verify(final bool) {
 
 	// SPEC 3: the accepted recipients are the model's.
 	d.checks++
-	if !d.s.Done() && !slices.Equal(d.s.rcpts, m.rcpts) {
-		d.fail("accepted recipients %q, the model's %q", d.s.rcpts, m.rcpts)
+	if !d.s.Done() && !slices.Equal(d.s.env.rcpts, m.rcpts) {
+		d.fail("accepted recipients %q, the model's %q", d.s.env.rcpts, m.rcpts)
 	}
 	d.checks++
 	if d.s.Done() != m.done || d.s.UpstreamGone() != m.gone {

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
 
@@ -35,11 +36,11 @@ func TestOutcomeAndTimerNames(t *testing.T) {
 // upstream greeted ends at once with 421 4.3.2 and gives up the upstream.
 func TestShutdownBeforeGreeting(t *testing.T) {
 	for _, connected := range []bool{false, true} {
-		s := NewSession(Config{})
+		s := newTestSession(t, Config{})
 		if connected {
-			s.UpstreamConnected()
+			s.HandleUpstreamConnected()
 		}
-		s.Shutdown()
+		s.HandleShutdown()
 		if got := string(s.TakeClientOutput()); got != replyShutdown || !s.Done() || !s.UpstreamGone() {
 			t.Errorf("connected %v: client got %q, done %v, upstream gone %v; want %q, true, true", connected, got, s.Done(), s.UpstreamGone(), replyShutdown)
 		}
@@ -55,24 +56,24 @@ func TestShutdownBeforeGreeting(t *testing.T) {
 // TestInputsOutOfTurnIgnored: connection events that come late and
 // timers that run out after the end change nothing.
 func TestInputsOutOfTurnIgnored(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.expect("220 up.example ESMTP\r\n")
-	before := h.s.Timers()
-	h.s.UpstreamConnected()
-	h.s.UpstreamConnectFailed("connection refused")
+	before := h.s.PollTimers()
+	h.s.HandleUpstreamConnected()
+	h.s.HandleUpstreamConnectFailed("connection refused")
 	h.flush()
-	if h.got() != "" || h.s.Done() || h.s.Timers() != before {
-		t.Fatalf("late connection events changed the session: done %v, timers %+v (was %+v)", h.s.Done(), h.s.Timers(), before)
+	if h.got() != "" || h.s.Done() || h.s.PollTimers() != before {
+		t.Fatalf("late connection events changed the session: done %v, timers %+v (was %+v)", h.s.Done(), h.s.PollTimers(), before)
 	}
 	h.fromClient("QUIT\r\n")
 	h.expect("221 2.0.0 Bye\r\n")
 	if !h.s.Done() || h.s.EndReason() != "client quit" {
 		t.Fatalf("after QUIT: done %v, end reason %q", h.s.Done(), h.s.EndReason())
 	}
-	h.s.TimerExpired(TimerClientCommand)
-	h.s.TimerExpired(TimerUpstreamReply)
-	h.s.ClientClosed()
-	h.s.DrainExpired()
+	h.s.HandleTimeout(TimerClientCommand)
+	h.s.HandleTimeout(TimerUpstreamReply)
+	h.s.HandleClientClosed()
+	h.s.HandleDrainExpired()
 	if out := string(h.s.TakeClientOutput()) + string(h.s.TakeUpstreamOutput()); out != "" {
 		t.Fatalf("a finished session wrote %q", out)
 	}
@@ -82,7 +83,7 @@ func TestInputsOutOfTurnIgnored(t *testing.T) {
 // reach the transaction record decoded from xtext and safe for one log
 // line; other attributes and malformed ones are ignored.
 func TestXFORWARDAttributesLogged(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.fromClient("XFORWARD NAME=mail+2Eclient+2eexample ADDR=192.0.2.1 PORT HELO=x+zz\r\n")
 	h.fromClient("XFORWARD junk name=a+0Ab+7\r\n")
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\nSubject: x\r\n\r\n.\r\n")
@@ -93,7 +94,7 @@ func TestXFORWARDAttributesLogged(t *testing.T) {
 	if txs[0].ClientName != "a?b+7" || txs[0].ClientAddr != "192.0.2.1" {
 		t.Fatalf("client name %q, addr %q; want %q, %q", txs[0].ClientName, txs[0].ClientAddr, "a?b+7", "192.0.2.1")
 	}
-	h = newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h = newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.fromClient("XFORWARD NAME=mail+2Eclient+2eexample ADDR=192.0.2.1\r\nMAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n\r\n.\r\n")
 	if txs := h.txEvents(); len(txs) != 1 || txs[0].ClientName != "mail.client.example" {
 		t.Fatalf("transactions %+v, want one from mail.client.example", txs)
@@ -126,7 +127,7 @@ func TestHeaderLimitAtLineEnd(t *testing.T) {
 		want    string
 	}{{limit - 2, queued}, {limit - 1, replyHeaderTooBig}, {limit, replyHeaderTooBig}} {
 		field := "Subject: " + strings.Repeat("s", c.content-len("Subject: "))
-		h := newHarness(t, Config{Check: checkDeliveredTo, MaxHeaderBytes: limit}).connect()
+		h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo, MaxHeaderBytes: limit}).connect()
 		h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
 		h.got()
 		h.fromClient(field + "\r\n\r\nbody\r\n.\r\n")
@@ -178,19 +179,19 @@ func TestReplyLimitCountsLineEnds(t *testing.T) {
 // header section went upstream in one burst.
 func TestBigBuffersReleased(t *testing.T) {
 	big := "Delivered-To: a@x\r\nX-Big: " + strings.Repeat("b", 300<<10) + "\r\n\r\nbody\r\n.\r\n"
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
 	h.got()
 	h.fromClient("DATA\r\n" + big)
 	h.expect(replyData354 + "554 5.4.6 mail forwarding loop for a@x\r\n")
-	if c := cap(h.s.hbuf); c > keepBufferCap {
+	if c := cap(h.s.msg.hdr.buf); c > keepBufferCap {
 		t.Fatalf("after a refused message the header buffer keeps %d bytes", c)
 	}
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<b@x>\r\n")
 	h.got()
 	h.fromClient("DATA\r\n" + big)
 	h.expect(replyData354 + queued)
-	if c, u := cap(h.s.hbuf), cap(h.s.upOut); c > keepBufferCap || u > 4*maxStreamOutput {
+	if c, u := cap(h.s.msg.hdr.buf), cap(h.s.upOut); c > keepBufferCap || u > 4*maxStreamOutput {
 		t.Fatalf("after a delivered message the header buffer keeps %d bytes and the output buffer %d", c, u)
 	}
 }
@@ -199,7 +200,7 @@ func TestBigBuffersReleased(t *testing.T) {
 // end-of-data reply once the client's data is read, and the session ends
 // with it; no RSET goes to an upstream that is closing.
 func TestUpstream421ToProxyDATA(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.up.replies["DATA"] = "421-4.3.0 up.example closing\r\n421 4.3.0 try later\r\n"
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
 	h.got()
@@ -219,7 +220,7 @@ func TestUpstream421ToProxyDATA(t *testing.T) {
 // protocol error: the upstream is given up, the client gets 451 at the
 // end of its data (never a 2xx), and 421 at its next command.
 func TestUnexpectedReplyToProxyDATA(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.up.replies["DATA"] = "250 2.0.0 Ok\r\n"
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
 	h.got()

@@ -1,5 +1,10 @@
 package core
 
+// What the session reports (Event, for logs and metrics: transactions and
+// their outcomes, upstream failures by kind, local replies) and the typed
+// values the caller reports to it (UpstreamEnd). Package metrics labels
+// its counters with these kinds; no English phrase crosses the seam.
+
 // EventKind says what an Event reports.
 type EventKind uint8
 
@@ -20,9 +25,75 @@ const (
 
 // Event is something the session reports for logs and metrics.
 type Event struct {
-	Kind   EventKind
-	Tx     *Transaction // EventTxEnd
-	Reason string
+	Kind    EventKind
+	Tx      *Transaction    // EventTxEnd
+	Failure UpstreamFailure // EventUpstreamError
+	Reason  string
+}
+
+// UpstreamFailure is the kind of an upstream failure (EventUpstreamError),
+// from a fixed set: what a counter is labelled with, where Event.Reason is
+// free text for logs.
+type UpstreamFailure uint8
+
+const (
+	FailUnknown  UpstreamFailure = iota // the zero value: not a failure the session reports
+	FailConnect                         // the upstream could not be reached
+	FailTimeout                         // it did not answer, or take a write, in time
+	FailClosed                          // it closed, reset or broke the connection
+	FailProtocol                        // it answered out of turn or malformed, or refused RSET
+)
+
+// UpstreamFailures lists the kinds the session reports, in order.
+func UpstreamFailures() []UpstreamFailure {
+	return []UpstreamFailure{FailConnect, FailTimeout, FailClosed, FailProtocol}
+}
+
+func (f UpstreamFailure) String() string {
+	switch f {
+	case FailConnect:
+		return "connect"
+	case FailTimeout:
+		return "timeout"
+	case FailClosed:
+		return "closed"
+	case FailProtocol:
+		return "protocol"
+	}
+	return "unknown"
+}
+
+// UpstreamEnd says how the upstream connection ended, as the caller saw it
+// on a read or a write (HandleUpstreamClosed). The session names it in the reply
+// to the client, so no error text of the caller's reaches the client.
+type UpstreamEnd uint8
+
+const (
+	EndClosed   UpstreamEnd = iota // it closed the connection (end of input, broken pipe)
+	EndReset                       // it reset the connection
+	EndTimedOut                    // a read or a write ran past its deadline
+	EndBroken                      // any other failure of the connection
+)
+
+// phrase says what the upstream did, as a verb phrase after "upstream
+// NAME" in a reply.
+func (e UpstreamEnd) phrase() string {
+	switch e {
+	case EndClosed:
+		return "closed the connection"
+	case EndReset:
+		return "reset the connection"
+	case EndTimedOut:
+		return "timed out"
+	}
+	return "broke the connection"
+}
+
+func (e UpstreamEnd) failure() UpstreamFailure {
+	if e == EndTimedOut {
+		return FailTimeout
+	}
+	return FailClosed
 }
 
 // Outcome is what became of a message.
@@ -40,6 +111,13 @@ const (
 	OutcomeCheckFailed             // the loop check failed; tempfailed
 	OutcomeAborted                 // the session ended before the end-of-data reply
 )
+
+// Outcomes lists every outcome a message can end with, in order
+// (OutcomeUnknown aside).
+func Outcomes() []Outcome {
+	return []Outcome{OutcomePass, OutcomeLoop, OutcomeDryRunLoop, OutcomeHeaderTooLarge, OutcomeBareLF,
+		OutcomeUpstreamRefused, OutcomeUpstreamFailed, OutcomeCheckFailed, OutcomeAborted}
+}
 
 func (o Outcome) String() string {
 	switch o {

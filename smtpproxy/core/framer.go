@@ -1,7 +1,5 @@
 package core
 
-import "bytes"
-
 // The DATA framer, in two halves.
 //
 // The decoder reads the client's message data the way RFC 5321 4.5.2 does,
@@ -27,6 +25,8 @@ import "bytes"
 // The encoder writes content lines to the upstream canonically: every line
 // ends in CRLF and every line that begins with "." gets one more, so the
 // only end of data the upstream can see is the one the proxy writes.
+
+import "bytes"
 
 // tokKind is what the decoder found.
 type tokKind uint8
@@ -166,9 +166,9 @@ func (d *decoder) atLineStart() bool { return d.st == decBOL }
 //
 // This scan reads every byte of canonical message data, so it is the
 // proxy's own cost per megabyte: on amd64 it compares 32 or 16 bytes at
-// once (lfBlocks), elsewhere it looks for each line's LF with IndexByte.
-// Both give the same answer (TestVerbatimLinesImplementationsAgree,
-// FuzzVerbatimLines).
+// once (lfBlocks), elsewhere, and with the purego build tag, it looks for
+// each line's LF with IndexByte. Both give the same answer
+// (TestVerbatimLinesImplementationsAgree, FuzzVerbatimLines).
 func verbatimLines(p []byte) int {
 	if haveLFBlocks {
 		return verbatimLinesBlocks(p)

@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"strings"
 
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 )
 
 // fakeUpstream is a scripted SMTP server read the lenient (Postfix) way:
@@ -126,13 +126,22 @@ func newHarness(t tb, cfg Config) *harness {
 	if cfg.UpstreamName == "" {
 		cfg.UpstreamName = "127.0.0.1:10026"
 	}
-	h := &harness{t: t, s: NewSession(cfg), up: newFakeUpstream()}
+	h := &harness{t: t, s: newTestSession(t, cfg), up: newFakeUpstream()}
+	return h
+}
+
+// openHarness returns a harness with the stand-in loop check
+// (smtptest.CheckDeliveredTo), past the greeting the client has read.
+func openHarness(t tb) *harness {
+	t.Helper()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
+	h.got()
 	return h
 }
 
 // connect connects the upstream and delivers its greeting.
 func (h *harness) connect() *harness {
-	h.s.UpstreamConnected()
+	h.s.HandleUpstreamConnected()
 	h.flush()
 	h.fromUpstream(h.up.greeting)
 	return h
@@ -159,13 +168,13 @@ func (h *harness) flush() {
 		if reply == "" || h.upGone {
 			return
 		}
-		h.s.UpstreamData([]byte(reply))
+		h.s.HandleUpstreamData([]byte(reply))
 	}
 }
 
 func (h *harness) pump() {
 	for len(h.pending) > 0 && h.s.WantsClientInput() {
-		n := h.s.ClientData(h.pending)
+		n := h.s.HandleClientData(h.pending)
 		h.pending = h.pending[n:]
 		h.flush()
 		if n == 0 && h.s.WantsClientInput() {
@@ -181,7 +190,7 @@ func (h *harness) fromClient(s string) *harness {
 }
 
 func (h *harness) fromUpstream(s string) *harness {
-	h.s.UpstreamData([]byte(s))
+	h.s.HandleUpstreamData([]byte(s))
 	h.flush()
 	h.pump()
 	return h
@@ -209,22 +218,4 @@ func (h *harness) txEvents() []Transaction {
 		}
 	}
 	return txs
-}
-
-// checkDeliveredTo is a stand-in verdict: a loop when a Delivered-To line
-// of the section names an accepted recipient's argument without brackets.
-func checkDeliveredTo(rcpts []string, section []byte) loopcheck.Verdict {
-	for _, line := range strings.Split(string(section), "\r\n") {
-		name, value, ok := strings.Cut(line, ":")
-		if !ok || !strings.EqualFold(strings.TrimSpace(name), "Delivered-To") {
-			continue
-		}
-		for _, r := range rcpts {
-			mbox := strings.Trim(strings.Fields(r + " x")[0], "<>")
-			if strings.EqualFold(strings.TrimSpace(value), mbox) {
-				return loopcheck.Verdict{Loop: true, Recipient: mbox}
-			}
-		}
-	}
-	return loopcheck.Verdict{}
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"pgregory.net/rapid"
 )
 
@@ -29,7 +30,7 @@ func TestPropertyChunkingDoesNotMatter(t *testing.T) {
 		msg.WriteString(rapid.SampledFrom([]string{"", "\r\n", "\n"}).Draw(t, "sep"))
 		msg.WriteString(rapid.SampledFrom([]string{"body\r\n", strings.Repeat("b", 100) + "\r\n", ".\n\r\n", "x\n.\nNOOP\r\n"}).Draw(t, "body"))
 		input := "MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n" + msg.String() + ".\r\nNOOP\r\n"
-		cfg := Config{Check: checkDeliveredTo, MaxHeaderBytes: limit, BareLF: rapid.SampledFrom([]BareLFPolicy{BareLFNormalize, BareLFReject}).Draw(t, "barelf")}
+		cfg := Config{Check: smtptest.CheckDeliveredTo, MaxHeaderBytes: limit, BareLF: rapid.SampledFrom([]BareLFPolicy{BareLFNormalize, BareLFReject}).Draw(t, "barelf")}
 		run := func(cuts []int) (string, string) {
 			h := newHarness(t, cfg)
 			h.connect()

@@ -1,5 +1,11 @@
 package core
 
+// Upstream replies (RFC 5321 4.2): assembled line by line, checked for
+// shape (three digits, the first 2 to 5, then SP, '-' or the line end) and
+// kept byte for byte, so a canonical reply is relayed as it came;
+// the EHLO reply loses the keywords the proxy cannot carry. A reply of
+// the wrong shape or over MaxReplyBytes is an upstream failure.
+
 import "bytes"
 
 // MaxReplyBytes bounds one upstream reply, all its lines together. Real

@@ -1,5 +1,9 @@
 package core
 
+// The scan under verbatimLines (framer.go), stated in plain Go: the amd64
+// assembly (scan_amd64.s) must compute the same, and without it (other
+// architectures, or the purego build tag) this is what runs.
+
 // lfBlocksPortable is lfBlocks (scan_amd64.go) in plain Go, a byte at a
 // time: what the assembly must compute, on every architecture.
 func lfBlocksPortable(p []byte) (next int, bad bool) {

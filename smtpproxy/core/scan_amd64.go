@@ -1,4 +1,10 @@
+//go:build !purego
+
 package core
+
+// The scan under verbatimLines with SSE2 and AVX2 (scan_amd64.s); the
+// portable statement of what it computes is lfBlocksPortable (scan.go),
+// and the purego build tag leaves this file out.
 
 import "golang.org/x/sys/cpu"
 

@@ -1,3 +1,5 @@
+//go:build !purego
+
 #include "textflag.h"
 
 // The test, for each position i of a block: p[i] is an LF, and p[i-1] is

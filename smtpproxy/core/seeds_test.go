@@ -7,11 +7,11 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/textform"
 	"golang.org/x/tools/txtar"
 )
 
@@ -179,7 +179,7 @@ func convertCase(a *txtar.Archive) (seed sessionSeed, messages [][]byte, err err
 		switch op {
 		case "send":
 			if current == "main" {
-				b, err := decodeTextLine(arg)
+				b, err := textform.Decode(arg + "\n")
 				if err != nil {
 					return seed, nil, err
 				}
@@ -187,7 +187,7 @@ func convertCase(a *txtar.Archive) (seed sessionSeed, messages [][]byte, err err
 			}
 		case "send-file":
 			if current == "main" {
-				b, err := decodeTextFile(files[arg])
+				b, err := textform.Decode(files[arg])
 				if err != nil {
 					return seed, nil, err
 				}
@@ -240,7 +240,7 @@ func convertUpstream(script, wantUp string) ([]byte, error) {
 	var cur *upRule
 	for _, line := range strings.Split(script, "\n") {
 		if strings.HasPrefix(line, "  ") && cur != nil {
-			b, err := decodeTextLine(line[2:])
+			b, err := textform.Decode(line[2:] + "\n")
 			if err != nil {
 				return nil, err
 			}
@@ -282,14 +282,14 @@ func convertUpstream(script, wantUp string) ([]byte, error) {
 		line = strings.TrimPrefix(line, "{optional}")
 		line = strings.ReplaceAll(line, "{any-text}", "")
 		if i := strings.Index(line, "{prefix}"); i >= 0 {
-			b, err := decodeTextLine(line[:i] + `\`)
+			b, err := textform.Decode(line[:i] + `\` + "\n")
 			if err != nil {
 				return nil, err
 			}
 			up = append(up, b...)
 			break
 		}
-		b, err := decodeTextLine(line)
+		b, err := textform.Decode(line + "\n")
 		if err != nil {
 			return nil, err
 		}
@@ -418,119 +418,4 @@ func ruleOp(r *upRule, verb string) byte {
 		return byte(opMultiline)
 	}
 	return byte(opDefault)
-}
-
-// decodeTextFile decodes a case file in the conformance text form: every
-// line stands for its bytes and CRLF, unless it ends in a single
-// backslash.
-func decodeTextFile(s string) ([]byte, error) {
-	var out []byte
-	for _, line := range strings.Split(strings.TrimSuffix(s, "\n"), "\n") {
-		b, err := decodeTextLine(line)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, b...)
-	}
-	return out, nil
-}
-
-// decodeTextLine decodes one line of the text form (conformance/README.md):
-// escapes \r \n \t \0 \xHH \\ \{ \", {repeat N "s"}, CRLF appended unless
-// the line ends in a single backslash.
-func decodeTextLine(line string) ([]byte, error) {
-	crlf := true
-	trailing := len(line) - len(strings.TrimRight(line, `\`))
-	if trailing%2 == 1 {
-		line, crlf = line[:len(line)-1], false
-	}
-	out, err := decodeEscapes(line)
-	if err != nil {
-		return nil, err
-	}
-	if crlf {
-		out = append(out, '\r', '\n')
-	}
-	return out, nil
-}
-
-func decodeEscapes(s string) ([]byte, error) {
-	var out []byte
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '\\' && i+1 < len(s):
-			i++
-			switch s[i] {
-			case 'r':
-				out = append(out, '\r')
-			case 'n':
-				out = append(out, '\n')
-			case 't':
-				out = append(out, '\t')
-			case '0':
-				out = append(out, 0)
-			case '\\', '{', '"':
-				out = append(out, s[i])
-			case 'x':
-				if i+2 >= len(s) {
-					return nil, fmt.Errorf("short \\x escape in %q", s)
-				}
-				v, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
-				if err != nil {
-					return nil, fmt.Errorf("bad \\x escape in %q", s)
-				}
-				out = append(out, byte(v))
-				i += 2
-			default:
-				return nil, fmt.Errorf("unknown escape \\%c in %q", s[i], s)
-			}
-		case c == '{':
-			m := regexp.MustCompile(`^\{repeat (\d+) "((?:[^"\\]|\\.)*)"\}`).FindStringSubmatch(s[i:])
-			if m == nil {
-				return nil, fmt.Errorf("unknown directive in %q", s[i:])
-			}
-			n, _ := strconv.Atoi(m[1])
-			unit, err := decodeEscapes(m[2])
-			if err != nil {
-				return nil, err
-			}
-			for range n {
-				out = append(out, unit...)
-			}
-			i += len(m[0]) - 1
-		default:
-			out = append(out, c)
-		}
-	}
-	return out, nil
-}
-
-// TestDecodeTextForm checks the generator's reading of the conformance
-// text form on the README's examples.
-func TestDecodeTextForm(t *testing.T) {
-	cases := []struct{ in, want string }{
-		{"QUIT", "QUIT\r\n"},
-		{"", "\r\n"},
-		{`abc\`, "abc"},
-		{`abc\n\`, "abc\n"},
-		{`abc\r\`, "abc\r"},
-		{`a\\`, "a\\\r\n"},
-		{`\x41\0\t\{\"`, "A\x00\t{\"\r\n"},
-		{`{repeat 3 "a\r\n"}\`, "a\r\na\r\na\r\n"},
-		{`NOOP {repeat 4 "x"}`, "NOOP xxxx\r\n"},
-	}
-	for _, c := range cases {
-		got, err := decodeTextLine(c.in)
-		if err != nil || string(got) != c.want {
-			t.Errorf("decodeTextLine(%q) = %q, %v; want %q", c.in, got, err, c.want)
-		}
-	}
-	if _, err := decodeTextLine(`\q`); err == nil {
-		t.Error(`decodeTextLine("\q") accepted an unknown escape`)
-	}
-	got, err := decodeTextFile("Subject: x\n\nhi\\\n there\n")
-	if err != nil || string(got) != "Subject: x\r\n\r\nhi there\r\n" {
-		t.Errorf("decodeTextFile = %q, %v", got, err)
-	}
 }

@@ -1,51 +1,14 @@
 package core
 
 import (
-	"go/parser"
-	gotoken "go/token"
-	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
-
-// TestCoreImportsNoIO keeps the core sans-I/O: no file of the package
-// (tests aside) imports net, os or time.
-func TestCoreImportsNoIO(t *testing.T) {
-	files, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	checked := 0
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") {
-			continue
-		}
-		src, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		af, err := parser.ParseFile(gotoken.NewFileSet(), f, src, parser.ImportsOnly)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, imp := range af.Imports {
-			path, _ := strconv.Unquote(imp.Path.Value)
-			if path == "net" || path == "os" || path == "time" || strings.HasPrefix(path, "net/") || strings.HasPrefix(path, "os/") {
-				t.Errorf("%s imports %s: the core must not do I/O or read the clock", f, path)
-			}
-		}
-		checked++
-	}
-	if checked < 5 {
-		t.Fatalf("only %d files checked; the test is looking in the wrong place", checked)
-	}
-}
 
 const (
 	ehloFiltered = "250-up.example\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-XFORWARD NAME ADDR PROTO HELO\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n"
@@ -54,7 +17,7 @@ const (
 	local354     = "354 End data with <CR><LF>.<CR><LF>\r\n"
 )
 
-func loopCfg() Config { return Config{Check: checkDeliveredTo} }
+func loopCfg() Config { return Config{Check: smtptest.CheckDeliveredTo} }
 
 func TestGreetingRelayedVerbatim(t *testing.T) {
 	h := newHarness(t, loopCfg())
@@ -71,7 +34,7 @@ func TestNoClientInputBeforeGreeting(t *testing.T) {
 	if h.s.WantsClientInput() {
 		t.Fatal("wants client input before the upstream is connected")
 	}
-	h.s.UpstreamConnected()
+	h.s.HandleUpstreamConnected()
 	if h.s.WantsClientInput() {
 		t.Fatal("wants client input before the greeting")
 	}
@@ -80,8 +43,7 @@ func TestNoClientInputBeforeGreeting(t *testing.T) {
 // A passing message reaches the upstream byte for byte: for canonical
 // input the upstream receives exactly what the client sent (SPEC 2.6).
 func TestPassingMessageByteForByte(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	client := []string{
 		"EHLO client.example\r\n",
 		"MAIL FROM:<s@example.org> SIZE=100\r\n",
@@ -111,8 +73,7 @@ func TestPassingMessageByteForByte(t *testing.T) {
 // A loop message leaves the upstream with MAIL, RCPT, RSET: no DATA, no
 // content byte; the client gets one 554 line; the session goes on.
 func TestLoopMessageNeverReachesUpstream(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("MAIL FROM:<s@example.org>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n")
 	h.expect(ok + ok + local354)
 	h.fromClient("Delivered-To: r@example.net\r\nSubject: loop\r\n\r\nsecret body\r\n")
@@ -163,8 +124,7 @@ func TestDryRunPassesLoop(t *testing.T) {
 // A whole pipelined transaction in one write gets its replies in order,
 // one per command, and the upstream gets one command at a time.
 func TestPipelinedTransactionInOneWrite(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["RCPT"] = "550 5.1.1 <bad@x>: Recipient address rejected\r\n"
 	// The refused RCPT must not count; but a second accepted one does.
 	in := "EHLO c\r\nMAIL FROM:<s@x>\r\nRCPT TO:<bad@x>\r\nNOOP\r\nRSET\r\nQUIT\r\n"
@@ -182,11 +142,11 @@ func TestPipelinedTransactionInOneWrite(t *testing.T) {
 
 func TestBackpressureOneCommandAtATime(t *testing.T) {
 	h := newHarness(t, loopCfg())
-	h.s.UpstreamConnected()
-	h.s.UpstreamData([]byte("220 hi\r\n"))
+	h.s.HandleUpstreamConnected()
+	h.s.HandleUpstreamData([]byte("220 hi\r\n"))
 	h.s.TakeClientOutput()
 	in := []byte("NOOP\r\nNOOP\r\nNOOP\r\n")
-	n := h.s.ClientData(in)
+	n := h.s.HandleClientData(in)
 	if n != 6 {
 		t.Fatalf("consumed %d bytes of a pipelined batch, want only the first command (6)", n)
 	}
@@ -196,7 +156,7 @@ func TestBackpressureOneCommandAtATime(t *testing.T) {
 	if up := string(h.s.TakeUpstreamOutput()); up != "NOOP\r\n" {
 		t.Fatalf("upstream got %q", up)
 	}
-	h.s.UpstreamData([]byte(ok))
+	h.s.HandleUpstreamData([]byte(ok))
 	if !h.s.WantsClientInput() {
 		t.Fatal("does not want input after the reply")
 	}
@@ -213,7 +173,7 @@ func TestStreamBackpressureBoundsOutput(t *testing.T) {
 	// A big chunk of bare LFs doubles when framed; the session stops
 	// taking input when its output buffer is full.
 	big := []byte(strings.Repeat("\n", 1<<20))
-	n := h.s.ClientData(big)
+	n := h.s.HandleClientData(big)
 	out := h.s.TakeUpstreamOutput()
 	if n >= len(big) || len(out) > maxStreamOutput+2 {
 		t.Fatalf("consumed %d of %d, output %d bytes: no backpressure", n, len(big), len(out))
@@ -221,8 +181,7 @@ func TestStreamBackpressureBoundsOutput(t *testing.T) {
 }
 
 func TestEHLOFilterAndXFORWARD(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("EHLO front.example\r\n")
 	h.expect(ehloFiltered)
 	h.fromClient("XFORWARD NAME=client.example ADDR=192.0.2.7 PORT=54268 HELO=c+2Bx IDENT=[UNAVAILABLE]\r\n")
@@ -246,8 +205,7 @@ func TestEHLOFilterAndXFORWARD(t *testing.T) {
 }
 
 func TestLocalAnswers(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("STARTTLS\r\nstarttls\r\nBDAT 10 LAST\r\nNOOP\r\n")
 	h.expect("454 4.7.0 TLS not available\r\n454 4.7.0 TLS not available\r\n502 5.5.1 BDAT not supported\r\n" + ok)
 	if diff := cmp.Diff([]string{"NOOP"}, h.up.commands); diff != "" {
@@ -256,8 +214,7 @@ func TestLocalAnswers(t *testing.T) {
 }
 
 func TestRefusedCommandLines(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("NOOP " + strings.Repeat("x", 20000) + "\r\n")
 	h.fromClient("NO\x00OP\r\n")
 	h.fromClient("RCPT TO:<a@x>\rRCPT TO:<b@x>\r\n")
@@ -271,8 +228,7 @@ func TestRefusedCommandLines(t *testing.T) {
 // A bare LF ends a command line for the proxy as for the upstream, so
 // both count the same commands (the original's weakness 4).
 func TestBareLFInCommands(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("MAIL FROM:<s@x>\nRCPT TO:<a@x>\nDATA\nDelivered-To: a@x\r\n\r\n.\r\n")
 	h.expect(ok + ok + local354 + "554 5.4.6 mail forwarding loop for a@x\r\n")
 	if diff := cmp.Diff([]string{"MAIL FROM:<s@x>", "RCPT TO:<a@x>", "RSET"}, h.up.commands); diff != "" {
@@ -290,8 +246,7 @@ func sendMessage(h *harness, data string) {
 // "\n.\n" inside DATA ends the data neither for the proxy nor for the
 // upstream; it goes upstream as the content line "." stuffed.
 func TestBareLFDotInData(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\nline\n.\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@x>\r\n.\r\n")
 	h.expect(ok + ok + local354 + queued)
 	want := "Subject: s\r\n\r\nline\r\n..\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@x>\r\n"
@@ -311,8 +266,7 @@ func TestBareLFDotInData(t *testing.T) {
 }
 
 func TestLongContentLineUnbroken(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	long := strings.Repeat("0123456789", 10_000) // 100 KB, no line end
 	sendMessage(h, "Subject: s\r\n\r\n"+long[:30000])
 	h.fromClient(long[30000:] + "\r\n.\r\n")
@@ -330,8 +284,7 @@ func TestLongContentLineUnbroken(t *testing.T) {
 // "X\r\r\n" and ".\rX" do not desynchronise: the message and the commands
 // after it are where the client put them.
 func TestCRCornerCasesInData(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\nX\r\r\n.\rX\r\n.\r\r\n.\r\nNOOP\r\n")
 	h.expect(ok + ok + local354 + queued + ok)
 	if want := "Subject: s\r\n\r\nX\r\r\n\rX\r\n\r\r\n"; h.up.messages[0] != want {
@@ -343,8 +296,7 @@ func TestCRCornerCasesInData(t *testing.T) {
 }
 
 func TestHeaderWithLeadingDotStuffedUpstream(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "..odd: header\r\n\r\n..body\r\n.\r\n")
 	h.expect(ok + ok + local354 + queued)
 	if want := "..odd: header\r\n\r\n..body\r\n"; h.up.messages[0] != want {
@@ -381,8 +333,7 @@ func TestHeaderTooLarge(t *testing.T) {
 }
 
 func TestUpstreamRefusesDATA(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["DATA"] = "554 5.5.1 Error: no valid recipients\r\n"
 	sendMessage(h, "Subject: s\r\n\r\nMAIL FROM:<evil@x>\r\nmore\r\n.\r\nNOOP\r\n")
 	h.expect(ok + ok + local354 + "554 5.5.1 Error: no valid recipients\r\n" + ok)
@@ -398,8 +349,7 @@ func TestUpstreamRefusesDATA(t *testing.T) {
 // With no accepted recipient DATA is forwarded; a refusal keeps the
 // session in command mode (the original's weakness 3).
 func TestDATAWithoutRecipients(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["RCPT"] = "550 5.1.1 no\r\n"
 	h.up.replies["DATA"] = "503 5.5.1 Error: need RCPT command\r\n"
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\nNOOP\r\n")
@@ -420,8 +370,7 @@ func TestDATAWithoutRecipients(t *testing.T) {
 // DATA with arguments is forwarded; should an upstream answer 354 to it,
 // the message is still judged, and a loop never reaches it.
 func TestForwarded354IsStillJudged(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA x\r\n")
 	h.expect(ok + ok + local354) // the fake upstream says 354 to any DATA
 	h.fromClient("Delivered-To: a@x\r\n\r\nsecret\r\n.\r\nNOOP\r\n")
@@ -435,8 +384,7 @@ func TestForwarded354IsStillJudged(t *testing.T) {
 }
 
 func TestSASLContinuationRelayedRaw(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["AUTH"] = "334 VXNlcm5hbWU6\r\n"
 	h.up.replies["DGVZDA=="] = "334 UGFzc3dvcmQ6\r\n"
 	h.up.replies["BDAT"] = "235 2.7.0 Authentication successful\r\n"
@@ -464,7 +412,7 @@ func TestSASLContinuationRelayedRaw(t *testing.T) {
 
 func TestUpstreamUnreachable(t *testing.T) {
 	h := newHarness(t, loopCfg())
-	h.s.UpstreamConnectFailed("connection refused")
+	h.s.HandleUpstreamConnectFailed("connection refused")
 	h.flush()
 	h.expect("421 4.4.1 upstream 127.0.0.1:10026 unreachable: connection refused\r\n")
 	if !h.s.Done() {
@@ -472,18 +420,44 @@ func TestUpstreamUnreachable(t *testing.T) {
 	}
 }
 
+// A local shortage (the proxy out of file descriptors for the upstream
+// connection) is the proxy's own fault: 421 4.3.2 naming it, no upstream
+// error reported.
+func TestLocalResourcesExhausted(t *testing.T) {
+	h := newHarness(t, loopCfg())
+	h.s.HandleLocalResourcesExhausted("too many open files")
+	h.flush()
+	h.expect("421 4.3.2 proxy out of resources (too many open files), try again later\r\n")
+	if !h.s.Done() || !h.s.UpstreamGone() || h.s.EndReason() != "out of local resources" {
+		t.Fatalf("done %v, upstream gone %v, end reason %q", h.s.Done(), h.s.UpstreamGone(), h.s.EndReason())
+	}
+	for _, e := range h.events {
+		if e.Kind == EventUpstreamError {
+			t.Errorf("an upstream error was reported: %+v", e)
+		}
+	}
+	// Once connected it changes nothing.
+	h2 := newHarness(t, loopCfg()).connect()
+	h2.expect("220 up.example ESMTP\r\n")
+	h2.s.HandleLocalResourcesExhausted("too many open files")
+	h2.flush()
+	if h2.got() != "" || h2.s.Done() {
+		t.Fatalf("a late shortage changed the session: %q, done %v", h2.got(), h2.s.Done())
+	}
+}
+
 func TestUpstreamFailsBeforeGreeting(t *testing.T) {
 	h := newHarness(t, loopCfg())
-	h.s.UpstreamConnected()
-	h.s.UpstreamClosed("closed the connection")
+	h.s.HandleUpstreamConnected()
+	h.s.HandleUpstreamClosed(EndClosed)
 	h.flush()
 	h.expect("421 4.4.1 upstream 127.0.0.1:10026 closed the connection before its greeting\r\n")
 	h2 := newHarness(t, loopCfg())
-	h2.s.UpstreamConnected()
-	if !h2.s.Timers().Upstream {
+	h2.s.HandleUpstreamConnected()
+	if !h2.s.PollTimers().Upstream {
 		t.Fatal("no upstream timer while waiting for the greeting")
 	}
-	h2.s.TimerExpired(TimerUpstreamReply)
+	h2.s.HandleTimeout(TimerUpstreamReply)
 	h2.flush()
 	h2.expect("421 4.4.1 upstream 127.0.0.1:10026 timed out before its greeting\r\n")
 }
@@ -499,11 +473,10 @@ func TestUpstreamGreeting421(t *testing.T) {
 }
 
 func TestUpstreamClosesDuringCommand(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.silent = true
 	h.fromClient("MAIL FROM:<s@x>\r\n")
-	h.s.UpstreamClosed("closed the connection")
+	h.s.HandleUpstreamClosed(EndClosed)
 	h.flush()
 	h.expect("421 4.4.2 upstream 127.0.0.1:10026 closed the connection\r\n")
 	if !h.s.Done() {
@@ -512,8 +485,7 @@ func TestUpstreamClosesDuringCommand(t *testing.T) {
 }
 
 func TestUpstream421ToCommand(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["MAIL"] = "421 4.7.0 too busy\r\n"
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
 	h.expect("421 4.7.0 too busy\r\n")
@@ -525,11 +497,10 @@ func TestUpstream421ToCommand(t *testing.T) {
 // The upstream is lost mid-DATA: the client's data is drained, it gets
 // 451, then 421 on its next command; never a 250.
 func TestUpstreamClosesMidDATA(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\nfirst part\r\n")
 	h.expect(ok + ok + local354)
-	h.s.UpstreamClosed("reset the connection")
+	h.s.HandleUpstreamClosed(EndReset)
 	h.flush()
 	h.expect("")
 	h.fromClient("more\r\n.\r\n")
@@ -554,10 +525,10 @@ func TestUpstreamStalls(t *testing.T) {
 		h := newHarness(t, loopCfg()).connect()
 		setup(h)
 		h.got()
-		if !h.s.Timers().Upstream {
+		if !h.s.PollTimers().Upstream {
 			t.Fatalf("%s: no upstream timer running in state %d", name, h.s.st)
 		}
-		h.s.TimerExpired(TimerUpstreamReply)
+		h.s.HandleTimeout(TimerUpstreamReply)
 		h.flush()
 		h.pump()
 		if got := h.got(); got != want {
@@ -594,7 +565,7 @@ func TestUpstreamStallWhile354AwaitedDrainsClient(t *testing.T) {
 	h.got()
 	h.up.silent = true
 	h.fromClient("DATA\r\nSubject: s\r\n\r\nbody begins")
-	h.s.TimerExpired(TimerUpstreamReply)
+	h.s.HandleTimeout(TimerUpstreamReply)
 	h.flush()
 	h.expect(local354)
 	h.fromClient(" and ends\r\n.\r\nNOOP\r\n")
@@ -602,10 +573,9 @@ func TestUpstreamStallWhile354AwaitedDrainsClient(t *testing.T) {
 }
 
 func TestStaleTimerIgnored(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
-	h.s.TimerExpired(TimerUpstreamReply) // not running: nothing waits for the upstream
-	h.s.TimerExpired(TimerClientData)    // not running either
+	h := openHarness(t)
+	h.s.HandleTimeout(TimerUpstreamReply) // not running: nothing waits for the upstream
+	h.s.HandleTimeout(TimerClientData)    // not running either
 	h.flush()
 	h.expect("")
 	if h.s.Done() {
@@ -615,10 +585,9 @@ func TestStaleTimerIgnored(t *testing.T) {
 
 // The client goes away mid-DATA: the upstream never sees the final dot.
 func TestClientDisconnectMidDATA(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\npartial body\r\n")
-	h.s.ClientClosed()
+	h.s.HandleClientClosed()
 	h.flush()
 	if !h.s.Done() || !h.upGone {
 		t.Fatal("not closed")
@@ -633,12 +602,11 @@ func TestClientDisconnectMidDATA(t *testing.T) {
 }
 
 func TestClientTimeouts(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
-	if h.s.Timers().Client != TimerClientCommand {
-		t.Fatalf("client timer %v while waiting for a command", h.s.Timers().Client)
+	h := openHarness(t)
+	if h.s.PollTimers().Client != TimerClientCommand {
+		t.Fatalf("client timer %v while waiting for a command", h.s.PollTimers().Client)
 	}
-	h.s.TimerExpired(TimerClientCommand)
+	h.s.HandleTimeout(TimerClientCommand)
 	h.flush()
 	h.expect("421 4.4.2 timeout\r\n")
 	if last := h.up.commands[len(h.up.commands)-1]; last != "QUIT" || !h.s.Done() {
@@ -649,15 +617,15 @@ func TestClientTimeouts(t *testing.T) {
 	h.got()
 	sendMessage(h, "Subject: s\r\n\r\nbody")
 	h.got()
-	tm := h.s.Timers()
+	tm := h.s.PollTimers()
 	if tm.Client != TimerClientData {
 		t.Fatalf("client timer %v during DATA", tm.Client)
 	}
 	h.fromClient(" more")
-	if h.s.Timers().ClientGen == tm.ClientGen {
+	if h.s.PollTimers().ClientGen == tm.ClientGen {
 		t.Fatal("data idle timer not restarted by client data")
 	}
-	h.s.TimerExpired(TimerClientData)
+	h.s.HandleTimeout(TimerClientData)
 	h.flush()
 	h.expect("421 4.4.2 timeout\r\n")
 	if strings.Contains(h.up.raw.String(), "\r\n.\r\n") {
@@ -667,21 +635,20 @@ func TestClientTimeouts(t *testing.T) {
 
 func TestCommandTimerNotRestartedByPartialLine(t *testing.T) {
 	h := newHarness(t, loopCfg()).connect()
-	gen := h.s.Timers().ClientGen
+	gen := h.s.PollTimers().ClientGen
 	h.fromClient("NO")
 	h.fromClient("O")
-	if h.s.Timers().ClientGen != gen {
+	if h.s.PollTimers().ClientGen != gen {
 		t.Fatal("a trickle of bytes restarts the command timer")
 	}
 	h.fromClient("P\r\n")
-	if h.s.Timers().ClientGen == gen {
+	if h.s.PollTimers().ClientGen == gen {
 		t.Fatal("a complete command does not restart the command timer")
 	}
 }
 
 func TestUnsolicitedUpstreamBytes(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromUpstream("421 4.4.2 up.example Error: timeout exceeded\r\n")
 	h.expect("")
 	if !h.upGone {
@@ -692,8 +659,7 @@ func TestUnsolicitedUpstreamBytes(t *testing.T) {
 }
 
 func TestUpstreamReplyMalformedOrHuge(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.replies["NOOP"] = "hello there\r\n"
 	h.fromClient("NOOP\r\n")
 	h.expect("421 4.4.2 upstream 127.0.0.1:10026 sent a malformed reply\r\n")
@@ -706,11 +672,10 @@ func TestUpstreamReplyMalformedOrHuge(t *testing.T) {
 }
 
 func TestShutdownBetweenTransactions(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("EHLO c\r\n")
 	h.got()
-	h.s.Shutdown()
+	h.s.HandleShutdown()
 	h.flush()
 	h.expect("421 4.3.2 shutting down\r\n")
 	if !h.s.Done() {
@@ -719,11 +684,10 @@ func TestShutdownBetweenTransactions(t *testing.T) {
 }
 
 func TestShutdownInsideTransactionFinishesIt(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\nbody\r\n")
 	h.got()
-	h.s.Shutdown()
+	h.s.HandleShutdown()
 	h.flush()
 	h.expect("")
 	h.fromClient(".\r\nMAIL FROM:<s@x>\r\n")
@@ -735,7 +699,7 @@ func TestShutdownInsideTransactionFinishesIt(t *testing.T) {
 	h = newHarness(t, loopCfg()).connect()
 	h.got()
 	h.fromClient("MAIL FROM:<s@x>\r\n")
-	h.s.Shutdown()
+	h.s.HandleShutdown()
 	h.flush()
 	h.expect(ok)
 	h.fromClient("RSET\r\n")
@@ -743,16 +707,15 @@ func TestShutdownInsideTransactionFinishesIt(t *testing.T) {
 }
 
 func TestDrainExpiredNeverGives2xx(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.up.dataReply = "" // the upstream has not answered yet
 	sendMessage(h, "Subject: s\r\n\r\nbody\r\n.\r\n")
 	h.got()
-	h.s.Shutdown()
-	h.s.DrainExpired()
+	h.s.HandleShutdown()
+	h.s.HandleDrainExpired()
 	h.flush()
 	h.expect("421 4.3.2 shutting down\r\n")
-	h.s.UpstreamData([]byte(queued)) // too late
+	h.s.HandleUpstreamData([]byte(queued)) // too late
 	h.flush()
 	h.expect("")
 }
@@ -791,8 +754,7 @@ func TestCheckPanicTempfails(t *testing.T) {
 }
 
 func TestQUITClosesBoth(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	h.fromClient("QUIT\r\nNOOP\r\n")
 	h.expect("221 2.0.0 Bye\r\n")
 	if !h.s.Done() || !h.upGone || h.s.WantsClientInput() {
@@ -801,8 +763,7 @@ func TestQUITClosesBoth(t *testing.T) {
 }
 
 func TestTransactionStateFollowsUpstream(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	// MAIL refused: RCPT and DATA are forwarded (no local 354).
 	h.up.replies["MAIL"] = "451 4.3.0 try later\r\n"
 	h.up.replies["DATA"] = "503 5.5.1 need MAIL\r\n"
@@ -821,8 +782,7 @@ func TestTransactionStateFollowsUpstream(t *testing.T) {
 // enforcing a line limit, say) is not trusted to have taken it: 451, then
 // 421 on the next command.
 func TestUpstreamRepliesMidMessage(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+	h := openHarness(t)
 	sendMessage(h, "Subject: s\r\n\r\nfirst\r\n")
 	h.expect(ok + ok + local354)
 	h.fromUpstream("500 5.5.2 line too long\r\n")
@@ -840,7 +800,7 @@ func TestHeaderLimitIndependentOfChunking(t *testing.T) {
 	section := "Subject: " + strings.Repeat("s", limit-2-len("Subject: ")) + "\r\n" // exactly the limit
 	data := section + "Hello world, no header\r\n.\r\n"
 	for cut := 0; cut <= len(data); cut++ {
-		h := newHarness(t, Config{Check: checkDeliveredTo, MaxHeaderBytes: limit}).connect()
+		h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo, MaxHeaderBytes: limit}).connect()
 		h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
 		h.got()
 		h.fromClient(data[:cut])
@@ -852,7 +812,7 @@ func TestHeaderLimitIndependentOfChunking(t *testing.T) {
 	// A header section over the limit is refused wherever it is cut.
 	data = section + "X: y\r\n\r\nbody\r\n.\r\n"
 	for cut := 0; cut <= len(data); cut++ {
-		h := newHarness(t, Config{Check: checkDeliveredTo, MaxHeaderBytes: limit}).connect()
+		h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo, MaxHeaderBytes: limit}).connect()
 		h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
 		h.got()
 		h.fromClient(data[:cut])
@@ -880,7 +840,7 @@ func TestHeaderLookaheadIndependentOfChunking(t *testing.T) {
 			want = replyHeaderTooBig
 		}
 		for _, step := range []int{1, 7, captureStep - 1, captureStep, len(data)} {
-			h := newHarness(t, Config{Check: checkDeliveredTo, MaxHeaderBytes: limit}).connect()
+			h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo, MaxHeaderBytes: limit}).connect()
 			h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n")
 			h.got()
 			for i := 0; i < len(data); i += step {
@@ -899,7 +859,7 @@ func TestHeaderLookaheadIndependentOfChunking(t *testing.T) {
 // header-only message (captured whole before DATA went upstream), so the
 // client could hear 250 for a message the upstream then refused.
 func TestReplyAlongWith354IsNoEndOfDataReply(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.got()
 	h.up.replies["DATA"] = "354 go on\r\n250 2.0.0 Ok: queued as EARLY\r\n"
 	h.fromClient("MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\nSubject: x\r\n.\r\n")
@@ -912,7 +872,7 @@ func TestReplyAlongWith354IsNoEndOfDataReply(t *testing.T) {
 	h.expect("421 4.4.2 upstream 127.0.0.1:10026 replied before the end of data\r\n")
 
 	// The same for a reply to a command: the bytes after it answer nothing.
-	h = newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h = newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.got()
 	h.up.replies["NOOP"] = "250 2.0.0 Ok\r\n250 2.0.0 again\r\n"
 	h.fromClient("NOOP\r\n")
@@ -926,7 +886,7 @@ func TestReplyAlongWith354IsNoEndOfDataReply(t *testing.T) {
 // so the session closed after the upstream's 502 to a word it did not
 // know, and made "ſtarttls" (long s) STARTTLS, answered locally.
 func TestVerbsAndKeywordsCompareAsASCII(t *testing.T) {
-	h := newHarness(t, Config{Check: checkDeliveredTo}).connect()
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo}).connect()
 	h.got()
 	// The fake upstream looks verbs up with strings.ToUpper: "quıt" is
 	// "QUIT" to it, and it answers as Postfix would.
@@ -941,7 +901,7 @@ func TestVerbsAndKeywordsCompareAsASCII(t *testing.T) {
 	if got, want := h.up.commands[len(h.up.commands)-3:], []string{"ſtarttls", "maıl FROM:<s@x>", "RCPT TO:<a@x>"}; !slices.Equal(got, want) {
 		t.Fatalf("upstream got %q, want %q", got, want)
 	}
-	if h.s.inTx {
+	if h.s.env.open {
 		t.Fatal("a 250 to 'maıl' started a transaction")
 	}
 	if got := string(filterEHLO(nil, []byte("250-up\r\n250-ſTARTTLS\r\n250-starttls\r\n250 \u212aEEP\r\n"), []string{"keep"})); got != "250-up\r\n250-ſTARTTLS\r\n250 \u212aEEP\r\n" {
@@ -949,31 +909,95 @@ func TestVerbsAndKeywordsCompareAsASCII(t *testing.T) {
 	}
 }
 
-// StreamingBody is true only while a judged message's body streams: not
-// while its header section is read, nor for a refused message, nor after
-// the end of data.
-func TestStreamingBody(t *testing.T) {
-	h := newHarness(t, loopCfg()).connect()
-	h.got()
+// ClientReading is ReadingBody only while a judged message's body
+// streams: ReadingMessage while its header section is read and while a
+// refused message is drained, ReadingCommands between messages and while
+// the session waits for the upstream.
+func TestClientReading(t *testing.T) {
+	h := openHarness(t)
+	want := func(when string, r Reading) {
+		t.Helper()
+		if got := h.s.ClientReading(); got != r {
+			t.Fatalf("%s: reading %d, want %d", when, got, r)
+		}
+	}
+	want("between messages", ReadingCommands)
 	h.fromClient("MAIL FROM:<s@example.org>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n")
 	h.expect(ok + ok + local354)
 	h.fromClient("Subject: streams\r\n")
-	if h.s.StreamingBody() {
-		t.Fatal("streaming while the header section is read")
-	}
-	h.fromClient("\r\nthe body\r\n")
-	if !h.s.StreamingBody() {
-		t.Fatal("not streaming once the header section has gone upstream")
-	}
+	want("while the header section is read", ReadingMessage)
+	h.up.silent = true
+	h.fromClient("\r\n")
+	want("while DATA waits for the upstream's 354", ReadingCommands)
+	h.up.silent, h.up.inData = false, true
+	h.fromUpstream("354 go on\r\n")
+	h.fromClient("the body\r\n")
+	want("once the header section has gone upstream", ReadingBody)
 	h.fromClient("more body\r\n.\r\n")
 	h.expect(queued)
-	if h.s.StreamingBody() {
-		t.Fatal("streaming after the end of data")
-	}
+	want("after the end of data", ReadingCommands)
 	h.fromClient("MAIL FROM:<s@example.org>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n")
 	h.expect(ok + ok + local354)
 	h.fromClient("Delivered-To: r@example.net\r\n\r\nbody of a loop\r\n")
-	if h.s.StreamingBody() {
-		t.Fatal("streaming the body of a message refused as a loop")
+	want("while a message refused as a loop is drained", ReadingMessage)
+}
+
+// Every way the upstream fails is reported with its kind, the fixed label
+// metrics counts, beside the phrase the client and the log read.
+func TestUpstreamFailureKinds(t *testing.T) {
+	fromCommand := func(h *harness) { h.connect() }
+	inReply := func(h *harness) {
+		h.connect()
+		h.up.silent = true
+		h.fromClient("MAIL FROM:<s@x>\r\n")
+		h.up.silent = false
+	}
+	inData := func(h *harness) {
+		h.connect()
+		sendMessage(h, "Subject: s\r\n\r\nbody\r\n")
+	}
+	for _, c := range []struct {
+		name   string
+		setup  func(h *harness)
+		fail   func(h *harness)
+		kind   UpstreamFailure
+		reason string
+	}{
+		{"unreachable", func(*harness) {}, func(h *harness) { h.s.HandleUpstreamConnectFailed("connection refused") },
+			FailConnect, "connect: connection refused"},
+		{"reply timer", inReply, func(h *harness) { h.s.HandleTimeout(TimerUpstreamReply) }, FailTimeout, "timed out"},
+		{"closed", inReply, func(h *harness) { h.s.HandleUpstreamClosed(EndClosed) }, FailClosed, "closed the connection"},
+		{"reset", inReply, func(h *harness) { h.s.HandleUpstreamClosed(EndReset) }, FailClosed, "reset the connection"},
+		{"broken", inReply, func(h *harness) { h.s.HandleUpstreamClosed(EndBroken) }, FailClosed, "broke the connection"},
+		{"write timed out", inData, func(h *harness) { h.s.HandleUpstreamClosed(EndTimedOut) }, FailTimeout, "timed out"},
+		{"unsolicited", fromCommand, func(h *harness) { h.fromUpstream("421 4.4.2 idle\r\n") }, FailProtocol, "sent unexpected data"},
+		{"malformed", inReply, func(h *harness) { h.fromUpstream("hello\r\n") }, FailProtocol, "sent a malformed reply"},
+		{"too long", inReply, func(h *harness) { h.fromUpstream(strings.Repeat("250-"+strings.Repeat("x", 1000)+"\r\n", 70)) },
+			FailProtocol, "sent a reply over 65536 bytes"},
+		{"odd reply to DATA", func(h *harness) {
+			h.connect()
+			h.up.replies["DATA"] = "250 what\r\n"
+			sendMessage(h, "Subject: s\r\n\r\nbody\r\n")
+		}, func(*harness) {}, FailProtocol, "sent an unexpected reply to DATA (250)"},
+		{"early reply", inData, func(h *harness) { h.fromUpstream("250 2.0.0 Ok: queued\r\n") }, FailProtocol, "replied before the end of data"},
+		{"refused RSET", func(h *harness) {
+			h.connect()
+			h.up.replies["RSET"] = "500 5.5.1 no\r\n"
+			sendMessage(h, "Delivered-To: a@x\r\n\r\nloop\r\n.\r\n")
+		}, func(*harness) {}, FailProtocol, "refused RSET: 500 5.5.1 no"},
+	} {
+		h := newHarness(t, loopCfg())
+		c.setup(h)
+		c.fail(h)
+		h.flush()
+		var got []Event
+		for _, e := range h.events {
+			if e.Kind == EventUpstreamError {
+				got = append(got, e)
+			}
+		}
+		if len(got) != 1 || got[0].Failure != c.kind || got[0].Reason != c.reason {
+			t.Errorf("%s: upstream errors %+v, want one of kind %v: %q", c.name, got, c.kind, c.reason)
+		}
 	}
 }

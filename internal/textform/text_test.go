@@ -1,4 +1,4 @@
-package conformance
+package textform
 
 import (
 	"bytes"
@@ -35,13 +35,13 @@ func TestDecodeBytes(t *testing.T) {
 		{"long run", `{repeat 100000 "x"}` + "\n", strings.Repeat("x", 100000) + "\r\n"},
 	}
 	for _, c := range cases {
-		got, err := decodeBytes(c.text)
+		got, err := Decode(c.text)
 		if err != nil {
-			t.Errorf("%s: decodeBytes(%q): %v", c.name, c.text, err)
+			t.Errorf("%s: Decode(%q): %v", c.name, c.text, err)
 			continue
 		}
 		if string(got) != c.want {
-			t.Errorf("%s: decodeBytes(%q) = %q, want %q", c.name, c.text, got, c.want)
+			t.Errorf("%s: Decode(%q) = %q, want %q", c.name, c.text, got, c.want)
 		}
 	}
 }
@@ -73,9 +73,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"{optional}x\n", "only in want-* files"},
 	}
 	for _, c := range cases {
-		_, err := decodeBytes(c.text)
+		_, err := Decode(c.text)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("decodeBytes(%q) = error %v, want one containing %q", c.text, err, c.want)
+			t.Errorf("Decode(%q) = error %v, want one containing %q", c.text, err, c.want)
 		}
 	}
 }
@@ -92,9 +92,9 @@ func TestPatternErrors(t *testing.T) {
 		{"{any-text }\n", "unknown directive"},
 	}
 	for _, c := range cases {
-		_, err := decodePattern(c.text)
+		_, err := DecodePattern(c.text)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("decodePattern(%q) = error %v, want one containing %q", c.text, err, c.want)
+			t.Errorf("DecodePattern(%q) = error %v, want one containing %q", c.text, err, c.want)
 		}
 	}
 }
@@ -137,12 +137,12 @@ func TestPatternMatches(t *testing.T) {
 		{"{prefix}abc\n", "", true},
 	}
 	for _, c := range cases {
-		p, err := decodePattern(c.want)
+		p, err := DecodePattern(c.want)
 		if err != nil {
-			t.Fatalf("decodePattern(%q): %v", c.want, err)
+			t.Fatalf("DecodePattern(%q): %v", c.want, err)
 		}
-		if ok, _ := p.matches([]byte(c.got)); ok != c.ok {
-			t.Errorf("pattern %q against %q: match %v, want %v", c.want, c.got, ok, c.ok)
+		if ok, _ := p.Match([]byte(c.got)); ok != c.ok {
+			t.Errorf("Pattern %q against %q: match %v, want %v", c.want, c.got, ok, c.ok)
 		}
 	}
 }
@@ -171,17 +171,17 @@ func TestMismatchDescribe(t *testing.T) {
 			`line 2 (byte 5): got "more", want (end)`},
 	}
 	for _, c := range cases {
-		p, err := decodePattern(c.want)
+		p, err := DecodePattern(c.want)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ok, mm := p.matches([]byte(c.got))
+		ok, mm := p.Match([]byte(c.got))
 		if ok {
-			t.Errorf("pattern %q matched %q", c.want, c.got)
+			t.Errorf("Pattern %q matched %q", c.want, c.got)
 			continue
 		}
-		if d := mm.describe([]byte(c.got)); d != c.desc {
-			t.Errorf("pattern %q against %q:\n got description %s\nwant description %s", c.want, c.got, d, c.desc)
+		if d := mm.Describe([]byte(c.got)); d != c.desc {
+			t.Errorf("Pattern %q against %q:\n got description %s\nwant description %s", c.want, c.got, d, c.desc)
 		}
 	}
 }
@@ -228,20 +228,49 @@ func TestEscapeRoundTrip(t *testing.T) {
 		if strings.ContainsAny(text, "\r\x00") {
 			t.Fatalf("Escape(%q) = %q holds a raw CR or NUL", in, text)
 		}
-		got, err := decodeBytes(text)
+		got, err := Decode(text)
 		if err != nil {
-			t.Fatalf("decodeBytes(Escape(%q)) = %q: %v", in, text, err)
+			t.Fatalf("Decode(Escape(%q)) = %q: %v", in, text, err)
 		}
 		if !bytes.Equal(got, in) {
-			t.Fatalf("decodeBytes(Escape(%q)) = %q via %q", in, got, text)
+			t.Fatalf("Decode(Escape(%q)) = %q via %q", in, got, text)
 		}
 		// As an expectation, the escaped text matches exactly those bytes.
-		p, err := decodePattern(text)
+		p, err := DecodePattern(text)
 		if err != nil {
-			t.Fatalf("decodePattern(%q): %v", text, err)
+			t.Fatalf("DecodePattern(%q): %v", text, err)
 		}
-		if ok, _ := p.matches(in); !ok {
-			t.Fatalf("pattern %q does not match %q", text, in)
+		if ok, _ := p.Match(in); !ok {
+			t.Fatalf("Pattern %q does not match %q", text, in)
 		}
 	})
+}
+
+// The README's examples, one line each (the core's seed generator reads
+// the lines of a case's client script this way).
+func TestDecodeLineExamples(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{"QUIT", "QUIT\r\n"},
+		{"", "\r\n"},
+		{`abc\`, "abc"},
+		{`abc\n\`, "abc\n"},
+		{`abc\r\`, "abc\r"},
+		{`a\\`, "a\\\r\n"},
+		{`\x41\0\t\{\"`, "A\x00\t{\"\r\n"},
+		{`{repeat 3 "a\r\n"}\`, "a\r\na\r\na\r\n"},
+		{`NOOP {repeat 4 "x"}`, "NOOP xxxx\r\n"},
+	}
+	for _, c := range cases {
+		got, err := Decode(c.in + "\n")
+		if err != nil || string(got) != c.want {
+			t.Errorf("Decode(%q) = %q, %v; want %q", c.in+"\n", got, err, c.want)
+		}
+	}
+	if _, err := Decode(`\q` + "\n"); err == nil {
+		t.Error(`Decode("\q") accepted an unknown escape`)
+	}
+	got, err := Decode("Subject: x\n\nhi\\\n there\n")
+	if err != nil || string(got) != "Subject: x\r\n\r\nhi there\r\n" {
+		t.Errorf("Decode of a file = %q, %v", got, err)
+	}
 }

@@ -1,4 +1,4 @@
-package conformance
+package textform
 
 import (
 	"bytes"
@@ -9,9 +9,9 @@ import (
 // diffContext is how many bytes of each side a difference report shows.
 const diffContext = 72
 
-// mismatch describes the first difference between an expectation and the
+// Mismatch describes the first difference between an expectation and the
 // bytes received: the furthest point any way of matching got to.
-type mismatch struct {
+type Mismatch struct {
 	off  int    // offset in the received bytes
 	want []byte // what the expectation wanted from there (nil: the end)
 	more bool   // the expectation goes on after want (a wildcard follows)
@@ -19,23 +19,23 @@ type mismatch struct {
 
 type matcher struct {
 	got  []byte
-	best mismatch
+	best Mismatch
 	seen bool
 }
 
 func (m *matcher) fail(off int, want []byte, more bool) {
 	if !m.seen || off > m.best.off {
-		m.best = mismatch{off: off, want: want, more: more}
+		m.best = Mismatch{off: off, want: want, more: more}
 		m.seen = true
 	}
 }
 
-// matches reports whether got is one of the byte strings p stands for.
-// When it is not, the mismatch says where the best attempt failed.
-func (p pattern) matches(got []byte) (bool, mismatch) {
+// Match reports whether got is one of the byte strings p stands for.
+// When it is not, the Mismatch says where the best attempt failed.
+func (p Pattern) Match(got []byte) (bool, Mismatch) {
 	m := &matcher{got: got}
 	if m.match(p.segs, 0) {
-		return true, mismatch{}
+		return true, Mismatch{}
 	}
 	return false, m.best
 }
@@ -85,7 +85,7 @@ func (m *matcher) match(segs []seg, pos int) bool {
 		}
 		return false
 	}
-	panic(fmt.Sprintf("conformance: unknown segment kind %d", s.kind))
+	panic(fmt.Sprintf("textform: unknown segment kind %d", s.kind))
 }
 
 func commonPrefix(a, b []byte) int {
@@ -98,10 +98,10 @@ func commonPrefix(a, b []byte) int {
 	return n
 }
 
-// describe renders a mismatch for a person: the line of the received
+// Describe renders a Mismatch for a person: the line of the received
 // bytes where it is, what was received there and what was wanted, both
 // from the start of that line and written with the case-file escapes.
-func (d mismatch) describe(got []byte) string {
+func (d Mismatch) Describe(got []byte) string {
 	lineStart := bytes.LastIndexByte(got[:d.off], '\n') + 1
 	lineNo := bytes.Count(got[:lineStart], []byte("\n")) + 1
 	same := got[lineStart:d.off]
@@ -124,6 +124,10 @@ func (d mismatch) describe(got []byte) string {
 	}
 	return fmt.Sprintf("line %d (byte %d): got %s, want %s", lineNo, d.off, gotText, wantText)
 }
+
+// Quote writes b as a difference report does: on one line, in double
+// quotes, escaped, cut after a line's worth of bytes.
+func Quote(b []byte) string { return quoteBytes(b, diffContext) }
 
 // quoteBytes writes b on one line in double quotes, every CR, LF and
 // control byte escaped, cut after limit bytes.
