@@ -45,11 +45,12 @@ const (
 	CauseProtocol                 // proxymap answered something this client does not understand (BAD, a malformed reply)
 	CauseLimit                    // a Postfix limit was reached (Postfix itself would defer or bounce the mail for it)
 	CauseClosed                   // the expander was closed or reloaded while the expansion ran
+	CauseBusy                     // MaxInflight expansions were running already
 )
 
 // Causes lists every cause but CauseNone, for metrics that pre-create their
 // label values.
-var Causes = []Cause{CauseTimeout, CauseDenied, CauseUnreachable, CauseLookup, CauseProtocol, CauseLimit, CauseClosed}
+var Causes = []Cause{CauseTimeout, CauseDenied, CauseUnreachable, CauseLookup, CauseProtocol, CauseLimit, CauseClosed, CauseBusy}
 
 func (c Cause) String() string {
 	switch c {
@@ -69,6 +70,8 @@ func (c Cause) String() string {
 		return "limit"
 	case CauseClosed:
 		return "closed"
+	case CauseBusy:
+		return "busy"
 	}
 	return fmt.Sprintf("cause(%d)", int(c))
 }
@@ -105,9 +108,14 @@ func causeOf(err error) Cause {
 		return CauseTimeout
 	case errors.Is(err, context.Canceled), errors.Is(err, errClosed):
 		return CauseClosed
+	case errors.Is(err, errBusy):
+		return CauseBusy
 	}
 	return CauseLookup
 }
+
+// errBusy is the error of an expansion not started: MaxInflight ran.
+var errBusy = errors.New("too many expansions running")
 
 // errClosed is the error of a lookup or expansion cut short by Close.
 var errClosed = errors.New("expander closed")

@@ -156,7 +156,17 @@ type Options struct {
 	// ProxymapConns and PostmapProcs bound the backend's concurrency
 	// (DefaultProxymapConns, DefaultPostmapProcs when 0).
 	ProxymapConns, PostmapProcs int
+	// MaxInflight bounds the expansions Start runs at once
+	// (DefaultMaxInflight when 0).
+	MaxInflight int
 }
+
+// DefaultMaxInflight is how many distinct expansions Start runs at once.
+// Each holds a goroutine while it waits for the backend, whose own
+// concurrency is far smaller; a flood of recipients (1000 sessions with a
+// thousand recipients each) must not turn into a million goroutines.
+// Beyond it a recipient is judged as spelled (CauseBusy).
+const DefaultMaxInflight = 1000
 
 // Expander computes expansions for a Postfix instance. It is safe for
 // concurrent use; Close stops it.
@@ -165,6 +175,8 @@ type Expander struct {
 	obs     Observer
 	warn    *WarnLimiter
 	timeout time.Duration
+	// maxInflight bounds inflight (Options.MaxInflight).
+	maxInflight int
 
 	base   context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -195,7 +207,10 @@ func New(ctx context.Context, opts Options) (*Expander, error) {
 	if opts.Config == nil && opts.ConfigDir == "" {
 		return nil, errors.New("expand: no Postfix configuration (ConfigDir or Config)")
 	}
-	e := &Expander{opts: opts, obs: opts.Observer, timeout: opts.Timeout, inflight: map[string]*Pending{}}
+	e := &Expander{opts: opts, obs: opts.Observer, timeout: opts.Timeout, inflight: map[string]*Pending{}, maxInflight: opts.MaxInflight}
+	if e.maxInflight <= 0 {
+		e.maxInflight = DefaultMaxInflight
+	}
 	if e.obs == nil {
 		e.obs = nopObserver{}
 	}
@@ -381,6 +396,12 @@ func (e *Expander) Start(rcpt address.Addr) *Pending {
 	}
 	if p, ok := e.inflight[key]; ok {
 		e.mu.Unlock()
+		return p
+	}
+	if len(e.inflight) >= e.maxInflight {
+		e.mu.Unlock()
+		p := &Pending{done: make(chan struct{}), res: e.incomplete(rcpt, errBusy)}
+		close(p.done)
 		return p
 	}
 	p := &Pending{e: e, rcpt: rcpt, done: make(chan struct{})}

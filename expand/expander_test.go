@@ -376,3 +376,33 @@ func TestBuiltinTables(t *testing.T) {
 		t.Errorf("fail: table: %+v", r)
 	}
 }
+
+// Start runs at most MaxInflight distinct expansions at once: beyond that
+// a recipient is judged as spelled (CauseBusy, counted), and a recipient
+// already running shares its expansion as always.
+func TestStartBoundsInflight(t *testing.T) {
+	cfg := testConfig()
+	mem := withEmpty(cfg, tables(t, map[string]string{"hash:virtual": "valias@local.test loopuser@local.test\n"}))
+	be := &blocking{Memory: mem, release: make(chan struct{}), started: make(chan struct{})}
+	obs := &counting{}
+	e, err := New(context.Background(), Options{Config: cfg, Backend: be, Observer: obs, MaxInflight: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	p1 := e.Start(addr("valias@local.test"))
+	<-be.started
+	if r := e.Start(addr("other@local.test")).Wait(context.Background()); r.Complete || r.Cause != CauseBusy {
+		t.Errorf("a second distinct expansion: %+v, want incomplete with cause busy", r)
+	}
+	if p := e.Start(addr("valias@local.test")); p != p1 {
+		t.Error("the running recipient did not share its expansion")
+	}
+	close(be.release)
+	equalTargets(t, "the first", p1.Wait(context.Background()), "loopuser@local.test local !")
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if obs.causes[CauseBusy] != 1 {
+		t.Errorf("busy counted %d times, want 1", obs.causes[CauseBusy])
+	}
+}

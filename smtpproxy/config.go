@@ -33,6 +33,12 @@ const (
 	// 64 KiB while a header section is read, 256 KiB while a body
 	// streams) and at most one header buffer.
 	DefaultMaxSessions = 1000
+	// DefaultExpansionWait bounds the wait at end of message for
+	// recipient expansions still running (SPEC section 8): an expansion
+	// started at RCPT time is normally done by then, and the wait stays
+	// far below the upstream reply timeout and Postfix's
+	// smtpd_proxy_timeout (100 s).
+	DefaultExpansionWait = 5 * time.Second
 	// DefaultMaxHeaderBytes bounds the header section buffer per session.
 	DefaultMaxHeaderBytes = core.DefaultMaxHeaderBytes
 )
@@ -91,8 +97,20 @@ type Config struct {
 	// DropEHLOKeywords are removed from the EHLO reply besides STARTTLS,
 	// CHUNKING and BINARYMIME.
 	DropEHLOKeywords []string
-	// Check judges a message; nil means loopcheck.Check.
+	// Check judges a message; nil means loopcheck.Check. Not used with
+	// Expand.
 	Check func(rcptArgs []string, section []byte) loopcheck.Verdict
+	// Expand, when set, judges each recipient also by what Postfix
+	// rewrites it to (SPEC section 8): called when the upstream accepts
+	// a recipient, with its RCPT TO: argument, it starts the expansion
+	// and returns the wait that gives the recipient to judge (with its
+	// expansion, or as spelled when that is incomplete). The runtime
+	// calls the wait at end of message, bounded by ExpansionWait and by
+	// the drain deadline; it must never block past its context.
+	Expand func(rcptArg string) (wait func(ctx context.Context) loopcheck.Recipient)
+	// ExpansionWait bounds the wait for expansions still running at end
+	// of message (DefaultExpansionWait).
+	ExpansionWait time.Duration
 
 	// Logger receives session, transaction and error logs; nil discards.
 	Logger *slog.Logger
@@ -185,6 +203,7 @@ func (c *Config) setDefaults() {
 	def(&c.CommandTimeout, DefaultCommandTimeout)
 	def(&c.DataIdleTimeout, DefaultDataIdleTimeout)
 	def(&c.DrainTimeout, DefaultDrainTimeout)
+	def(&c.ExpansionWait, DefaultExpansionWait)
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = DefaultMaxSessions
 	}

@@ -6,12 +6,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
 
@@ -102,8 +104,13 @@ type runner struct {
 	upWriteDue     time.Time // the upstream's
 	dataStart      time.Time
 
-	upErrDetail string    // the Go error behind the next upstream error event, for its log line
-	inData      bool      // between EventDataStart and EventTxEnd, for obs
+	upErrDetail string // the Go error behind the next upstream error event, for its log line
+	inData      bool   // between EventDataStart and EventTxEnd, for obs
+
+	// Recipient expansion (Config.Expand): the waits of the transaction's
+	// accepted recipients, by index, and whether the wait for them runs.
+	expansions  []func(context.Context) loopcheck.Recipient
+	judging     bool
 	upWaitStart time.Time // when the current wait for an upstream reply began
 	upWaitData  bool      // that wait belongs to a message
 }
@@ -134,6 +141,7 @@ func (s *Server) serveSession(client net.Conn, id string, pool *goPool, shutdown
 			BareLF:           s.cfg.BareLF,
 			DropEHLOKeywords: s.cfg.DropEHLOKeywords,
 			Check:            s.cfg.Check,
+			AwaitRecipients:  s.cfg.Expand != nil,
 			// Canonical message data goes upstream straight from the
 			// read buffer; the client side reads into that buffer again
 			// only after flush has written it.
@@ -353,6 +361,9 @@ func (r *runner) settle() {
 		r.closeAll()
 		return
 	}
+	if r.s.WantsRecipients() && !r.judging {
+		r.judge()
+	}
 	r.applyTimers()
 	if r.clientWaiting {
 		select {
@@ -360,6 +371,49 @@ func (r *runner) settle() {
 		default:
 		}
 	}
+}
+
+// maxExpandedRecipients bounds the recipients of one transaction whose
+// expansion is started; the others are judged as spelled. Postfix's
+// smtpd_recipient_limit is 1000 by default; an expansion holds a
+// goroutine while it runs.
+const maxExpandedRecipients = 1000
+
+// expandRecipient starts the expansion of an accepted recipient: the
+// index-th of its transaction (0 starts a new list).
+func (r *runner) expandRecipient(index int, arg string) {
+	if index == 0 {
+		clear(r.expansions)
+		r.expansions = r.expansions[:0]
+	}
+	if index != len(r.expansions) || index >= maxExpandedRecipients {
+		return // judged as spelled (HandleRecipients fills the rest)
+	}
+	r.expansions = append(r.expansions, r.srv.cfg.Expand(arg))
+}
+
+// judge waits, on a pooled goroutine, for the expansions of the message's
+// recipients (ExpansionWait at most, and never past the drain deadline),
+// then gives the core the recipients to judge by. Called with the lock
+// held.
+func (r *runner) judge() {
+	r.judging = true
+	n := len(r.s.RecipientsToJudge())
+	waits := slices.Clone(r.expansions[:min(n, len(r.expansions))])
+	bound := r.srv.cfg.ExpansionWait
+	drain := r.drain
+	r.pool.Go(func() {
+		ctx, cancel := context.WithTimeout(drain, bound)
+		rcpts := make([]loopcheck.Recipient, len(waits))
+		for i, wait := range waits {
+			rcpts[i] = wait(ctx)
+		}
+		cancel()
+		r.callback(func() {
+			r.judging = false
+			r.s.HandleRecipients(rcpts)
+		})
+	})
 }
 
 // failed ends a session whose code panicked.
@@ -827,6 +881,10 @@ func (r *runner) logEvents(events []core.Event) {
 		case core.EventDataStart:
 			r.dataStart = time.Now()
 			r.inData = true
+		case core.EventRecipientAccepted:
+			if r.srv.cfg.Expand != nil {
+				r.expandRecipient(e.Index, e.Reason)
+			}
 		case core.EventTxEnd:
 			r.logTx(e.Tx)
 			r.inData = false
@@ -886,6 +944,9 @@ func (r *runner) logTx(tx *core.Transaction) {
 	}
 	if tx.LoopRecipient != "" {
 		attrs = append(attrs, "loop_recipient", tx.LoopRecipient)
+	}
+	if tx.LoopVia != "" {
+		attrs = append(attrs, "loop_via", tx.LoopVia)
 	}
 	if tx.UpstreamReply != "" {
 		attrs = append(attrs, "upstream_reply", tx.UpstreamReply)

@@ -236,6 +236,9 @@ func (s *Session) commandReply(rep *Reply) {
 		s.env = envelope{open: true, sender: s.pendArg}
 	case s.pending == cmdRCPT:
 		s.env.rcpts = append(s.env.rcpts, s.pendArg)
+		if s.cfg.AwaitRecipients {
+			s.event(Event{Kind: EventRecipientAccepted, Index: len(s.env.rcpts) - 1, Reason: s.pendArg})
+		}
 	case s.pending == cmdRSET, s.pending == cmdEHLO, s.pending == cmdHELO, s.pending == cmdXCLIENT:
 		s.env = envelope{}
 	case s.pending == cmdXFORWARD:

@@ -21,6 +21,8 @@
 //   - HandleUpstreamData: bytes read from the upstream, all taken.
 //   - HandleClientClosed, HandleUpstreamClosed: a connection ended or
 //     failed (for the upstream, how: an UpstreamEnd).
+//   - HandleRecipients: the recipients to judge a message by, once
+//     WantsRecipients (Config.AwaitRecipients).
 //   - HandleTimeout: a clock PollTimers asked for ran out.
 //   - HandleShutdown, HandleDrainExpired: shut down gracefully; the drain
 //     time is over.
@@ -43,6 +45,7 @@
 //   - UpstreamGone: close the upstream after writing to it; UpstreamQuit:
 //     it was told QUIT and closes first.
 //   - Done: close both connections after writing; EndReason says why.
+//   - WantsRecipients: the session waits for HandleRecipients.
 //   - WantsClientInput: whether the session takes client bytes now.
 //     While it is false the caller must not read the client: that is the
 //     backpressure that bounds memory.
@@ -72,6 +75,7 @@
 //	reply       command     UpstreamData
 //	reply       capture     UpstreamData
 //	reply       closed      UpstreamData UpstreamClosed Timeout ClientClosed DrainExpired
+//	capture     judge       ClientData
 //	capture     data354     ClientData
 //	capture     stream      ClientData
 //	capture     datareply   ClientData
@@ -79,6 +83,13 @@
 //	capture     rset        ClientData
 //	capture     command     ClientData
 //	capture     closed      Timeout ClientClosed DrainExpired
+//	judge       data354     Recipients
+//	judge       stream      Recipients
+//	judge       datareply   Recipients
+//	judge       drain       Recipients UpstreamData UpstreamClosed
+//	judge       rset        Recipients
+//	judge       command     Recipients UpstreamData UpstreamClosed
+//	judge       closed      ClientClosed DrainExpired
 //	data354     stream      UpstreamData
 //	data354     datareply   UpstreamData
 //	data354     drain       UpstreamData UpstreamClosed Timeout
@@ -110,6 +121,10 @@
 //     reads data (stream, or datareply when the data has ended too); a
 //     refusal reads the rest of the data (drain), or, the data over, gives
 //     its reply and RSET (rset), or command when no RSET can follow.
+//   - judge: with Config.AwaitRecipients, the header section is read and
+//     the session waits for the recipients to judge it by
+//     (HandleRecipients), reading nothing from the client; then as in
+//     capture.
 //   - data354: DATA sent for a judged message; its 354 sends the captured
 //     bytes (stream, or datareply when the data has ended), a refusal is
 //     given as the end-of-data reply as in capture.

@@ -215,6 +215,12 @@ type driver struct {
 	upShut  bool     // the upstream connection is closed and the session knows
 	calls   []checkCall
 	txEnds  [][]string // recipients of each EventTxEnd
+	// await runs the session with Config.AwaitRecipients, giving it the
+	// recipients as spelled when it waits for them: it must behave
+	// exactly as a session that judges them itself. accepted are the
+	// recipients it reported (EventRecipientAccepted).
+	await    bool
+	accepted []string
 	cut     func(n int) int
 	checks  int // oracle checks made
 	steps   int
@@ -243,12 +249,19 @@ func clip[T ~string | ~[]byte](b T) string {
 }
 
 func newDriver(t tb, m *refModel, cut func(int) int) *driver {
-	d := &driver{t: t, m: m, cut: cut, limits: m.cfg}
+	return newAwaitDriver(t, m, cut, false)
+}
+
+// newAwaitDriver is newDriver, with Config.AwaitRecipients when await.
+func newAwaitDriver(t tb, m *refModel, cut func(int) int, await bool) *driver {
+	d := &driver{t: t, m: m, cut: cut, limits: m.cfg, await: await}
 	d.srv = &strictServer{t: t, fail: d.fail, m: m, units: []*gotUnit{{what: uGreeting}}}
-	d.s = newTestSession(t, m.cfg.config(func(rcpts []string, section []byte) loopcheck.Verdict {
+	cfg := m.cfg.config(func(rcpts []string, section []byte) loopcheck.Verdict {
 		d.calls = append(d.calls, checkCall{Rcpts: slices.Clone(rcpts), Section: string(section)})
 		return loopcheck.Check(rcpts, section)
-	}))
+	})
+	cfg.AwaitRecipients = await
+	d.s = newTestSession(t, cfg)
 	d.s.HandleUpstreamConnected()
 	d.queue(m.units[0].act)
 	d.settle()
@@ -300,9 +313,22 @@ func (d *driver) settle() {
 			d.note("U %s", clip(out))
 		}
 		for _, e := range d.s.TakeEvents() {
-			if e.Kind == EventTxEnd {
+			switch e.Kind {
+			case EventTxEnd:
 				d.txEnds = append(d.txEnds, slices.Clone(e.Tx.Recipients)) // events are lent until the next input
+			case EventRecipientAccepted:
+				if !d.await {
+					d.fail("a recipient was reported without AwaitRecipients: %+v", e)
+				}
+				if e.Index != len(d.accepted) && e.Index != 0 {
+					d.fail("recipient %q reported at %d after %d others", e.Reason, e.Index, len(d.accepted))
+				}
+				d.accepted = append(d.accepted[:e.Index], e.Reason)
 			}
+		}
+		if d.s.WantsRecipients() {
+			d.giveRecipients()
+			continue
 		}
 		d.checkBounds(len(out))
 		if len(out) > 0 {
@@ -338,6 +364,27 @@ func (d *driver) settle() {
 		}
 	}
 	d.fail("the session does not settle")
+}
+
+// giveRecipients answers a session waiting in judge with the recipients
+// as spelled, recording the check as newAwaitDriver's check function
+// would: the reported recipients must be the message's own.
+func (d *driver) giveRecipients() {
+	d.t.Helper()
+	m := &d.s.msg
+	// A transaction's first accepted recipient starts the list anew
+	// (Index 0); one with none accepted judges none of an older list.
+	want := d.s.RecipientsToJudge()
+	if len(want) > len(d.accepted) || !slices.Equal(d.accepted[:len(want)], want) || !slices.Equal(want, m.tx.Recipients) {
+		d.fail("the session reported the recipients %q, but judges %q (its message's: %q)", d.accepted, want, m.tx.Recipients)
+	}
+	d.calls = append(d.calls, checkCall{Rcpts: slices.Clone(m.tx.Recipients), Section: string(m.hdr.buf[:m.sectionLen])})
+	rcpts := make([]loopcheck.Recipient, len(want))
+	for i, a := range want {
+		rcpts[i] = loopcheck.NewRecipient(a)
+	}
+	d.note("J %q", want)
+	d.s.HandleRecipients(rcpts)
 }
 
 // checkBounds checks SPEC 2.5: memory is bounded whatever the input.

@@ -20,7 +20,7 @@ func (s *Session) upstreamFailed(kind UpstreamFailure, why string) {
 	case stReply:
 		s.leaveUpstream()
 		s.closeWith(fmt.Sprintf("421 4.4.2 upstream %s %s\r\n", s.cfg.UpstreamName, why), "upstream failed")
-	case stCapture, stData354, stStream:
+	case stCapture, stJudge, stData354, stStream:
 		s.retire(why)
 		if m.tx.Outcome == OutcomeUnknown || m.tx.Outcome == OutcomePass || m.tx.Outcome == OutcomeDryRunLoop {
 			m.tx.Outcome = OutcomeUpstreamFailed

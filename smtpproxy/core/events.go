@@ -21,6 +21,11 @@ const (
 	// EventDataStart: a message begins (the client's DATA was taken), for
 	// the caller's duration measure.
 	EventDataStart
+	// EventRecipientAccepted: the upstream accepted a recipient
+	// (Config.AwaitRecipients only): Reason is its RCPT TO: argument as
+	// written, Index its place among the transaction's accepted
+	// recipients (0 for the first, which starts a new list).
+	EventRecipientAccepted
 )
 
 // Event is something the session reports for logs and metrics.
@@ -28,6 +33,7 @@ type Event struct {
 	Kind    EventKind
 	Tx      *Transaction    // EventTxEnd
 	Failure UpstreamFailure // EventUpstreamError
+	Index   int             // EventRecipientAccepted
 	Reason  string
 }
 
@@ -151,6 +157,7 @@ type Transaction struct {
 	ClientName    string   // from XFORWARD NAME
 	Outcome       Outcome
 	LoopRecipient string // the matching recipient, for a loop
+	LoopVia       string // the address of its expansion that matched, when not the recipient as spelled
 	Reply         string // first line of the end-of-data reply the client got
 	UpstreamReply string // first line of the upstream's end-of-data reply, if any
 	Size          int64  // message octets read (unstuffed, line ends counted as 2)

@@ -98,7 +98,9 @@ func runSessionCase(t tb, client, script []byte, cutSeed uint64, opts uint8) *dr
 		m.shutdownNow()
 		m.clientClosed()
 	}
-	d := newDriver(t, m, pieceSizes(cutSeed))
+	// The cut seed's top bit runs the session with AwaitRecipients, the
+	// recipients given as spelled: it must behave exactly as without.
+	d := newAwaitDriver(t, m, pieceSizes(cutSeed), cutSeed>>63 == 1)
 	d.feed(client)
 	switch c.end {
 	case 0:

@@ -95,7 +95,42 @@ func (s *Session) endCapture() {
 	m := &s.msg
 	m.sectionLen = m.hdr.lineStart
 	m.tx.HeaderBytes = m.sectionLen
-	v, ok := s.judge()
+	if s.cfg.AwaitRecipients {
+		s.enter(stJudge)
+		return
+	}
+	s.decide(s.judge())
+}
+
+// HandleRecipients gives the recipients to judge the message by, once
+// WantsRecipients: one for each of its accepted recipients, in order
+// (loopcheck.NewRecipient of each RCPT TO: argument, with its expansion
+// or without). A recipient missing from the end of rcpts is judged as
+// spelled.
+func (s *Session) HandleRecipients(rcpts []loopcheck.Recipient) {
+	if s.st != stJudge {
+		return
+	}
+	m := &s.msg
+	all := make([]loopcheck.Recipient, len(m.tx.Recipients))
+	for i, arg := range m.tx.Recipients {
+		if i < len(rcpts) {
+			all[i] = rcpts[i]
+		} else {
+			all[i] = loopcheck.NewRecipient(arg)
+		}
+	}
+	s.decide(s.judgeRecipients(all))
+	s.after()
+}
+
+// decide acts on the verdict: a loop (unless a dry run) or a failed check
+// is refused once the data is read; a pass goes upstream.
+func (s *Session) decide(v loopcheck.Verdict, ok bool) {
+	m := &s.msg
+	if v.Loop {
+		m.tx.LoopVia = v.Via
+	}
 	switch {
 	case !ok:
 		m.tx.Outcome = OutcomeCheckFailed
@@ -121,13 +156,23 @@ func (s *Session) endCapture() {
 
 // judge runs the verdict; a panic in it is reported, not fatal.
 func (s *Session) judge() (v loopcheck.Verdict, ok bool) {
-	defer func() {
-		if r := recover(); r != nil {
-			s.event(Event{Kind: EventCheckFailed, Reason: fmt.Sprint(r)})
-			ok = false
-		}
-	}()
+	defer s.checkFailed(&ok)
 	return s.check(s.msg.tx.Recipients, s.msg.hdr.buf[:s.msg.sectionLen]), true
+}
+
+// judgeRecipients is judge with prepared recipients (AwaitRecipients).
+func (s *Session) judgeRecipients(rcpts []loopcheck.Recipient) (v loopcheck.Verdict, ok bool) {
+	defer s.checkFailed(&ok)
+	return loopcheck.CheckRecipients(rcpts, s.msg.hdr.buf[:s.msg.sectionLen]), true
+}
+
+// checkFailed, deferred by a verdict, reports a panic in it and makes the
+// verdict failed (ok false).
+func (s *Session) checkFailed(ok *bool) {
+	if r := recover(); r != nil {
+		s.event(Event{Kind: EventCheckFailed, Reason: fmt.Sprint(r)})
+		*ok = false
+	}
 }
 
 func loopReply(rcpt string) string {
@@ -334,7 +379,7 @@ func (s *Session) endTx(reply string) {
 // abortTx reports a message cut short by the end of the session.
 func (s *Session) abortTx(why string) {
 	switch s.st {
-	case stCapture, stData354, stStream, stDataReply, stDrain:
+	case stCapture, stJudge, stData354, stStream, stDataReply, stDrain:
 		s.msg.tx.Outcome = OutcomeAborted
 		s.msg.tx.Reply = why
 		tx := s.msg.tx

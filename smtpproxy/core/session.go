@@ -63,6 +63,16 @@ type Config struct {
 	// returned. The caller then leaves that input unchanged until it has
 	// taken the outputs. Without it, TakeUpstreamOutput returns all.
 	LendInput bool
+	// AwaitRecipients: the caller gives the recipients a message is
+	// judged by. Each recipient the upstream accepts is reported
+	// (EventRecipientAccepted), so that the caller can start expanding it
+	// (package expand) while the transaction goes on; once the header
+	// section is read the session waits in state judge, taking no client
+	// input and running no client clock, until the caller hands them over
+	// (HandleRecipients), which it must do within its own bound. Check is
+	// not used then. Without it the session judges the recipients as the
+	// client spelled them, with Check.
+	AwaitRecipients bool
 }
 
 // Session is one proxied SMTP session; see the package comment for how a
@@ -388,8 +398,25 @@ func (s *Session) ClientReading() Reading {
 	switch s.st {
 	case stStream:
 		return ReadingBody
-	case stCapture, stDrain:
+	case stCapture, stJudge, stDrain:
 		return ReadingMessage
 	}
 	return ReadingCommands
+}
+
+// WantsRecipients reports that the session waits for the recipients to
+// judge its message by (Config.AwaitRecipients): the caller gives them
+// with HandleRecipients, one for each of the message's accepted
+// recipients, in order.
+func (s *Session) WantsRecipients() bool { return s.st == stJudge }
+
+// RecipientsToJudge are the RCPT TO: arguments of the message waiting for
+// HandleRecipients, in order: the first len of them that the session
+// reported (EventRecipientAccepted) since its last Index 0. Valid until the
+// next input; nil when it waits for none.
+func (s *Session) RecipientsToJudge() []string {
+	if s.st != stJudge {
+		return nil
+	}
+	return s.msg.tx.Recipients
 }

@@ -15,6 +15,7 @@ const (
 	stCommand                 // waiting for a client command line
 	stReply                   // a command is forwarded; waiting for its reply
 	stCapture                 // reading the header section of a message
+	stJudge                   // the section read; waiting for the recipients to judge it by
 	stData354                 // verdict pass; DATA forwarded; waiting for 354
 	stStream                  // streaming the message upstream
 	stDataReply               // end of data sent; waiting for the final reply
@@ -36,6 +37,8 @@ func (st state) String() string {
 		return "reply"
 	case stCapture:
 		return "capture"
+	case stJudge:
+		return "judge"
 	case stData354:
 		return "data354"
 	case stStream:

@@ -171,6 +171,9 @@ func reachState(t *testing.T, st state) *harness {
 		h.fromClient("Subject: s\r\n\r\n")
 	case stStream:
 		h.connect().fromClient(envelope + "Subject: s\r\n\r\nbody\r\n")
+	case stJudge:
+		h = newHarness(t, awaitCfg())
+		h.connect().fromClient(envelope + "Subject: s\r\n\r\nbody\r\n")
 	case stDataReply:
 		h.connect().fromClient(envelope + "Subject: s\r\n\r\nbody\r\n")
 		h.up.silent = true
