@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/expand"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
@@ -80,6 +81,10 @@ type Metrics struct {
 	sessionsRefused prometheus.Counter
 	peersRefused    prometheus.Counter
 	dryRun          prometheus.Gauge
+	expLookups      prometheus.Counter
+	expCacheHits    prometheus.Counter
+	expCacheMisses  prometheus.Counter
+	expErrors       map[expand.Cause]prometheus.Counter
 	shortages       map[smtpproxy.ResourceOp]prometheus.Counter
 	transactions    *prometheus.CounterVec
 	byOutcome       map[core.Outcome]prometheus.Counter
@@ -116,6 +121,26 @@ func New() *Metrics {
 		Namespace: namespace, Name: "dry_run",
 		Help: "1 while loops are only logged and let through (-dry-run), 0 while they are refused.",
 	})).(prometheus.Gauge)
+	m.expLookups = f(prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "expansion_lookups_total",
+		Help: "Postfix table lookups made to expand recipients (-postfix-config).",
+	})).(prometheus.Counter)
+	m.expCacheHits = f(prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "expansion_cache_hits_total",
+		Help: "Recipient expansions answered from the cache.",
+	})).(prometheus.Counter)
+	m.expCacheMisses = f(prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "expansion_cache_misses_total",
+		Help: "Recipient expansions computed (not in the cache).",
+	})).(prometheus.Counter)
+	expErrors := f(prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "expansion_errors_total",
+		Help: "Recipient expansions left incomplete, by cause; each such recipient was judged as spelled (fail-open).",
+	}, []string{"cause"})).(*prometheus.CounterVec)
+	m.expErrors = make(map[expand.Cause]prometheus.Counter)
+	for _, c := range expand.Causes {
+		m.expErrors[c] = expErrors.WithLabelValues(c.String())
+	}
 	m.peersRefused = f(prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "clients_refused_total",
 		Help: "Connections refused with 554 5.7.1 because the peer is outside -allow-client (no upstream connection was opened).",
@@ -227,6 +252,24 @@ func (m *Metrics) SessionRefused() { m.sessionsRefused.Inc() }
 
 // PeerRefused implements smtpproxy.Observer.
 func (m *Metrics) PeerRefused() { m.peersRefused.Inc() }
+
+var _ expand.Observer = (*Metrics)(nil)
+
+// Lookup implements expand.Observer.
+func (m *Metrics) Lookup() { m.expLookups.Inc() }
+
+// CacheHit implements expand.Observer.
+func (m *Metrics) CacheHit() { m.expCacheHits.Inc() }
+
+// CacheMiss implements expand.Observer.
+func (m *Metrics) CacheMiss() { m.expCacheMisses.Inc() }
+
+// Incomplete implements expand.Observer.
+func (m *Metrics) Incomplete(cause expand.Cause) {
+	if c, ok := m.expErrors[cause]; ok {
+		c.Inc()
+	}
+}
 
 // ResourceShortage implements smtpproxy.Observer.
 func (m *Metrics) ResourceShortage(op smtpproxy.ResourceOp) {

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
@@ -70,5 +71,77 @@ func recipientExpander(e *expand.Expander, mode expand.Mode) func(rcptArg string
 		return func(ctx context.Context) loopcheck.Recipient {
 			return r.WithExpansion(pending.Wait(ctx).Expansion(mode))
 		}
+	}
+}
+
+// expansionRunner is the expansion of a running front-end: the Expander
+// of -postfix-config, or none while it cannot be made, and the hook the
+// front-end calls. Expansion fails open at start as on every lookup: a
+// -postfix-config that cannot be read is logged as an error and the
+// recipients are judged as spelled until a SIGHUP reads it successfully;
+// the front-end serves mail either way.
+type expansionRunner struct {
+	flags expansionFlags
+	mode  expand.Mode
+	log   *slog.Logger
+	obs   expand.Observer
+	cur   atomic.Pointer[expand.Expander]
+}
+
+// startExpansion makes the runner of the flags, or returns nil without
+// -postfix-config.
+func startExpansion(ctx context.Context, flags expansionFlags, mode expand.Mode, log *slog.Logger, obs expand.Observer) *expansionRunner {
+	if flags.configDir == "" {
+		return nil
+	}
+	x := &expansionRunner{flags: flags, mode: mode, log: log, obs: obs}
+	x.load(ctx)
+	return x
+}
+
+// load makes the Expander, logging the outcome.
+func (x *expansionRunner) load(ctx context.Context) {
+	e, err := x.flags.newExpander(ctx, x.log, x.obs)
+	if err != nil {
+		x.log.Error("recipient expansion is off: recipients are judged as spelled until a SIGHUP reads the configuration", "err", err)
+		return
+	}
+	x.cur.Store(e)
+	x.log.Info("recipient expansion", "postfix_config", x.flags.configDir, "loops", x.flags.loops, "wait", x.flags.wait.String(), "backend", e.BackendInfo())
+}
+
+// reload is SIGHUP: the configuration read again and the cache emptied,
+// or, while there is no Expander, a new attempt to make one.
+func (x *expansionRunner) reload(ctx context.Context) {
+	e := x.cur.Load()
+	if e == nil {
+		x.load(ctx)
+		return
+	}
+	if err := e.Reload(ctx); err != nil {
+		x.log.Error("recipient expansion: the configuration could not be read again; the old one stays", "postfix_config", x.flags.configDir, "err", err)
+		return
+	}
+	x.log.Info("recipient expansion: configuration read again, cache emptied", "postfix_config", x.flags.configDir, "backend", e.BackendInfo())
+}
+
+// hook is the front-end's Expand: with the current Expander, or the
+// recipient as spelled while there is none.
+func (x *expansionRunner) hook(rcptArg string) func(context.Context) loopcheck.Recipient {
+	e := x.cur.Load()
+	if e == nil {
+		r := loopcheck.NewRecipient(rcptArg)
+		return func(context.Context) loopcheck.Recipient { return r }
+	}
+	return recipientExpander(e, x.mode)(rcptArg)
+}
+
+// close ends every expansion.
+func (x *expansionRunner) close() {
+	if x == nil {
+		return
+	}
+	if e := x.cur.Load(); e != nil {
+		e.Close()
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/expand"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/metrics"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
@@ -75,6 +76,8 @@ type options struct {
 	logFormat     string
 	logLevel      slog.Level
 	allowClient   *allowlist.List // nil: loopback only (the default)
+	exp           expansionFlags
+	loops         expand.Mode
 	socketMode    iofs.FileMode   // of a unix:/path LISTEN socket
 	warnings      []string
 }
@@ -111,6 +114,7 @@ func newProxyFlags() *proxyFlags {
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", smtpproxy.DefaultMaxSessions, "concurrent sessions; more get 421 4.3.2 too many connections")
 	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", smtpproxy.DefaultMaxHeaderBytes, "largest header section; a larger one gets 552 5.3.4")
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "log loops but let the messages pass")
+	o.exp.define(fs)
 	fs.Var(&pf.allow, "allow-client", "a `CIDR` of the peers that may connect (repeatable, or a comma list; default: 127.0.0.0/8 and ::1); others get 554 5.7.1 and are closed before anything reaches the upstream")
 	pf.socketMode = fs.String("socket-mode", "0660", "file `MODE` (octal) of a unix:/path LISTEN socket: who may connect to it (the socket's owner and group are the process's)")
 	pf.bareLF = fs.String("bare-lf", "normalize", "what a bare LF in message data does: `MODE` normalize (ends a line, sent on as CRLF) or reject (550 5.5.2)")
@@ -194,6 +198,9 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("-socket-mode must be an octal file mode such as 0660, got %q", *pf.socketMode)
 	}
 	o.socketMode = iofs.FileMode(mode)
+	if o.loops, err = o.exp.check(); err != nil {
+		return nil, err
+	}
 	switch *pf.bareLF {
 	case "normalize":
 		cfg.BareLF = smtpproxy.BareLFNormalize
@@ -261,10 +268,18 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	o.cfg.Logger = log
 	var m *metrics.Metrics
+	var expObs expand.Observer
 	if o.metricsListen != "" {
 		m = metrics.New()
 		m.SetDryRun(o.cfg.DryRun)
 		o.cfg.Observer = m
+		expObs = m
+	}
+	exp := startExpansion(ctx, o.exp, o.loops, log, expObs)
+	defer exp.close()
+	if exp != nil {
+		o.cfg.Expand = exp.hook
+		o.cfg.ExpansionWait = o.exp.wait
 	}
 	o.cfg.AllowClient = o.allowClient
 	srv, err := smtpproxy.New(o.cfg)
@@ -301,7 +316,12 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 		defer stop()
 	}
 	stopReload := onReload(func() {
-		log.Info("SIGHUP received: nothing to re-read (the proxy's settings are its command line; restart to change them); sessions go on")
+		if exp == nil {
+			log.Info("SIGHUP received: nothing to re-read (the proxy's settings are its command line; restart to change them); sessions go on")
+			return
+		}
+		log.Info("SIGHUP received: reading the Postfix configuration again; sessions go on")
+		exp.reload(ctx)
 	})
 	defer stopReload()
 	if err := srv.Serve(ctx, ln); err != nil {
