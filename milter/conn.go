@@ -27,6 +27,12 @@ var errShuttingDown = errors.New("shutting down")
 // endian, counting the command byte and the data).
 const packetHeaderLen = 4
 
+// drainGrace is how long an idle session, at shutdown, waits for an event
+// the MTA may already have sent before it closes. Such an event is in the
+// socket's receive queue already, or arrives within a scheduling delay on
+// loopback; the wait must be short, as every idle session waits it.
+const drainGrace = 20 * time.Millisecond
+
 // keepPacketBuffer is the largest packet buffer a session keeps between
 // packets; a larger one (a long header field) is dropped after use, so an
 // idle session holds little.
@@ -81,10 +87,7 @@ func (g *guardConn) nextPacket() error {
 		g.pkt = nil
 	}
 	g.pkt, g.off = g.pkt[:0], 0
-	if g.srv.draining.Load() && !g.sess.inMessage {
-		return errShuttingDown
-	}
-	if n, err := g.readFull(g.hdr[:]); err != nil {
+	if n, err := g.readFull(g.hdr[:], true); err != nil {
 		if n > 0 && errors.Is(err, io.EOF) {
 			return &ProtocolError{Msg: fmt.Sprintf("truncated: the connection closed after %d of the 4 bytes of a length field", n)}
 		}
@@ -103,7 +106,7 @@ func (g *guardConn) nextPacket() error {
 	}
 	g.pkt = g.pkt[:need]
 	copy(g.pkt, g.hdr[:])
-	if n, err := g.readFull(g.pkt[packetHeaderLen:]); err != nil {
+	if n, err := g.readFull(g.pkt[packetHeaderLen:], false); err != nil {
 		if errors.Is(err, io.EOF) {
 			return &ProtocolError{Msg: fmt.Sprintf("truncated: the connection closed after %d of %d bytes of a packet", n, length)}
 		}
@@ -112,23 +115,40 @@ func (g *guardConn) nextPacket() error {
 	return checkPacket(g.pkt[packetHeaderLen], g.pkt[packetHeaderLen+1:])
 }
 
-// readFull fills b from the connection. A timeout caused by kick is no
-// error: an idle session then ends (errShuttingDown), one inside a
-// message reads on with go-milter's own deadline.
-func (g *guardConn) readFull(b []byte) (int, error) {
-	n := 0
+// readFull fills b from the connection; head says b is the start of a
+// packet. A timeout caused by kick is no error. A session inside a message
+// reads on with go-milter's own deadline. An idle one looks once more, for
+// drainGrace, whether the MTA has already sent its next event (it may have
+// written a whole message's events, none of which needs a reply, before
+// the shutdown began); only when nothing comes does it end
+// (errShuttingDown). Once a packet has begun, it is read to its end.
+func (g *guardConn) readFull(b []byte, head bool) (int, error) {
+	n, graced := 0, false
+	if head && g.srv.draining.Load() && !g.sess.inMessage {
+		g.Conn.SetReadDeadline(time.Now().Add(drainGrace))
+		graced = true
+	}
 	for n < len(b) {
 		m, err := g.Conn.Read(b[n:])
+		if m > 0 && graced {
+			g.Conn.SetReadDeadline(g.readDeadline) // an event came: read it as usual
+			graced = false
+		}
 		n += m
 		if err == nil {
 			continue
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) && g.srv.draining.Load() &&
 			(g.readDeadline.IsZero() || time.Now().Before(g.readDeadline)) {
-			if !g.sess.inMessage {
+			switch {
+			case head && n == 0 && !g.sess.inMessage && graced:
 				return n, errShuttingDown
+			case head && n == 0 && !g.sess.inMessage:
+				g.Conn.SetReadDeadline(time.Now().Add(drainGrace))
+				graced = true
+			default:
+				g.Conn.SetReadDeadline(g.readDeadline)
 			}
-			g.Conn.SetReadDeadline(g.readDeadline)
 			continue
 		}
 		if errors.Is(err, io.EOF) && n == len(b) {

@@ -86,9 +86,10 @@ func (s *section) bytes() []byte {
 	return append(s.buf, '\r', '\n')
 }
 
-// rawBytes is the size of the raw section the events amount to, the empty
-// line included: what the proxy would have buffered (its header_bytes).
-func (s *section) rawBytes() int { return s.total + len("\r\n") }
+// rawBytes is the size of the raw section the events amount to, without
+// the empty line that ends it: the proxy's header_bytes for the same
+// section.
+func (s *section) rawBytes() int { return s.total }
 
 // plainField reports whether chunk (one event, with its final CRLF) is a
 // field the verdict never reads: exactly one field line and its

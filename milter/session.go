@@ -300,7 +300,7 @@ func (s *session) judge(m gomilter.Modifier) (resp *gomilter.Response, err error
 				return nil, fmt.Errorf("removing recipient %s: %w", r.token, err)
 			}
 		}
-		s.srv.obs.RecipientsDropped(len(v.loops))
+		s.srv.obs.RecipientsDropped(len(seen))
 	}
 	return gomilter.RespAccept, nil
 }
@@ -421,8 +421,13 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 	if v.outcome != OutcomeDropped && !(v.outcome == OutcomeDryRunLoop && s.policy.LoopAction == DropRecipient) {
 		return
 	}
+	seen := make(map[string]bool, len(v.loops))
 	for _, l := range v.loops {
 		r := s.rcpts[l.Index]
+		if seen[r.token] {
+			continue
+		}
+		seen[r.token] = true
 		msg := "recipient dropped"
 		if v.outcome == OutcomeDryRunLoop {
 			msg = "recipient would be dropped (dry run)"
