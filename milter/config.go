@@ -48,9 +48,9 @@ const (
 	// site that raised it twentyfold. A larger packet ends the session
 	// as malformed.
 	MaxPacketBytes = 2 << 20
-	// minHeaderBytes is the smallest MaxHeaderBytes accepted: room for a
+	// MinHeaderBytes is the smallest MaxHeaderBytes accepted: room for a
 	// few Delivered-To: fields of ordinary length.
-	minHeaderBytes = 4 << 10
+	MinHeaderBytes = 4 << 10
 )
 
 // LoopAction is what a message that loops gets.

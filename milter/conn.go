@@ -62,10 +62,17 @@ type guardConn struct {
 	// it for a moment. Only the session's goroutine touches it.
 	readDeadline time.Time
 
+	// quit is set when the MTA's QUIT has been read.
+	quit bool
+
 	mu     sync.Mutex
 	endErr error // the first error that ends the session
 	closed bool
 }
+
+// errLibrary says that go-milter ended a session itself: it found an
+// error in a packet that passed checkPacket (its warning names it).
+var errLibrary = errors.New("the milter library refused a packet or a negotiation (its warning says which)")
 
 // Read hands out the current packet, reading and checking the next one
 // when it is used up.
@@ -112,7 +119,11 @@ func (g *guardConn) nextPacket() error {
 		}
 		return err
 	}
-	return checkPacket(g.pkt[packetHeaderLen], g.pkt[packetHeaderLen+1:])
+	if err := checkPacket(g.pkt[packetHeaderLen], g.pkt[packetHeaderLen+1:]); err != nil {
+		return err
+	}
+	g.quit = g.pkt[packetHeaderLen] == cmdQuit
+	return nil
 }
 
 // readFull fills b from the connection; head says b is the start of a
@@ -217,6 +228,8 @@ func (g *guardConn) end() (EndReason, error) {
 	g.mu.Unlock()
 	var pe *ProtocolError
 	switch {
+	case err == nil && !g.quit:
+		return EndProtocol, errLibrary
 	case err == nil, errors.Is(err, io.EOF):
 		return EndClosed, nil
 	case errors.Is(err, errShuttingDown):

@@ -92,9 +92,9 @@ func TestMalformedPackets(t *testing.T) {
 		{"truncated packet", true, packet('L', "Subject\x00 x\x00")[:9], true, "truncated: the connection closed after 5 of 12 bytes of a packet"},
 		{"truncated length", true, []byte{0, 0}, true, "truncated: the connection closed after 2 of the 4 bytes of a length field"},
 		{"truncated negotiation", false, optneg()[:10], true, "truncated"},
-		{"header event with one string", true, packet('L', "Subject"), false, ""},
-		{"negotiation too short", false, packet('O', "\x00\x00\x00\x06"), false, ""},
-		{"second negotiation", true, optneg(), false, ""},
+		{"header event with one string", true, packet('L', "Subject"), false, "library"},
+		{"negotiation too short", false, packet('O', "\x00\x00\x00\x06"), false, "library"},
+		{"second negotiation", true, optneg(), false, "library"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := rawSession(t, ts.addr, tc.negotiated)
@@ -105,7 +105,10 @@ func TestMalformedPackets(t *testing.T) {
 				c.(*net.TCPConn).CloseWrite()
 			}
 			expectClosed(t, c)
-			if tc.want != "" {
+			if tc.want == "library" {
+				ts.waitLog(t, "reason=protocol-error duration=")
+				ts.waitLog(t, errLibrary.Error())
+			} else {
 				ts.waitLog(t, "malformed milter packet: "+tc.want)
 			}
 			// The server goes on serving.
@@ -115,8 +118,8 @@ func TestMalformedPackets(t *testing.T) {
 		})
 	}
 	ts.stop(t)
-	if n := ts.obs.endedWith(EndProtocol); n < 13 {
-		t.Errorf("%d sessions ended with a protocol error, want at least 13", n)
+	if n := ts.obs.endedWith(EndProtocol); n != 16 {
+		t.Errorf("%d sessions ended with a protocol error, want 16", n)
 	}
 	if strings.Contains(ts.logs.String(), "panic") {
 		t.Errorf("a handler panicked")
@@ -284,7 +287,7 @@ func TestDrainDeadline(t *testing.T) {
 }
 
 func TestHeaderLimitThroughTheProtocol(t *testing.T) {
-	ts := startServer(t, Config{MaxHeaderBytes: minHeaderBytes}, nil)
+	ts := startServer(t, Config{MaxHeaderBytes: MinHeaderBytes}, nil)
 	var hdr [][2]string
 	for range 5 {
 		hdr = append(hdr, dt(strings.Repeat("q", 1000)+"@example.org"))

@@ -86,7 +86,7 @@ func TestSectionKeepsWhatCanChangeTheVerdict(t *testing.T) {
 }
 
 func TestSectionLimit(t *testing.T) {
-	const limit = minHeaderBytes
+	const limit = MinHeaderBytes
 	pad := strings.Repeat("x", 1000)
 	var events [][2]string
 	for i := range 5 {
@@ -241,7 +241,7 @@ func FuzzMilterAdapter(f *testing.F) {
 		}
 
 		// A small limit: judged on the events before the one that did not fit.
-		limit = minHeaderBytes + abs(limit)%(4*minHeaderBytes)
+		limit = MinHeaderBytes + abs(limit)%(4*MinHeaderBytes)
 		s = &section{}
 		s.reset(limit)
 		kept := len(events)

@@ -43,8 +43,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Policy.check(); err != nil {
 		return nil, err
 	}
-	if cfg.MaxHeaderBytes < minHeaderBytes {
-		return nil, fmt.Errorf("header limit %d is below the minimum of %d bytes", cfg.MaxHeaderBytes, minHeaderBytes)
+	if cfg.MaxHeaderBytes < MinHeaderBytes {
+		return nil, fmt.Errorf("header limit %d is below the minimum of %d bytes", cfg.MaxHeaderBytes, MinHeaderBytes)
 	}
 	s := &Server{
 		cfg:      cfg,
