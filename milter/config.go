@@ -174,7 +174,7 @@ func (c *Config) setDefaults() {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Observer == nil {
-		c.Observer = nopObserver{}
+		c.Observer = NopObserver{}
 	}
 }
 
@@ -261,13 +261,14 @@ type Observer interface {
 	HeaderTruncated()
 }
 
-// nopObserver is the Observer of a Config without one.
-type nopObserver struct{}
+// NopObserver is the Observer of a Config without one: it does nothing.
+// Embed it to implement only some of the methods.
+type NopObserver struct{}
 
-func (nopObserver) SessionStarted()                      {}
-func (nopObserver) SessionEnded(EndReason)               {}
-func (nopObserver) PeerRefused()                         {}
-func (nopObserver) SessionRefused()                      {}
-func (nopObserver) MessageJudged(Outcome, time.Duration) {}
-func (nopObserver) RecipientsDropped(int)                {}
-func (nopObserver) HeaderTruncated()                     {}
+func (NopObserver) SessionStarted()                      {}
+func (NopObserver) SessionEnded(EndReason)               {}
+func (NopObserver) PeerRefused()                         {}
+func (NopObserver) SessionRefused()                      {}
+func (NopObserver) MessageJudged(Outcome, time.Duration) {}
+func (NopObserver) RecipientsDropped(int)                {}
+func (NopObserver) HeaderTruncated()                     {}

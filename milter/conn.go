@@ -1,6 +1,7 @@
 package milter
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -33,6 +34,10 @@ const packetHeaderLen = 4
 // loopback; the wait must be short, as every idle session waits it.
 const drainGrace = 20 * time.Millisecond
 
+// readBufferSize is the read buffer of a session: most packets of Postfix
+// (macros, envelope events, a header field) fit, so each costs one read.
+const readBufferSize = 1 << 10
+
 // keepPacketBuffer is the largest packet buffer a session keeps between
 // packets; a larger one (a long header field) is dropped after use, so an
 // idle session holds little.
@@ -53,6 +58,8 @@ type guardConn struct {
 	net.Conn
 	srv  *Server
 	sess *session
+	ack  *acker
+	in   *bufio.Reader // over the connection (ackReader): a packet in one read, not two
 
 	hdr [packetHeaderLen]byte
 	pkt []byte // the packet being handed out: length field, command, data
@@ -140,7 +147,7 @@ func (g *guardConn) readFull(b []byte, head bool) (int, error) {
 		graced = true
 	}
 	for n < len(b) {
-		m, err := g.Conn.Read(b[n:])
+		m, err := g.in.Read(b[n:])
 		if m > 0 && graced {
 			g.Conn.SetReadDeadline(g.readDeadline) // an event came: read it as usual
 			graced = false
@@ -168,6 +175,17 @@ func (g *guardConn) readFull(b []byte, head bool) (int, error) {
 		return n, err
 	}
 	return n, nil
+}
+
+// ackReader reads from the connection and acknowledges what it read.
+type ackReader struct{ g *guardConn }
+
+func (r ackReader) Read(p []byte) (int, error) {
+	n, err := r.g.Conn.Read(p)
+	if n > 0 {
+		r.g.ack.ack()
+	}
+	return n, err
 }
 
 // SetReadDeadline records go-milter's deadline, which kick overrides.

@@ -1,6 +1,7 @@
 package milter
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -154,7 +155,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func (s *Server) start(conn net.Conn) {
 	id := s.idBase + "." + strconv.FormatUint(s.nextID.Add(1), 10)
 	sess := &session{srv: s, id: id, log: s.log.With("session", id), started: time.Now()}
-	g := &guardConn{Conn: conn, srv: s, sess: sess}
+	g := &guardConn{Conn: conn, srv: s, sess: sess, ack: newAcker(conn)}
+	g.in = bufio.NewReaderSize(ackReader{g}, readBufferSize)
 	sess.conn = g
 	s.active.Add(1)
 	s.wg.Add(1)
