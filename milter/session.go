@@ -297,7 +297,10 @@ func (s *session) judge(m gomilter.Modifier) (resp *gomilter.Response, err error
 			}
 			seen[r.token] = true
 			if err := m.DeleteRecipient(r.token); err != nil {
-				return nil, fmt.Errorf("removing recipient %s: %w", r.token, err)
+				err = fmt.Errorf("removing looping recipient %s: %w", r.token, err)
+				s.log.Error("a looping recipient could not be removed; the session ends and the MTA applies its milter_default_action to the message", "err", err)
+				s.conn.setEnd(err)
+				return nil, err
 			}
 		}
 		s.srv.obs.RecipientsDropped(len(seen))

@@ -294,3 +294,80 @@ func TestMilterSignals(t *testing.T) {
 		t.Errorf("still listening after the exit")
 	}
 }
+
+const (
+	milterUnitPath    = "../../contrib/systemd/smtpprox-loopprevent-milter.service"
+	milterDefaultPath = "../../contrib/systemd/smtpprox-loopprevent-milter.default"
+)
+
+// TestMilterSystemdUnit: the milter's unit and environment file start
+// this command as it is, leave room for the drain and keep the proxy
+// unit's hardening.
+func TestMilterSystemdUnit(t *testing.T) {
+	unit := readAssignments(t, milterUnitPath)
+	env := make(map[string]string)
+	for _, e := range unit["Environment"] {
+		k, v, _ := strings.Cut(e, "=")
+		env[k] = v
+	}
+	for k, vs := range readAssignments(t, milterDefaultPath) {
+		env[k] = vs[len(vs)-1]
+	}
+	const execStart = "/usr/local/bin/smtpprox-loopprevent milter $SMTPPROX_MILTER_FLAGS ${SMTPPROX_MILTER_LISTEN}"
+	if got := unit["ExecStart"]; len(got) != 1 || got[0] != execStart {
+		t.Fatalf("ExecStart %q", got)
+	}
+	args := append(strings.Fields(env["SMTPPROX_MILTER_FLAGS"]), env["SMTPPROX_MILTER_LISTEN"])
+	o, err := parseMilterArgs(args, io.Discard)
+	if err != nil {
+		t.Fatalf("the unit's command line %q: %v", args, err)
+	}
+	if !o.cfg.Policy.DryRun || o.metricsListen == "" {
+		t.Errorf("the shipped environment file should roll out with -dry-run and metrics on: %q", args)
+	}
+	if o.listen != "127.0.0.1:10027" {
+		t.Errorf("listen %q; docs/milter.md names 127.0.0.1:10027", o.listen)
+	}
+	stop, err := time.ParseDuration(unit["TimeoutStopSec"][0])
+	if err != nil {
+		t.Fatalf("TimeoutStopSec: %v", err)
+	}
+	if stop <= o.cfg.DrainTimeout {
+		t.Errorf("TimeoutStopSec %v leaves no room for the drain time %v", stop, o.cfg.DrainTimeout)
+	}
+	if got := unit["ExecReload"]; len(got) != 1 || got[0] != "/bin/kill -HUP $MAINPID" {
+		t.Errorf("ExecReload %q, want SIGHUP", got)
+	}
+	// The same hardening as the proxy's unit.
+	proxy := readAssignments(t, unitPath)
+	for _, key := range []string{
+		"KillSignal", "KillMode", "Restart", "DynamicUser", "NoNewPrivileges", "ProtectSystem", "ProtectHome",
+		"PrivateTmp", "PrivateDevices", "PrivateUsers", "CapabilityBoundingSet", "RestrictAddressFamilies",
+		"SystemCallFilter", "MemoryDenyWriteExecute", "UMask", "MemoryMax", "Before",
+	} {
+		if got, want := strings.Join(unit[key], " | "), strings.Join(proxy[key], " | "); got != want {
+			t.Errorf("%s=%q, the proxy unit has %q", key, got, want)
+		}
+	}
+
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Log("systemd-analyze not installed: the unit file's syntax is not verified by systemd")
+		return
+	}
+	text, err := os.ReadFile(milterUnitPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyPath := filepath.Join(t.TempDir(), "smtpprox-loopprevent-milter.service")
+	if err := os.WriteFile(copyPath, []byte(strings.ReplaceAll(string(text), "/usr/local/bin/smtpprox-loopprevent", self)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(analyze, "verify", copyPath).CombinedOutput(); err != nil || len(out) != 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
