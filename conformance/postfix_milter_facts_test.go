@@ -22,6 +22,7 @@ import (
 // pfRecord is what a recording milter saw of one message.
 type pfRecord struct {
 	offered  string // what the MTA offered at negotiation
+	client   string // the connect event: family and address
 	rcpts    []pfRcptEvent
 	headers  [][2]string
 	queueID  string // macro i at end of message
@@ -35,14 +36,20 @@ type pfRcptEvent struct {
 // pfRecorder is a go-milter backend that records messages by Subject.
 type pfRecorder struct {
 	gomilter.NoOpMilter
-	mu   *sync.Mutex
-	into map[string]*pfRecord
-	cur  *pfRecord
-	prot gomilter.OptProtocol
+	mu     *sync.Mutex
+	into   map[string]*pfRecord
+	cur    *pfRecord
+	prot   gomilter.OptProtocol
+	client string
+}
+
+func (r *pfRecorder) Connect(_, family string, _ uint16, addr string, _ gomilter.Modifier) (*gomilter.Response, error) {
+	r.client = family + " " + addr
+	return gomilter.RespContinue, nil
 }
 
 func (r *pfRecorder) MailFrom(string, string, gomilter.Modifier) (*gomilter.Response, error) {
-	r.cur = &pfRecord{protocol: r.prot}
+	r.cur = &pfRecord{protocol: r.prot, client: r.client}
 	return gomilter.RespContinue, nil
 }
 
@@ -111,11 +118,15 @@ func TestPostfixMilterFacts(t *testing.T) {
 	p := postfixtest.New(t, postfixtest.Options{
 		Mailboxes: []string{"other"},
 		MainCF: map[string]string{
-			"virtual_alias_maps": "hash:{etc}/virtual",
-			"milter_protocol":    "6",
+			"virtual_alias_maps":       "hash:{etc}/virtual",
+			"recipient_canonical_maps": "hash:{etc}/canonical",
+			"milter_protocol":          "6",
 		},
-		Files:   map[string]string{"virtual": "valias@" + postfixtest.Domain + " loopuser@" + postfixtest.Domain + "\n"},
-		Postmap: []string{"hash:virtual"},
+		Files: map[string]string{
+			"virtual":   "valias@" + postfixtest.Domain + " loopuser@" + postfixtest.Domain + "\n",
+			"canonical": "canon@" + postfixtest.Domain + " valias@" + postfixtest.Domain + "\n",
+		},
+		Postmap: []string{"hash:virtual", "hash:canonical"},
 		PlainSMTPD: map[string]string{
 			"smtpd_milters":         "inet:" + exact + ", inet:" + eaten,
 			"milter_default_action": "tempfail",
@@ -133,8 +144,9 @@ func TestPostfixMilterFacts(t *testing.T) {
 		"Delivered-To: folded@local.test,\n\tsecond@local.test\n" +
 		"Delivered-To: trailing@local.test  \n" +
 		"Subject: " + subject + "\n\nbody\n"
-	res, err := postfixtest.Send(p.PlainAddr(), "sender@local.test",
-		[]string{"<LoopUser@Local.Test> NOTIFY=NEVER", "valias@Local.Test", "<user@local.test> ORCPT=rfc822;x@example.org NOTIFY=SUCCESS,FAILURE"},
+	c := postfixtest.Client{LocalAddr: "127.0.0.2"}
+	res, err := c.Send(p.PlainAddr(), "sender@local.test",
+		[]string{"<LoopUser@Local.Test> NOTIFY=NEVER", "valias@Local.Test", "<user@local.test> ORCPT=rfc822;x@example.org NOTIFY=SUCCESS,FAILURE", "canon@local.test"},
 		[]byte(head))
 	if err != nil || res.QueueID() == "" {
 		t.Fatalf("send: %v; end-of-data %v", err, res.EndOfData)
@@ -157,7 +169,7 @@ func TestPostfixMilterFacts(t *testing.T) {
 	t.Logf("negotiated with the leading-space option: %v", withSpace.protocol)
 	t.Logf("header events with it:    %q", withSpace.headers)
 	t.Logf("header events without it: %q", without.headers)
-	t.Logf("RCPT events: %+v", withSpace.rcpts)
+	t.Logf("connect event: %s; RCPT events: %+v", withSpace.client, withSpace.rcpts)
 	t.Logf("queue id at end of message: %q (the end-of-data reply's: %q)", withSpace.queueID, res.QueueID())
 
 	if withSpace.protocol&gomilter.OptHeaderLeadingSpace == 0 {
@@ -207,9 +219,15 @@ func TestPostfixMilterFacts(t *testing.T) {
 		// address before virtual aliasing, {rcpt_addr} included.
 		{"valias@Local.Test", "", "valias@local.test", "local"},
 		{"user@local.test", "ORCPT=rfc822;x@example.org NOTIFY=SUCCESS,FAILURE", "user@local.test", "local"},
+		// canon is rewritten to valias by recipient_canonical_maps: the
+		// milter sees canon, {rcpt_addr} included.
+		{"canon@local.test", "", "canon@local.test", "local"},
 	}
 	if !slices.Equal(withSpace.rcpts, wantRcpts) {
 		t.Errorf("RCPT events:\n got %+v\nwant %+v", withSpace.rcpts, wantRcpts)
+	}
+	if withSpace.client != "tcp4 127.0.0.2" {
+		t.Errorf("connect event %q, want the SMTP client's address (tcp4 127.0.0.2)", withSpace.client)
 	}
 	if withSpace.queueID != res.QueueID() {
 		t.Errorf("macro i at end of message %q, want the queue id %q", withSpace.queueID, res.QueueID())
