@@ -186,6 +186,7 @@ func (s *Server) ended(g *guardConn) {
 	s.mu.Lock()
 	delete(s.sessions, g)
 	s.mu.Unlock()
+	s.active.Add(-1) // before the log line, which tests take as the end
 	r, err := g.end()
 	sess := g.sess
 	if sess.failure != nil && r == EndClosed {
@@ -203,7 +204,6 @@ func (s *Server) ended(g *guardConn) {
 	}
 	sess.release()
 	s.obs.SessionEnded(r)
-	s.active.Add(-1)
 	s.wg.Done()
 }
 
