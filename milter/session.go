@@ -67,12 +67,11 @@ type session struct {
 
 // recipient is one RCPT event.
 type recipient struct {
-	token     string // the address as go-milter gives it (brackets removed)
-	arg       string // the RCPT TO: argument it stands for (rcptArg)
-	mailer    string // {rcpt_mailer}: the transport Postfix resolved it to
-	wait      func(ctx context.Context) loopcheck.Recipient
-	judged    loopcheck.Recipient
-	expansion bool // judged holds the expander's result
+	token  string                                        // the address as go-milter gives it (brackets removed)
+	arg    string                                        // the RCPT TO: argument it stands for (rcptArg)
+	mailer string                                        // {rcpt_mailer}: the transport Postfix resolved it to
+	wait   func(ctx context.Context) loopcheck.Recipient // the expansion, until waited for
+	judged loopcheck.Recipient
 }
 
 // negotiate takes what the session wants of what the MTA offers; nothing
@@ -247,7 +246,7 @@ func (s *session) waitExpansion(ctx context.Context, r *recipient) {
 		}
 	}()
 	if got := wait(ctx); got.Mailbox != "" {
-		r.judged, r.expansion = got, true
+		r.judged = got
 	}
 }
 
