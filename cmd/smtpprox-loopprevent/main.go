@@ -45,5 +45,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if len(args) > 0 && args[0] == "check" {
 		return runCheck(args[1:], stdin, stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "milter" {
+		return runMilter(ctx, args[1:], stderr)
+	}
 	return runProxy(ctx, args, stderr)
 }

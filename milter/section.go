@@ -1,0 +1,143 @@
+package milter
+
+import (
+	"strings"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/header"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
+)
+
+// placeholder stands in the rebuilt section for a run of header fields the
+// verdict does not read (see section.add). It is itself such a field, so
+// a continuation line after it still continues a field that is not
+// Delivered-To:, as it did after the fields it replaces.
+const placeholder = "X:\r\n"
+
+// section rebuilds a message's header section from the MTA's header
+// events, for loopcheck: the raw section equivalent to the events is, per
+// event, the name, a colon, the value and CRLF, with every LF not preceded
+// by CR turned into CRLF (Postfix sends a folded value with LF line ends
+// and no CR), and at the end the empty line. With the leading-space
+// option negotiated the value is the stored bytes after the colon, so that
+// raw section is the one the message holds, normalised as cleanup(8)
+// stores it.
+//
+// section keeps only what the verdict reads: an event that is one whole,
+// well-formed header field whose name is not Delivered-To: is replaced by
+// placeholder (a run of them by one), everything else is kept as written.
+// loopcheck gives on the kept bytes exactly what it gives on the raw
+// section: it reads only Delivered-To: fields up to the section's end,
+// a replaced field is neither, and a placeholder keeps the one property
+// of the field that can matter to what follows it (being a field that is
+// not Delivered-To:). So memory follows the size of the Delivered-To:
+// fields, not the message's header.
+//
+// The kept bytes are bounded by limit. An event that would take them past
+// it ends the rebuild: it and every later event are not kept, and the
+// verdict is made on the fields before it (truncated reports this).
+type section struct {
+	buf       []byte
+	limit     int
+	total     int  // bytes of the raw section so far, the empty line excluded
+	truncated bool // an event did not fit within limit; later ones were not kept
+	lastPlain bool // buf ends with placeholder
+	chunk     []byte
+}
+
+// reset empties s for the next message, keeping its buffers.
+func (s *section) reset(limit int) {
+	s.buf, s.chunk = s.buf[:0], s.chunk[:0]
+	s.limit, s.total, s.truncated, s.lastPlain = limit, 0, false, false
+}
+
+// add takes one header event.
+func (s *section) add(name, value string) {
+	s.chunk = appendCRLF(s.chunk[:0], name)
+	s.chunk = append(s.chunk, ':')
+	s.chunk = appendCRLF(s.chunk, value)
+	s.chunk = append(s.chunk, '\r', '\n')
+	s.total += len(s.chunk)
+	if s.truncated {
+		return
+	}
+	plain := plainField(s.chunk)
+	if plain && s.lastPlain {
+		return // the placeholder already there stands for this one too
+	}
+	n := len(s.chunk)
+	if plain {
+		n = len(placeholder)
+	}
+	if len(s.buf)+n+len("\r\n") > s.limit {
+		s.truncated = true
+		return
+	}
+	if plain {
+		s.buf = append(s.buf, placeholder...)
+	} else {
+		s.buf = append(s.buf, s.chunk...)
+	}
+	s.lastPlain = plain
+}
+
+// bytes returns the kept section, ended by the empty line. It is valid
+// until the next add or reset.
+func (s *section) bytes() []byte {
+	return append(s.buf, '\r', '\n')
+}
+
+// rawBytes is the size of the raw section the events amount to, without
+// the empty line that ends it: the proxy's header_bytes for the same
+// section.
+func (s *section) rawBytes() int { return s.total }
+
+// plainField reports whether chunk (one event, with its final CRLF) is a
+// field the verdict never reads: exactly one field line and its
+// continuation lines, wherever it stands in a section, with a name other
+// than Delivered-To:. A chunk that holds a second field, ends the section
+// or does not start with a field line is not plain.
+func plainField(chunk []byte) bool {
+	if header.SectionEnd(chunk) != len(chunk) {
+		return false // an empty or non-header line inside it ends the section
+	}
+	n := 0
+	plain := false
+	for f := range header.Fields(chunk) {
+		n++
+		plain = len(f.Name) > 0 && len(f.Raw) == len(chunk) && !f.NameIs(loopcheck.FieldName)
+		if n > 1 {
+			return false
+		}
+	}
+	return plain
+}
+
+// appendCRLF appends s with every LF not preceded by CR written as CRLF.
+func appendCRLF(dst []byte, s string) []byte {
+	for {
+		i := strings.IndexByte(s, '\n')
+		if i < 0 {
+			return append(dst, s...)
+		}
+		dst = append(dst, s[:i]...)
+		if i == 0 && (len(dst) == 0 || dst[len(dst)-1] != '\r') || i > 0 && s[i-1] != '\r' {
+			dst = append(dst, '\r')
+		}
+		dst = append(dst, '\n')
+		s = s[i+1:]
+	}
+}
+
+// rcptArg is the RCPT TO: argument a recipient event stands for: the
+// address in angle brackets, then its ESMTP parameters. Postfix sends the
+// client's address token and its parameters unchanged (smtpd.c), and
+// go-milter hands them over with one pair of enclosing brackets removed
+// and the parameters joined by spaces; the brackets are put back, so
+// loopcheck reads the argument as the proxy reads "RCPT TO:" + it.
+func rcptArg(rcpt, esmtpArgs string) string {
+	arg := "<" + rcpt + ">"
+	if esmtpArgs != "" {
+		arg += " " + esmtpArgs
+	}
+	return arg
+}

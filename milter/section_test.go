@@ -1,0 +1,281 @@
+package milter
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	gomilter "github.com/d--j/go-milter"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
+)
+
+// rawSection is the header section the events stand for, written out
+// directly: per event name ":" value CRLF, every LF not preceded by CR
+// written CRLF, then the empty line. It is the oracle of the adapter.
+func rawSection(events [][2]string) []byte {
+	var b []byte
+	for _, e := range events {
+		for _, c := range []byte(e[0] + ":" + e[1]) {
+			if c == '\n' && (len(b) == 0 || b[len(b)-1] != '\r') {
+				b = append(b, '\r')
+			}
+			b = append(b, c)
+		}
+		b = append(b, "\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}
+
+// build feeds events to a section with the given limit.
+func build(limit int, events [][2]string) *section {
+	s := &section{}
+	s.reset(limit)
+	for _, e := range events {
+		s.add(e[0], e[1])
+	}
+	return s
+}
+
+func TestSectionKeepsOnlyWhatTheVerdictReads(t *testing.T) {
+	events := [][2]string{
+		{"Received", " from a by b;\n\tThu, 1 Jan 2026 00:00:00 +0000"},
+		{"Subject", " x"},
+		{"Delivered-To", " a@example.org"},
+		{"From", " b@example.org"},
+		{"To", " c@example.org"},
+		{"delivered-to", "\n d@example.org"},
+		{"Message-Id", " <x@y>"},
+	}
+	s := build(DefaultMaxHeaderBytes, events)
+	want := "X:\r\nDelivered-To: a@example.org\r\nX:\r\ndelivered-to:\r\n d@example.org\r\nX:\r\n\r\n"
+	if got := string(s.bytes()); got != want {
+		t.Errorf("kept %q, want %q", got, want)
+	}
+	if got, want := s.rawBytes(), len(rawSection(events))-2; got != want {
+		t.Errorf("rawBytes %d, want %d (the raw section without its empty line)", got, want)
+	}
+	if s.truncated {
+		t.Errorf("truncated under the default limit")
+	}
+}
+
+func TestSectionKeepsWhatCanChangeTheVerdict(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ev   [2]string
+	}{
+		{"name with a space", [2]string{"Delivered-To ", " x@y"}},
+		{"empty name", [2]string{"", " x@y"}},
+		{"name with a colon", [2]string{"Delivered-To:B", " x@y"}},
+		{"name starting with a space", [2]string{" cont", "x@y"}},
+		{"a second field inside the value", [2]string{"Subject", " x\nDelivered-To: loop@y"}},
+		{"an empty line inside the value", [2]string{"Subject", " x\n\nbody"}},
+		{"a non-header line inside the value", [2]string{"Subject", " x\nnot a header"}},
+		{"8-bit name", [2]string{"Sübject", " x"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := build(DefaultMaxHeaderBytes, [][2]string{tc.ev})
+			if got, want := string(s.bytes()), string(rawSection([][2]string{tc.ev})); got != want {
+				t.Errorf("kept %q, want it as written: %q", got, want)
+			}
+		})
+	}
+}
+
+func TestSectionLimit(t *testing.T) {
+	const limit = MinHeaderBytes
+	pad := strings.Repeat("x", 1000)
+	var events [][2]string
+	for i := range 5 {
+		events = append(events, dt(fmt.Sprintf("%s%d@example.org", pad, i)))
+	}
+	events = append(events, dt(loopRcpt)) // beyond the limit
+	s := build(limit, events)
+	if !s.truncated {
+		t.Fatalf("not truncated with %d kept bytes", len(s.buf))
+	}
+	if len(s.bytes()) > limit {
+		t.Errorf("kept %d bytes over the limit of %d", len(s.bytes()), limit)
+	}
+	rc := []loopcheck.Recipient{loopcheck.NewRecipient("<" + loopRcpt + ">")}
+	if v := loopcheck.CheckRecipients(rc, s.bytes()); v.Loop {
+		t.Errorf("a field past the limit was judged: %+v", v)
+	}
+	// What was kept is judged: the same loop within the limit is found.
+	s = build(limit, append([][2]string{dt(loopRcpt)}, events...))
+	if v := loopcheck.CheckRecipients(rc, s.bytes()); !s.truncated || !v.Loop {
+		t.Errorf("truncated=%v verdict %+v; want a loop found before the limit", s.truncated, v)
+	}
+	// Plain fields cost a placeholder each run, so they never reach it.
+	var plain [][2]string
+	for i := range 10000 {
+		plain = append(plain, [2]string{fmt.Sprintf("X-Field-%d", i), " " + pad})
+	}
+	if s = build(limit, append(plain, dt(loopRcpt))); s.truncated || !loopcheck.CheckRecipients(rc, s.bytes()).Loop {
+		t.Errorf("10 MB of plain fields then the loop: truncated=%v, kept %d bytes; want the loop found", s.truncated, len(s.buf))
+	}
+}
+
+func TestSectionReset(t *testing.T) {
+	s := build(DefaultMaxHeaderBytes, [][2]string{dt(loopRcpt), {"Subject", " x"}})
+	s.reset(DefaultMaxHeaderBytes)
+	s.add("Subject", " y")
+	if got := string(s.bytes()); got != placeholder+"\r\n" {
+		t.Errorf("after reset: %q", got)
+	}
+	if s.rawBytes() != len("Subject: y\r\n") {
+		t.Errorf("rawBytes after reset: %d", s.rawBytes())
+	}
+}
+
+func TestAppendCRLF(t *testing.T) {
+	for in, want := range map[string]string{
+		"":          "",
+		"a":         "a",
+		"a\nb":      "a\r\nb",
+		"a\r\nb":    "a\r\nb",
+		"\n":        "\r\n",
+		"\n\n":      "\r\n\r\n",
+		"a\r\r\nb":  "a\r\r\nb",
+		"a\rb\n":    "a\rb\r\n",
+		"\r\n\n\r":  "\r\n\r\n\r",
+		"x\n\tyy\n": "x\r\n\tyy\r\n",
+	} {
+		if got := string(appendCRLF([]byte("p"), in)); got != "p"+want {
+			t.Errorf("appendCRLF(%q) = %q, want %q", in, got[1:], want)
+		}
+	}
+	// At the start, the byte before is the caller's.
+	if got := string(appendCRLF([]byte("p\r"), "\nx")); got != "p\r\nx" {
+		t.Errorf("after a CR the caller wrote: %q", got)
+	}
+}
+
+// milterToken is how go-milter hands over a RCPT token (brackets removed
+// when it has both), with its parameters joined by spaces.
+func milterToken(token string, args []string) (string, string) {
+	return gomilter.RemoveAngle(token), strings.Join(args, " ")
+}
+
+func TestRcptArg(t *testing.T) {
+	for _, tc := range []struct {
+		token string
+		args  []string
+	}{
+		{"<user@local.test>", nil},
+		{"user@local.test", nil},
+		{"<LoopUser@Local.Test>", []string{"NOTIFY=NEVER", "ORCPT=rfc822;x@y"}},
+		{"<\"a b\"@local.test>", nil},
+		{"<@route.example:user@local.test>", nil},
+		{"<Postmaster>", nil},
+		{"< user@local.test >", nil},
+	} {
+		rcpt, args := milterToken(tc.token, tc.args)
+		got := loopcheck.NewRecipient(rcptArg(rcpt, args))
+		want := loopcheck.NewRecipient(strings.TrimSpace(tc.token + " " + strings.Join(tc.args, " ")))
+		if !reflect.DeepEqual(want, got) {
+			t.Errorf("token %q: the milter judges %+v, the proxy %+v", tc.token, got, want)
+		}
+	}
+}
+
+// FuzzMilterAdapter: random header events and RCPT tokens give, through
+// the adapter (section, rcptArg), the verdict loopcheck gives on the
+// equivalent raw section and RCPT TO: arguments, for every recipient
+// (Loops) and for the first (CheckRecipients); and with a small limit,
+// the verdict on the events kept before it.
+//
+// rcpts holds RCPT tokens separated by NUL, each with its parameters
+// after SOH bytes; a token is taken as Postfix's smtpd sends one: either
+// <...> around anything, or a word without white space or brackets at its
+// ends. events holds names and values alternately, separated by NUL.
+func FuzzMilterAdapter(f *testing.F) {
+	f.Add("<loopuser@local.test>", "Delivered-To\x00 loopuser@local.test", 0)
+	f.Add("<a@b>\x01NOTIFY=NEVER\x00c@d", "Received\x00 x\n\ty\x00Delivered-To\x00 c@d", 0)
+	f.Add("<a@b>", "Subject\x00 x\nDelivered-To: a@b", 0)
+	f.Add("<a@b>", "Subject\x00 x\n\nDelivered-To: a@b", 0)
+	f.Add("<a@b>", "Delivered-To\x00 z@z\x00 a@b\x00x", 0)
+	f.Add("<a@b>", "X\x00y\x00\x0bDelivered-To\x00 a@b", 0)
+	f.Add("<\"a b\"@c> ORCPT=rfc822;a@b", "delivered-to \x00\n a@b,\n\t\"a b\"@c", 0)
+	f.Add("<x y> a@b", "Delivered-To\x00 a@b", 0)
+	f.Add("<a@b>", "Delivered-To\x00 "+strings.Repeat("q", 5000)+"\x00Delivered-To\x00 a@b", 4096)
+	f.Fuzz(func(t *testing.T, rcptsIn, eventsIn string, limit int) {
+		var args []string
+		var rc []loopcheck.Recipient
+		for tok := range strings.SplitSeq(rcptsIn, "\x00") {
+			parts := strings.Split(tok, "\x01")
+			token, params := parts[0], parts[1:]
+			if !postfixToken(token) || slices.ContainsFunc(params, func(p string) bool { return p == "" || strings.ContainsAny(p, " \t\r\n\v\f") }) {
+				continue
+			}
+			args = append(args, strings.TrimSpace(token+" "+strings.Join(params, " ")))
+			r, a := milterToken(token, params)
+			rc = append(rc, loopcheck.NewRecipient(rcptArg(r, a)))
+		}
+		var events [][2]string
+		f := strings.Split(eventsIn, "\x00")
+		for i := 0; i+1 < len(f); i += 2 {
+			events = append(events, [2]string{f[i], f[i+1]})
+		}
+		raw := rawSection(events)
+		want := make([]loopcheck.Recipient, len(args))
+		for i, a := range args {
+			want[i] = loopcheck.NewRecipient(a)
+		}
+
+		s := build(len(raw)+2, events)
+		if s.truncated {
+			t.Fatalf("truncated with a limit above the raw section's size")
+		}
+		if got, w := s.rawBytes(), len(raw)-2; got != w {
+			t.Errorf("rawBytes %d, raw section %d", got, w)
+		}
+		if got, w := loopcheck.CheckRecipients(rc, s.bytes()), loopcheck.CheckRecipients(want, raw); got != w {
+			t.Errorf("first loop: adapter %+v, raw %+v\nkept %q\nraw  %q", got, w, s.bytes(), raw)
+		}
+		if got, w := loopcheck.Loops(rc, s.bytes()), loopcheck.Loops(want, raw); !slices.Equal(got, w) {
+			t.Errorf("loops: adapter %+v, raw %+v\nkept %q\nraw  %q", got, w, s.bytes(), raw)
+		}
+
+		// A small limit: judged on the events before the one that did not fit.
+		limit = MinHeaderBytes + abs(limit)%(4*MinHeaderBytes)
+		s = &section{}
+		s.reset(limit)
+		kept := len(events)
+		for i, e := range events {
+			s.add(e[0], e[1])
+			if s.truncated && kept == len(events) {
+				kept = i
+			}
+		}
+		if len(s.bytes()) > limit {
+			t.Errorf("kept %d bytes over the limit of %d", len(s.bytes()), limit)
+		}
+		if got, w := loopcheck.Loops(rc, s.bytes()), loopcheck.Loops(want, rawSection(events[:kept])); !slices.Equal(got, w) {
+			t.Errorf("limit %d, %d of %d events kept: adapter %+v, raw of the kept events %+v", limit, kept, len(events), got, w)
+		}
+	})
+}
+
+// postfixToken reports whether Postfix's smtpd could send tok as a RCPT
+// address token: <...> around anything but NUL, or a word with no white
+// space and no bracket at its ends.
+func postfixToken(tok string) bool {
+	if strings.ContainsRune(tok, 0) || tok == "" {
+		return false
+	}
+	if len(tok) >= 2 && tok[0] == '<' && tok[len(tok)-1] == '>' {
+		return true
+	}
+	return !strings.ContainsAny(tok, " \t\r\n\v\f") && tok[0] != '<' && tok[len(tok)-1] != '>'
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
+}
