@@ -1,10 +1,14 @@
-// Package metrics counts what the proxy does and serves it in the
+// Package metrics counts what the front-ends do and serves it in the
 // Prometheus text format, with a liveness endpoint beside it.
 //
-// A Metrics is an smtpproxy.Observer: give it to smtpproxy.Config.Observer
-// and serve Handler on a listener of its own (the command's
-// -metrics-listen). Every Metrics has its own registry, so two in one
-// process (tests) never share a counter; nothing here is global.
+// Metrics is the proxy's (an smtpproxy.Observer), Milter the milter's (a
+// milter.Observer); both are expand.Observers for recipient expansion.
+// Give one to its front-end's Config.Observer and serve Handler on a
+// listener of its own (the command's -metrics-listen). What both count
+// has the same name in both (sessions, refusals, verdicts, dry run,
+// expansion), told apart by the label frontend ("proxy" or "milter").
+// Every one has its own registry, so two in one process (tests) never
+// share a counter; nothing here is global.
 //
 // Guarantees:
 //   - The observer methods are safe for concurrent use, take no lock of
@@ -12,20 +16,16 @@
 //     call on the relaying path (label children are resolved once) and
 //     never block, so metrics cannot slow or stop mail.
 //   - Label values come from fixed sets (verdicts, upstream error kinds,
-//     directions, phases): no client-supplied text becomes a label, so
-//     the number of series is bounded whatever the traffic.
+//     directions, phases, causes): no client-supplied text becomes a
+//     label, so the number of series is bounded whatever the traffic.
 //   - Every series of those sets exists from the start with value 0, so
 //     rate() and absent-series alerts work before the first event.
 package metrics
 
 import (
-	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/expand"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
@@ -74,21 +74,12 @@ func replyBuckets() []float64 {
 // Metrics holds the proxy's metrics and their registry. Create it with
 // New; it implements smtpproxy.Observer.
 type Metrics struct {
-	reg *prometheus.Registry
+	*common
 
-	sessionsActive  prometheus.Gauge
-	sessionsTotal   prometheus.Counter
-	sessionsRefused prometheus.Counter
-	peersRefused    prometheus.Counter
-	dryRun          prometheus.Gauge
-	expLookups      prometheus.Counter
-	expCacheHits    prometheus.Counter
-	expCacheMisses  prometheus.Counter
-	expErrors       map[expand.Cause]prometheus.Counter
 	shortages       map[smtpproxy.ResourceOp]prometheus.Counter
 	transactions    *prometheus.CounterVec
 	byOutcome       map[core.Outcome]prometheus.Counter
-	upstreamErrors  map[string]prometheus.Counter // by Kind
+	upstreamErrors  map[string]prometheus.Counter
 	bytesToUpstream prometheus.Counter
 	bytesToClient   prometheus.Counter
 	messageBytes    prometheus.Counter
@@ -97,54 +88,20 @@ type Metrics struct {
 	replyData       prometheus.Observer
 }
 
-var _ smtpproxy.Observer = (*Metrics)(nil)
+var (
+	_ smtpproxy.Observer = (*Metrics)(nil)
+	_ expand.Observer    = (*Metrics)(nil)
+)
 
-// New returns Metrics registered in a registry of their own, together
-// with the Go runtime, process and build information collectors.
+// New returns the proxy's Metrics, labelled frontend="proxy", registered
+// in a registry of their own together with the Go runtime, process and
+// build information collectors.
 func New() *Metrics {
-	reg := prometheus.NewRegistry()
-	f := func(c prometheus.Collector) prometheus.Collector { reg.MustRegister(c); return c }
-	m := &Metrics{reg: reg}
-	m.sessionsActive = f(prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: namespace, Name: "sessions_active",
-		Help: "Sessions open now (each is one front smtpd connection and one after-filter connection).",
-	})).(prometheus.Gauge)
-	m.sessionsTotal = f(prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: namespace, Name: "sessions_total",
-		Help: "Sessions started.",
-	})).(prometheus.Counter)
-	m.sessionsRefused = f(prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: namespace, Name: "sessions_refused_total",
-		Help: "Connections refused with 421 4.3.2 because -max-sessions were open.",
-	})).(prometheus.Counter)
-	m.dryRun = f(prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: namespace, Name: "dry_run",
-		Help: "1 while loops are only logged and let through (-dry-run), 0 while they are refused.",
-	})).(prometheus.Gauge)
-	m.expLookups = f(prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: namespace, Name: "expansion_lookups_total",
-		Help: "Postfix table lookups made to expand recipients (-postfix-config).",
-	})).(prometheus.Counter)
-	m.expCacheHits = f(prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: namespace, Name: "expansion_cache_hits_total",
-		Help: "Recipient expansions answered from the cache.",
-	})).(prometheus.Counter)
-	m.expCacheMisses = f(prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: namespace, Name: "expansion_cache_misses_total",
-		Help: "Recipient expansions computed (not in the cache).",
-	})).(prometheus.Counter)
-	expErrors := f(prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: namespace, Name: "expansion_errors_total",
-		Help: "Recipient expansions left incomplete, by cause; each such recipient was judged as spelled (fail-open).",
-	}, []string{"cause"})).(*prometheus.CounterVec)
-	m.expErrors = make(map[expand.Cause]prometheus.Counter)
-	for _, c := range expand.Causes {
-		m.expErrors[c] = expErrors.WithLabelValues(c.String())
-	}
-	m.peersRefused = f(prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: namespace, Name: "clients_refused_total",
-		Help: "Connections refused with 554 5.7.1 because the peer is outside -allow-client (no upstream connection was opened).",
-	})).(prometheus.Counter)
+	m := &Metrics{common: newCommon(FrontendProxy,
+		"Sessions open now (each is one front smtpd connection and one after-filter connection).",
+		"Connections refused with 421 4.3.2 because -max-sessions were open.",
+		"Connections refused with 554 5.7.1 because the peer is outside -allow-client (no upstream connection was opened).")}
+	f := m.register
 	shortages := f(prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "resource_shortages_total",
 		Help: "Times the proxy ran out of file descriptors (EMFILE, ENFILE), by op: accept (the listener backs off and retries) or upstream_connect (the client got 421 4.3.2). A local fault, not the after-filter's.",
@@ -192,50 +149,7 @@ func New() *Metrics {
 	m.replyCommand = reply.WithLabelValues(PhaseCommand)
 	m.replyData = reply.WithLabelValues(PhaseData)
 
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		collectors.NewBuildInfoCollector(),
-	)
 	return m
-}
-
-// SetDryRun records whether loops are only logged (-dry-run) or refused,
-// so that a monitor can confirm enforcement is on after a rollout.
-func (m *Metrics) SetDryRun(on bool) {
-	if on {
-		m.dryRun.Set(1)
-	} else {
-		m.dryRun.Set(0)
-	}
-}
-
-// Registry is where the metrics live, for a caller that adds its own.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
-
-// Handler serves GET /metrics (Prometheus text format) and GET /healthz.
-// live is the liveness check: /healthz answers 200 "ok" while it returns
-// nil and 503 with its error otherwise. A nil live is always healthy.
-func (m *Metrics) Handler(live func() error) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
-		Registry:            m.reg, // counts its own failed scrapes
-		ErrorHandling:       promhttp.ContinueOnError,
-		MaxRequestsInFlight: maxScrapesInFlight,
-	}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		if live != nil {
-			if err := live(); err != nil {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				fmt.Fprintf(w, "not live: %v\n", err)
-				return
-			}
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	return mux
 }
 
 // SessionStarted implements smtpproxy.Observer.
@@ -246,30 +160,6 @@ func (m *Metrics) SessionStarted() {
 
 // SessionEnded implements smtpproxy.Observer.
 func (m *Metrics) SessionEnded() { m.sessionsActive.Dec() }
-
-// SessionRefused implements smtpproxy.Observer.
-func (m *Metrics) SessionRefused() { m.sessionsRefused.Inc() }
-
-// PeerRefused implements smtpproxy.Observer.
-func (m *Metrics) PeerRefused() { m.peersRefused.Inc() }
-
-var _ expand.Observer = (*Metrics)(nil)
-
-// Lookup implements expand.Observer.
-func (m *Metrics) Lookup() { m.expLookups.Inc() }
-
-// CacheHit implements expand.Observer.
-func (m *Metrics) CacheHit() { m.expCacheHits.Inc() }
-
-// CacheMiss implements expand.Observer.
-func (m *Metrics) CacheMiss() { m.expCacheMisses.Inc() }
-
-// Incomplete implements expand.Observer.
-func (m *Metrics) Incomplete(cause expand.Cause) {
-	if c, ok := m.expErrors[cause]; ok {
-		c.Inc()
-	}
-}
 
 // ResourceShortage implements smtpproxy.Observer.
 func (m *Metrics) ResourceShortage(op smtpproxy.ResourceOp) {

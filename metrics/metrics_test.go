@@ -123,10 +123,10 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 	// traffic.
 	before := scrape(t, web.URL+"/metrics")
 	for _, v := range []string{"pass", "loop", "dry-run-loop", "header-too-large", "bare-lf", "upstream-refused", "upstream-failed", "check-failed", "aborted"} {
-		checkSamples(t, before, map[string]float64{`smtpprox_transactions_total{verdict="` + v + `"}`: 0})
+		checkSamples(t, before, map[string]float64{`smtpprox_transactions_total{frontend="proxy",verdict="` + v + `"}`: 0})
 	}
 	for _, k := range []string{KindConnect, KindTimeout, KindClosed, KindProtocol, KindOther} {
-		checkSamples(t, before, map[string]float64{`smtpprox_upstream_errors_total{kind="` + k + `"}`: 0})
+		checkSamples(t, before, map[string]float64{`smtpprox_upstream_errors_total{frontend="proxy",kind="` + k + `"}`: 0})
 	}
 
 	s1, s2 := dial(t, addr), dial(t, addr)
@@ -135,9 +135,9 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 	over := dial(t, addr)
 	over.ExpectReply("421 4.3.2 too many connections\r\n")
 	checkSamples(t, scrape(t, web.URL+"/metrics"), map[string]float64{
-		"smtpprox_sessions_active":        2,
-		"smtpprox_sessions_total":         2,
-		"smtpprox_sessions_refused_total": 1,
+		`smtpprox_sessions_active{frontend="proxy"}`:        2,
+		`smtpprox_sessions_total{frontend="proxy"}`:         2,
+		`smtpprox_sessions_refused_total{frontend="proxy"}`: 1,
 	})
 
 	pass := "Subject: hello\r\n\r\nbody\r\n"
@@ -183,25 +183,25 @@ func TestScrapeAfterRealSessions(t *testing.T) {
 	stop3() // every session has ended: the gauges and counters are final
 	got := scrape(t, web.URL+"/metrics")
 	checkSamples(t, got, map[string]float64{
-		"smtpprox_sessions_active":                                       0,
-		"smtpprox_sessions_total":                                        3,
-		"smtpprox_sessions_refused_total":                                1,
-		"smtpprox_clients_refused_total":                                 1,
-		`smtpprox_transactions_total{verdict="pass"}`:                    1,
-		`smtpprox_transactions_total{verdict="loop"}`:                    1,
-		`smtpprox_transactions_total{verdict="upstream-failed"}`:         1,
-		`smtpprox_transactions_total{verdict="dry-run-loop"}`:            0,
-		`smtpprox_transactions_total{verdict="header-too-large"}`:        0,
-		`smtpprox_upstream_errors_total{kind="connect"}`:                 1,
-		`smtpprox_upstream_errors_total{kind="closed"}`:                  1,
-		`smtpprox_upstream_errors_total{kind="timeout"}`:                 0,
-		"smtpprox_message_bytes_total":                                   float64(len(pass) + len(loop) + len(dropped)),
-		`smtpprox_relayed_bytes_total{direction="to_client"}`:            float64(s1.Received() + s2.Received() + s3.Received()), // not s4: no session
-		`smtpprox_relayed_bytes_total{direction="to_upstream"}`:          float64(len(up.Raw())),
-		"smtpprox_transaction_duration_seconds_count":                    3,
-		`smtpprox_upstream_reply_seconds_count{phase="data"}`:            3, // 354 and 250 of the pass, 354 of the dropped one
-		`smtpprox_upstream_reply_seconds_count{phase="command"}`:         10,
-		`smtpprox_upstream_reply_seconds_bucket{phase="data",le="+Inf"}`: 3,
+		`smtpprox_sessions_active{frontend="proxy"}`:                                      0,
+		`smtpprox_sessions_total{frontend="proxy"}`:                                       3,
+		`smtpprox_sessions_refused_total{frontend="proxy"}`:                               1,
+		`smtpprox_clients_refused_total{frontend="proxy"}`:                                1,
+		`smtpprox_transactions_total{frontend="proxy",verdict="pass"}`:                    1,
+		`smtpprox_transactions_total{frontend="proxy",verdict="loop"}`:                    1,
+		`smtpprox_transactions_total{frontend="proxy",verdict="upstream-failed"}`:         1,
+		`smtpprox_transactions_total{frontend="proxy",verdict="dry-run-loop"}`:            0,
+		`smtpprox_transactions_total{frontend="proxy",verdict="header-too-large"}`:        0,
+		`smtpprox_upstream_errors_total{frontend="proxy",kind="connect"}`:                 1,
+		`smtpprox_upstream_errors_total{frontend="proxy",kind="closed"}`:                  1,
+		`smtpprox_upstream_errors_total{frontend="proxy",kind="timeout"}`:                 0,
+		`smtpprox_message_bytes_total{frontend="proxy"}`:                                  float64(len(pass) + len(loop) + len(dropped)),
+		`smtpprox_relayed_bytes_total{direction="to_client",frontend="proxy"}`:            float64(s1.Received() + s2.Received() + s3.Received()), // not s4: no session
+		`smtpprox_relayed_bytes_total{direction="to_upstream",frontend="proxy"}`:          float64(len(up.Raw())),
+		`smtpprox_transaction_duration_seconds_count{frontend="proxy"}`:                   3,
+		`smtpprox_upstream_reply_seconds_count{frontend="proxy",phase="data"}`:            3, // 354 and 250 of the pass, 354 of the dropped one
+		`smtpprox_upstream_reply_seconds_count{frontend="proxy",phase="command"}`:         10,
+		`smtpprox_upstream_reply_seconds_bucket{frontend="proxy",phase="data",le="+Inf"}`: 3,
 	})
 	for _, series := range []string{"go_goroutines", "process_resident_memory_bytes", "process_open_fds"} {
 		if _, ok := got[series]; !ok {
@@ -274,6 +274,6 @@ func TestRegistriesAreSeparate(t *testing.T) {
 	defer wa.Close()
 	wb := httptest.NewServer(b.Handler(nil))
 	defer wb.Close()
-	checkSamples(t, scrape(t, wa.URL+"/metrics"), map[string]float64{"smtpprox_sessions_refused_total": 1})
-	checkSamples(t, scrape(t, wb.URL+"/metrics"), map[string]float64{"smtpprox_sessions_refused_total": 0})
+	checkSamples(t, scrape(t, wa.URL+"/metrics"), map[string]float64{`smtpprox_sessions_refused_total{frontend="proxy"}`: 1})
+	checkSamples(t, scrape(t, wb.URL+"/metrics"), map[string]float64{`smtpprox_sessions_refused_total{frontend="proxy"}`: 0})
 }

@@ -86,6 +86,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	p := s.policy.Load()
 	s.log.Info("listening", "listen", ln.Addr().String(), "allow_client", s.cfg.AllowClients.String(),
 		"loop_action", p.LoopAction.String(), "dry_run", p.DryRun)
+	if p.DryRun {
+		s.log.Warn("dry run: loops are logged (verdict=dry-run-loop) and let through; remove -dry-run to refuse them")
+	}
 
 	var acceptErr error
 	backoff := time.Duration(0)

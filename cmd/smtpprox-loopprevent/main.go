@@ -33,6 +33,9 @@ import (
 )
 
 func main() {
+	// SIGHUP's default action ends the process. Until a front-end handles
+	// it (onReload), it is caught here and dropped: a channel nobody reads.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()

@@ -6,28 +6,20 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"log/slog"
-	"net"
-	"os"
-	"os/signal"
+	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/expand"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/metrics"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/milter"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 )
-
-// unixSocketMode is the mode of a milter socket the command creates
-// (LISTEN unix:/path): its owner and group may connect. Postfix's smtpd
-// connects as the postfix user, so the milter runs with the postfix group
-// (systemd: SupplementaryGroups=postfix) or as a user Postfix can reach.
-// It is set right after the socket is bound; until then the umask applies.
-const unixSocketMode = 0o660
 
 // milterListenRisk says, for allowlist.RequireLoopback, what a peer on the
 // network could do with a reachable milter.
@@ -41,14 +33,33 @@ type milterOptions struct {
 	metricsListen string
 	logFormat     string
 	logLevel      slog.Level
+	socketMode    iofs.FileMode // of a unix:/path LISTEN socket
+	exp           expansionFlags
+	loops         expand.Mode
+}
+
+// milterUsage is the synopsis of the milter's -h and the man page.
+const milterUsage = "usage: smtpprox-loopprevent milter [flags] LISTEN\n"
+
+// printMilterUsage writes the milter's -h text.
+func printMilterUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, milterUsage+"\n"+
+		"A milter for Postfix (smtpd_milters) that refuses a message with 554 5.4.6\n"+
+		"when a Delivered-To: header names one of its recipients.\n"+
+		"LISTEN: host:port, [v6addr]:port or unix:/path.\n"+
+		"Example: smtpprox-loopprevent milter 127.0.0.1:10027\n"+
+		"  main.cf: smtpd_milters = inet:127.0.0.1:10027, milter_default_action = accept\n\nFlags:\n")
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
 }
 
 // milterFlags builds the milter command's flags into o; the usage text
 // and every default live here, so a manual page can be generated from
 // the returned set.
-func milterFlags(o *milterOptions, stderr io.Writer) (fs *flag.FlagSet, finish func() error) {
+func milterFlags(o *milterOptions) (fs *flag.FlagSet, finish func() error) {
 	fs = flag.NewFlagSet("smtpprox-loopprevent milter", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	cfg := &o.cfg
 	allow := &allowlist.List{}
 	exempt := &allowlist.List{}
@@ -57,6 +68,8 @@ func milterFlags(o *milterOptions, stderr io.Writer) (fs *flag.FlagSet, finish f
 	fs.BoolVar(&cfg.Policy.ExemptSASL, "exempt-sasl", false, "never judge messages of SASL-authenticated clients (submission)")
 	loopAction := fs.String("loop-action", "reject", "what a looping message gets: `ACTION` reject (554 5.4.6 for the whole message) or drop-recipient (remove only the looping recipients, silently; reject when every recipient loops)")
 	fs.BoolVar(&cfg.Policy.DryRun, "dry-run", false, "log loops but let the messages pass unchanged")
+	o.exp.define(fs)
+	socketMode := fs.String("socket-mode", "0660", "file `MODE` (octal) of a unix:/path LISTEN socket: who may connect to it (Postfix's smtpd connects as the postfix user: run the milter with the postfix group, or as a user Postfix can reach)")
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", milter.DefaultMaxSessions, "concurrent milter sessions (one per SMTP session Postfix checks); more are closed at once and Postfix applies milter_default_action")
 	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", milter.DefaultMaxHeaderBytes, "header bytes kept per message (its Delivered-To: fields); past it the message is judged on the fields kept")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", milter.DefaultIdleTimeout, "how long a session may wait for Postfix's next event")
@@ -65,17 +78,17 @@ func milterFlags(o *milterOptions, stderr io.Writer) (fs *flag.FlagSet, finish f
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json (logs go to standard error)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) and a liveness check (/healthz) over HTTP on `ADDR` (host:port or unix:/path; off when empty)")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: smtpprox-loopprevent milter [flags] LISTEN\n\n"+
-			"A milter for Postfix (smtpd_milters) that refuses a message with 554 5.4.6\n"+
-			"when a Delivered-To: header names one of its recipients.\n"+
-			"LISTEN: host:port, [v6addr]:port or unix:/path.\n"+
-			"Example: smtpprox-loopprevent milter 127.0.0.1:10027\n"+
-			"  main.cf: smtpd_milters = inet:127.0.0.1:10027, milter_default_action = accept\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
 	finish = func() error {
 		var err error
+		mode, perr := strconv.ParseUint(*socketMode, 8, 32)
+		if perr != nil || mode > 0o777 {
+			return fmt.Errorf("-socket-mode must be an octal file mode such as 0660, got %q", *socketMode)
+		}
+		o.socketMode = iofs.FileMode(mode)
+		if o.loops, err = o.exp.check(); err != nil {
+			return err
+		}
+		cfg.ExpandWait = o.exp.wait
 		if cfg.Policy.LoopAction, err = milter.ParseLoopAction(*loopAction); err != nil {
 			return fmt.Errorf("-loop-action: %w", err)
 		}
@@ -102,10 +115,13 @@ func milterFlags(o *milterOptions, stderr io.Writer) (fs *flag.FlagSet, finish f
 // or after LISTEN.
 func parseMilterArgs(args []string, stderr io.Writer) (*milterOptions, error) {
 	o := &milterOptions{}
-	fs, finish := milterFlags(o, stderr)
+	fs, finish := milterFlags(o)
 	var positional []string
 	for {
 		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				printMilterUsage(stderr, fs)
+			}
 			return nil, err
 		}
 		args = fs.Args()
@@ -119,7 +135,7 @@ func parseMilterArgs(args []string, stderr io.Writer) (*milterOptions, error) {
 		return nil, err
 	}
 	if len(positional) != 1 {
-		return nil, fmt.Errorf("want one LISTEN address, got %d arguments", len(positional))
+		return nil, fmt.Errorf("want one LISTEN address; got %s", countArgs(positional))
 	}
 	o.listen = positional[0]
 	if _, _, err := smtpproxy.SplitAddr(o.listen); err != nil {
@@ -155,14 +171,10 @@ func parseMilterArgs(args []string, stderr io.Writer) (*milterOptions, error) {
 var milterLibraryLog sync.Once
 
 // runMilter runs the milter until ctx is done (SIGTERM, SIGINT), then
-// shuts down gracefully. SIGHUP re-applies the settings (Server.Reload)
-// and never stops the process.
+// shuts down gracefully. SIGHUP re-reads the Postfix configuration of
+// recipient expansion and re-applies the settings (Server.Reload); it
+// never stops the process.
 func runMilter(ctx context.Context, args []string, stderr io.Writer) int {
-	// Caught from the start: SIGHUP's default action would end the process.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-
 	o, err := parseMilterArgs(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -178,14 +190,32 @@ func runMilter(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 	})
 	o.cfg.Logger = log
+	var mm *metrics.Milter
+	var expObs expand.Observer
+	if o.metricsListen != "" {
+		mm = metrics.NewMilter()
+		mm.SetDryRun(o.cfg.Policy.DryRun)
+		o.cfg.Observer = mm
+		expObs = mm
+	}
+	exp := startExpansion(ctx, o.exp, o.loops, log, expObs)
+	defer exp.close()
+	if exp != nil {
+		o.cfg.Policy.Expander = exp.hook
+	}
 	srv, err := milter.New(o.cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "smtpprox-loopprevent milter: %v\n", err)
 		return exitUsage
 	}
-	ln, err := listenMilter(o.listen)
+	ln, err := smtpproxy.Listen(o.listen)
 	if err != nil {
 		log.Error("cannot listen", "err", err)
+		return exitError
+	}
+	if err := setSocketMode(ln, o.socketMode); err != nil {
+		ln.Close()
+		log.Error("cannot set the socket's mode", "err", err)
 		return exitError
 	}
 	if !o.allowGiven {
@@ -195,8 +225,8 @@ func runMilter(ctx context.Context, args []string, stderr io.Writer) int {
 			return exitUsage
 		}
 	}
-	if o.metricsListen != "" {
-		stop, err := serveMetrics(ctx, metrics.New(), o.metricsListen, log)
+	if mm != nil {
+		stop, err := serveMetrics(ctx, mm, o.metricsListen, log)
 		if err != nil {
 			ln.Close()
 			log.Error("cannot listen for metrics", "err", err)
@@ -205,44 +235,22 @@ func runMilter(ctx context.Context, args []string, stderr io.Writer) int {
 		defer stop()
 	}
 
-	go func() {
-		for {
-			select {
-			case <-hup:
-				// The settings come from the command line alone, so this
-				// re-applies them; what is read from files (Postfix's
-				// configuration for recipient expansion) is re-read here.
-				if err := srv.Reload(o.cfg.Policy); err != nil {
-					log.Error("SIGHUP: reload failed; the settings in force stay", "err", err)
-					continue
-				}
-				log.Info("SIGHUP: settings re-applied; they take effect from the next message")
-			case <-ctx.Done():
-				return
-			}
+	stopReload := onReload(func() {
+		log.Info("SIGHUP received; sessions go on")
+		if exp != nil {
+			exp.reload(ctx)
 		}
-	}()
+		if err := srv.Reload(o.cfg.Policy); err != nil {
+			log.Error("SIGHUP: reload failed; the settings in force stay", "err", err)
+			return
+		}
+		log.Info("SIGHUP: settings re-applied; they take effect from the next message")
+	})
+	defer stopReload()
 
 	if err := srv.Serve(ctx, ln); err != nil {
 		log.Error("milter stopped", "err", err)
 		return exitError
 	}
 	return exitOK
-}
-
-// listenMilter opens LISTEN as the proxy does (smtpproxy.Listen) and gives
-// a Unix socket unixSocketMode.
-func listenMilter(addr string) (net.Listener, error) {
-	ln, err := smtpproxy.Listen(addr)
-	if err != nil {
-		return nil, err
-	}
-	if ul, ok := ln.(*net.UnixListener); ok {
-		path := ul.Addr().String()
-		if err := os.Chmod(path, unixSocketMode); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("listen on %s: set the socket's mode: %w", addr, err)
-		}
-	}
-	return ln, nil
 }

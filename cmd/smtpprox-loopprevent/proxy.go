@@ -372,7 +372,7 @@ func setSocketMode(ln net.Listener, mode iofs.FileMode) error {
 // serveMetrics serves m on addr until stop is called. /healthz is live
 // until ctx is done (the shutdown signal): during the drain it answers 503
 // "shutting down", so a monitor sees the stop before the port goes away.
-func serveMetrics(ctx context.Context, m *metrics.Metrics, addr string, log *slog.Logger) (stop func(), err error) {
+func serveMetrics(ctx context.Context, m interface{ Handler(live func() error) http.Handler }, addr string, log *slog.Logger) (stop func(), err error) {
 	ln, err := smtpproxy.Listen(addr)
 	if err != nil {
 		return nil, err

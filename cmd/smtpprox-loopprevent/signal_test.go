@@ -452,7 +452,7 @@ func testDrainCompletes(t *testing.T, bin string) {
 		t.Fatalf("/healthz while draining: %d %q", code, body)
 	}
 	// The idle session's end is counted just after its connection closes.
-	for v := p.metric(t, "smtpprox_sessions_active"); v != "2"; v = p.metric(t, "smtpprox_sessions_active") {
+	for v := p.metric(t, `smtpprox_sessions_active{frontend="proxy"}`); v != "2"; v = p.metric(t, `smtpprox_sessions_active{frontend="proxy"}`) {
 		if v != "3" {
 			t.Fatalf("sessions active while draining: %s, want 2", v)
 		}
@@ -555,7 +555,7 @@ func TestDryRunVisible(t *testing.T) {
 		{[]string{"-dry-run"}, "log only (dry run)", "1", true},
 	} {
 		p := startProcess(t, bin, up.ln.Addr().String(), tc.flags...)
-		if got := p.metric(t, "smtpprox_dry_run"); got != tc.gauge {
+		if got := p.metric(t, `smtpprox_dry_run{frontend="proxy"}`); got != tc.gauge {
 			t.Errorf("%q: smtpprox_dry_run %s, want %s", tc.flags, got, tc.gauge)
 		}
 		p.signal(t, syscall.SIGTERM)
