@@ -78,7 +78,7 @@ type options struct {
 	allowClient   *allowlist.List // nil: loopback only (the default)
 	exp           expansionFlags
 	loops         expand.Mode
-	socketMode    iofs.FileMode   // of a unix:/path LISTEN socket
+	socketMode    iofs.FileMode // of a unix:/path LISTEN socket
 	warnings      []string
 }
 
@@ -372,7 +372,9 @@ func setSocketMode(ln net.Listener, mode iofs.FileMode) error {
 // serveMetrics serves m on addr until stop is called. /healthz is live
 // until ctx is done (the shutdown signal): during the drain it answers 503
 // "shutting down", so a monitor sees the stop before the port goes away.
-func serveMetrics(ctx context.Context, m interface{ Handler(live func() error) http.Handler }, addr string, log *slog.Logger) (stop func(), err error) {
+func serveMetrics(ctx context.Context, m interface {
+	Handler(live func() error) http.Handler
+}, addr string, log *slog.Logger) (stop func(), err error) {
 	ln, err := smtpproxy.Listen(addr)
 	if err != nil {
 		return nil, err

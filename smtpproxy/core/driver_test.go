@@ -221,10 +221,10 @@ type driver struct {
 	// recipients it reported (EventRecipientAccepted).
 	await    bool
 	accepted []string
-	cut     func(n int) int
-	checks  int // oracle checks made
-	steps   int
-	trace   strings.Builder // what happened, for failure messages
+	cut      func(n int) int
+	checks   int // oracle checks made
+	steps    int
+	trace    strings.Builder // what happened, for failure messages
 }
 
 // fail stops the test with the session's transcript.
