@@ -56,6 +56,7 @@ const (
 	OptDataTimeout      = "data-timeout"       // Go duration
 	OptDropEHLOKeywords = "drop-ehlo-keywords" // comma-separated keywords
 	OptAllowClient      = "allow-client"       // comma-separated IP prefixes (CIDR)
+	OptExemptClient     = "exempt-client"      // comma-separated IP prefixes (CIDR)
 )
 
 // OptionKeys lists every configuration key a case may use.
@@ -63,7 +64,7 @@ func OptionKeys() []string {
 	return []string{
 		OptDryRun, OptBareLF, OptMaxHeaderBytes, OptMaxSessions,
 		OptConnectTimeout, OptReplyTimeout, OptCommandTimeout, OptDataTimeout,
-		OptDropEHLOKeywords, OptAllowClient,
+		OptDropEHLOKeywords, OptAllowClient, OptExemptClient,
 	}
 }
 
@@ -91,7 +92,7 @@ func checkOption(o Option) error {
 				return fmt.Errorf("%s must be a comma-separated list of EHLO keywords, not %q", o.Key, o.Value)
 			}
 		}
-	case OptAllowClient:
+	case OptAllowClient, OptExemptClient:
 		for _, p := range strings.Split(o.Value, ",") {
 			if _, err := netip.ParsePrefix(strings.TrimSpace(p)); err != nil {
 				return fmt.Errorf("%s must be a comma-separated list of IP prefixes such as 127.0.0.1/32, not %q", o.Key, o.Value)

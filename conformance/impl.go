@@ -62,6 +62,7 @@ func DefaultFlagMap() FlagMap {
 		OptDataTimeout:      {"-client-data-timeout={value}"},
 		OptDropEHLOKeywords: {"-drop-ehlo-keyword={value}"},
 		OptAllowClient:      {"-allow-client={value}"},
+		OptExemptClient:     {"-exempt-client={value}"},
 	}
 }
 

@@ -52,6 +52,8 @@ func proxyConfig(c *Case, upstream string, log *slog.Logger) (smtpproxy.Config, 
 			cfg.DropEHLOKeywords = strings.Split(o.Value, ",")
 		case OptAllowClient:
 			cfg.AllowClient, err = allowlist.Parse(o.Value)
+		case OptExemptClient:
+			cfg.ExemptClients, err = allowlist.Parse(o.Value)
 		default:
 			return cfg, &NeedsError{Needs: []string{o.Key}}
 		}

@@ -98,3 +98,32 @@ func TestDefaultAllowsLoopback(t *testing.T) {
 		t.Errorf("peer ::1: got %q (%v), want the greeting", line, err)
 	}
 }
+
+// The exemption reads XFORWARD ADDR as Postfix writes it: IPv4 as is, IPv6
+// after "IPv6:"; an unavailable address ([UNAVAILABLE]) is no client.
+func TestExemptFunc(t *testing.T) {
+	if exemptFunc(nil) != nil || exemptFunc(&allowlist.List{}) != nil {
+		t.Fatal("an empty list exempts")
+	}
+	l, err := allowlist.Parse("192.0.2.0/24,2001:db8::/32")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exempt := exemptFunc(l)
+	for addr, want := range map[string]bool{
+		"192.0.2.9":          true,
+		"IPv6:2001:db8::1":   true,
+		"ipv6:2001:DB8::1":   true,
+		"198.51.100.1":       false,
+		"IPv6:2001:db9::1":   false,
+		"2001:db8::1":        true,
+		"[UNAVAILABLE]":      false,
+		"":                   false,
+		"IPv6:":              false,
+		"192.0.2.9 trailing": false,
+	} {
+		if got := exempt(addr); got != want {
+			t.Errorf("exempt(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}

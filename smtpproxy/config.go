@@ -91,6 +91,13 @@ type Config struct {
 	// sockets) are governed by the socket's file mode.
 	AllowClient *allowlist.List
 
+	// ExemptClients lists the SMTP clients whose messages are not judged,
+	// by the address the front smtpd gives with XFORWARD ADDR (a session
+	// without it is never exempt): re-injection paths such as fetchmail
+	// or an archive restore, whose mail carries old Delivered-To: fields
+	// legitimately. nil exempts nobody.
+	ExemptClients *allowlist.List
+
 	// DryRun logs loops and lets the messages pass.
 	DryRun bool
 	BareLF BareLFPolicy

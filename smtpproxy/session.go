@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
@@ -142,6 +144,7 @@ func (s *Server) serveSession(client net.Conn, id string, pool *goPool, shutdown
 			DropEHLOKeywords: s.cfg.DropEHLOKeywords,
 			Check:            s.cfg.Check,
 			AwaitRecipients:  s.cfg.Expand != nil,
+			Exempt:           exemptFunc(s.cfg.ExemptClients),
 			// Canonical message data goes upstream straight from the
 			// read buffer; the client side reads into that buffer again
 			// only after flush has written it.
@@ -968,6 +971,23 @@ func mailbox(arg string) string {
 		return "<>"
 	}
 	return p.Addr.String()
+}
+
+// exemptFunc is the core's Exempt for a list: an XFORWARD ADDR value in
+// it ("IPv6:" before an IPv6 address, as Postfix writes it), or nil for
+// an empty list.
+func exemptFunc(l *allowlist.List) func(clientAddr string) bool {
+	if l.Empty() {
+		return nil
+	}
+	return func(clientAddr string) bool {
+		a := clientAddr
+		if len(a) > 5 && strings.EqualFold(a[:5], "IPv6:") {
+			a = a[5:]
+		}
+		ip, err := netip.ParseAddr(a)
+		return err == nil && l.Contains(ip)
+	}
 }
 
 // clientOf names the real client: from XFORWARD when the front smtpd sent

@@ -180,3 +180,22 @@ func TestSocketMode(t *testing.T) {
 		t.Errorf("-socket-mode 0999: exit %d, stderr %q", code, stderr.String())
 	}
 }
+
+// -exempt-client takes CIDRs as -allow-client does; -exempt-sasl is the
+// milter's alone, and the proxy says why.
+func TestProxyExemptFlags(t *testing.T) {
+	o, err := parseArgs([]string{"-exempt-client", "192.0.2.0/24,2001:db8::/32", "127.0.0.1:10025", "127.0.0.1:10026"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := o.cfg.ExemptClients.String(); got != "192.0.2.0/24,2001:db8::/32" {
+		t.Errorf("exempt clients %q", got)
+	}
+	if o, _ := parseArgs([]string{"127.0.0.1:10025", "127.0.0.1:10026"}, io.Discard); o.cfg.ExemptClients != nil {
+		t.Errorf("exempt clients without the flag: %q", o.cfg.ExemptClients)
+	}
+	_, err = parseArgs([]string{"-exempt-sasl", "127.0.0.1:10025", "127.0.0.1:10026"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "-exempt-sasl works only for the milter") || !strings.Contains(err.Error(), "XFORWARD") {
+		t.Errorf("-exempt-sasl for the proxy: %v", err)
+	}
+}

@@ -91,7 +91,8 @@ type proxyFlags struct {
 	bareLF, logLevel         *string
 	socketMode               *string
 	drop                     keywordList
-	allow                    allowlist.List
+	allow, exempt            allowlist.List
+	exemptSASL               bool
 	children, minPer, maxPer int
 }
 
@@ -116,6 +117,8 @@ func newProxyFlags() *proxyFlags {
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "log loops but let the messages pass")
 	o.exp.define(fs)
 	fs.Var(&pf.allow, "allow-client", "a `CIDR` of the peers that may connect (repeatable, or a comma list; default: 127.0.0.0/8 and ::1); others get 554 5.7.1 and are closed before anything reaches the upstream")
+	fs.Var(&pf.exempt, "exempt-client", "a `CIDR` of SMTP clients whose messages are never judged, by the address Postfix's front smtpd gives with XFORWARD (repeatable, or a comma list): re-injection such as fetchmail or an archive restore")
+	fs.BoolVar(&pf.exemptSASL, "exempt-sasl", false, "milter only: Postfix tells a before-queue filter nothing of SASL authentication, so the proxy refuses this flag (use -exempt-client, or leave the submission service unfiltered)")
 	pf.socketMode = fs.String("socket-mode", "0660", "file `MODE` (octal) of a unix:/path LISTEN socket: who may connect to it (the socket's owner and group are the process's)")
 	pf.bareLF = fs.String("bare-lf", "normalize", "what a bare LF in message data does: `MODE` normalize (ends a line, sent on as CRLF) or reject (550 5.5.2)")
 	fs.Var(&pf.drop, "drop-ehlo-keyword", "an EHLO `KEYWORD` to remove besides STARTTLS, CHUNKING, BINARYMIME (repeatable, or a comma list)")
@@ -210,6 +213,12 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("-bare-lf must be normalize or reject, got %q", *pf.bareLF)
 	}
 	cfg.DropEHLOKeywords = pf.drop
+	if pf.exemptSASL {
+		return nil, errors.New("-exempt-sasl works only for the milter: Postfix's front smtpd tells a before-queue filter nothing of SASL authentication (XFORWARD carries NAME, ADDR, PORT, PROTO, HELO, IDENT and SOURCE only); exempt the clients with -exempt-client, or leave the submission service (587, 465) without smtpd_proxy_filter")
+	}
+	if !pf.exempt.Empty() {
+		cfg.ExemptClients = &pf.exempt
+	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return nil, fmt.Errorf("-log-format must be text or json, got %q", o.logFormat)
 	}

@@ -116,13 +116,14 @@ const (
 	OutcomeUpstreamFailed          // the upstream was lost or timed out
 	OutcomeCheckFailed             // the loop check failed; tempfailed
 	OutcomeAborted                 // the session ended before the end-of-data reply
+	OutcomeExempt                  // not judged: the client is exempt (Config.Exempt); relayed
 )
 
 // Outcomes lists every outcome a message can end with, in order
 // (OutcomeUnknown aside).
 func Outcomes() []Outcome {
 	return []Outcome{OutcomePass, OutcomeLoop, OutcomeDryRunLoop, OutcomeHeaderTooLarge, OutcomeBareLF,
-		OutcomeUpstreamRefused, OutcomeUpstreamFailed, OutcomeCheckFailed, OutcomeAborted}
+		OutcomeUpstreamRefused, OutcomeUpstreamFailed, OutcomeCheckFailed, OutcomeAborted, OutcomeExempt}
 }
 
 func (o Outcome) String() string {
@@ -145,6 +146,8 @@ func (o Outcome) String() string {
 		return "check-failed"
 	case OutcomeAborted:
 		return "aborted"
+	case OutcomeExempt:
+		return "exempt"
 	}
 	return "unknown"
 }

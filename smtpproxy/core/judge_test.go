@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
 
@@ -181,6 +182,54 @@ func TestJudgeUpstreamFails(t *testing.T) {
 			}
 			if tc.state == stCommand {
 				h.expect("451 4.4.2 upstream 127.0.0.1:10026 " + map[bool]string{true: "closed the connection", false: "sent unexpected data"}[strings.Contains(tc.name, "closed")] + "\r\n")
+			}
+		})
+	}
+}
+
+// A client Exempt says yes to (by its XFORWARD ADDR) has its messages
+// relayed unjudged, loops included, reported as OutcomeExempt; without
+// XFORWARD, or another address, the message is judged as always. An exempt
+// message never waits for recipients.
+func TestExemptClient(t *testing.T) {
+	exempt := func(addr string) bool { return addr == "192.0.2.9" }
+	loop := "MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\nDelivered-To: a@x\r\n\r\nbody\r\n.\r\n"
+	for _, tc := range []struct {
+		name     string
+		cfg      Config
+		xforward string
+		want     string
+		outcome  Outcome
+	}{
+		{"exempt", Config{Check: smtptest.CheckDeliveredTo, Exempt: exempt}, "XFORWARD NAME=fetch.example ADDR=192.0.2.9\r\n",
+			"250 2.0.0 Ok: queued as ABC123\r\n", OutcomeExempt},
+		{"exempt, recipients awaited", Config{AwaitRecipients: true, Exempt: exempt}, "XFORWARD ADDR=192.0.2.9\r\n",
+			"250 2.0.0 Ok: queued as ABC123\r\n", OutcomeExempt},
+		{"another client", Config{Check: smtptest.CheckDeliveredTo, Exempt: exempt}, "XFORWARD ADDR=192.0.2.10\r\n",
+			"554 5.4.6 mail forwarding loop for a@x\r\n", OutcomeLoop},
+		{"no XFORWARD", Config{Check: smtptest.CheckDeliveredTo, Exempt: exempt}, "",
+			"554 5.4.6 mail forwarding loop for a@x\r\n", OutcomeLoop},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.cfg).connect()
+			if tc.xforward != "" {
+				h.fromClient(tc.xforward)
+			}
+			h.got()
+			h.fromClient(loop)
+			if h.s.WantsRecipients() {
+				if tc.outcome == OutcomeExempt {
+					t.Fatal("an exempt message waits for its recipients")
+				}
+				h.s.HandleRecipients(nil)
+				h.flush()
+			}
+			got := h.got()
+			if !strings.HasSuffix(got, tc.want) {
+				t.Fatalf("client got %q, want it to end with %q", got, tc.want)
+			}
+			if txs := h.txEvents(); len(txs) != 1 || txs[0].Outcome != tc.outcome {
+				t.Fatalf("transactions %+v, want one %v", txs, tc.outcome)
 			}
 		})
 	}

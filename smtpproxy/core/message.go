@@ -95,6 +95,11 @@ func (s *Session) endCapture() {
 	m := &s.msg
 	m.sectionLen = m.hdr.lineStart
 	m.tx.HeaderBytes = m.sectionLen
+	if s.cfg.Exempt != nil && s.cfg.Exempt(s.clientAddr) {
+		m.tx.Outcome = OutcomeExempt
+		s.passOn()
+		return
+	}
 	if s.cfg.AwaitRecipients {
 		s.enter(stJudge)
 		return
@@ -145,6 +150,13 @@ func (s *Session) decide(v loopcheck.Verdict, ok bool) {
 	default:
 		m.tx.Outcome = OutcomePass
 	}
+	s.passOn()
+}
+
+// passOn sends a message that may pass: DATA upstream, or the captured
+// bytes when the upstream already reads message data.
+func (s *Session) passOn() {
+	m := &s.msg
 	if s.up == upData {
 		s.upOut = m.enc.encodeCaptured(s.upOut, m.hdr.buf)
 		s.afterCaptureFlushed()

@@ -73,6 +73,12 @@ type Config struct {
 	// not used then. Without it the session judges the recipients as the
 	// client spelled them, with Check.
 	AwaitRecipients bool
+	// Exempt, when set, says whether messages of a client are not judged
+	// at all: given the client's address from XFORWARD ADDR as sent
+	// ("" without XFORWARD), true lets its messages pass unjudged
+	// (OutcomeExempt). Re-injection paths (fetchmail, an archive restore)
+	// carry old Delivered-To: fields legitimately.
+	Exempt func(clientAddr string) bool
 }
 
 // Session is one proxied SMTP session; see the package comment for how a
