@@ -98,6 +98,11 @@ func (c *headerCapture) lineEnd() captured {
 // section returns the header section once capture has ended.
 func (c *headerCapture) section() []byte { return c.buf[:c.lineStart] }
 
+// HeaderCaptureMax is the most a session's header buffer ever holds with
+// the header limit max: the limit, the lookahead an undecided line may
+// run into, and one capture step past it with a line end.
+func HeaderCaptureMax(max int) int { return max + HeaderLookahead + captureStep + 2 }
+
 // HeaderReadLimit is how much of a message HeaderSection needs at most to
 // decide, with the header limit max: the limit, the lookahead, and two
 // bytes more (one more content byte, or a CR that may be a line end).

@@ -24,6 +24,7 @@ const (
 	replyHeaderTooBig = "552 5.3.4 header section too large\r\n"
 	replyBareLF       = "550 5.5.2 bare LF in message\r\n"
 	replyCheckFailed  = "451 4.3.0 loop check failed, try again later\r\n"
+	replyNoMemory     = "451 4.3.1 insufficient system resources, try again later\r\n"
 	replyTimeout      = "421 4.4.2 timeout\r\n"
 	replyShutdown     = "421 4.3.2 shutting down\r\n"
 	// ReplyTooMany is the reply to a connection over the session limit.

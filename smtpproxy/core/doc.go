@@ -23,6 +23,8 @@
 //     failed (for the upstream, how: an UpstreamEnd).
 //   - HandleRecipients: the recipients to judge a message by, once
 //     WantsRecipients (Config.AwaitRecipients).
+//   - HandleHeaderMemory: header memory granted or refused, once
+//     HeaderMemoryWanted (Config.MeterHeader).
 //   - HandleTimeout: a clock PollTimers asked for ran out.
 //   - HandleShutdown, HandleDrainExpired: shut down gracefully; the drain
 //     time is over.
@@ -46,6 +48,9 @@
 //     it was told QUIT and closes first.
 //   - Done: close both connections after writing; EndReason says why.
 //   - WantsRecipients: the session waits for HandleRecipients.
+//   - HeaderMemoryWanted: the capacity the header buffer asks to grow to
+//     (HandleHeaderMemory answers); HeaderMemoryHeld: the capacity it
+//     holds, which the caller's budget counts.
 //   - WantsClientInput: whether the session takes client bytes now.
 //     While it is false the caller must not read the client: that is the
 //     backpressure that bounds memory.
@@ -79,7 +84,7 @@
 //	capture     data354     ClientData
 //	capture     stream      ClientData
 //	capture     datareply   ClientData
-//	capture     drain       ClientData UpstreamData UpstreamClosed
+//	capture     drain       ClientData UpstreamData UpstreamClosed HeaderMemory
 //	capture     rset        ClientData
 //	capture     command     ClientData
 //	capture     closed      Timeout ClientClosed DrainExpired

@@ -221,10 +221,13 @@ type driver struct {
 	// recipients it reported (EventRecipientAccepted).
 	await    bool
 	accepted []string
-	cut      func(n int) int
-	checks   int // oracle checks made
-	steps    int
-	trace    strings.Builder // what happened, for failure messages
+	// meter runs the session with Config.MeterHeader, every request for
+	// header memory granted: it must behave exactly as without.
+	meter  bool
+	cut    func(n int) int
+	checks int // oracle checks made
+	steps  int
+	trace  strings.Builder // what happened, for failure messages
 }
 
 // fail stops the test with the session's transcript.
@@ -249,18 +252,20 @@ func clip[T ~string | ~[]byte](b T) string {
 }
 
 func newDriver(t tb, m *refModel, cut func(int) int) *driver {
-	return newAwaitDriver(t, m, cut, false)
+	return newAwaitDriver(t, m, cut, false, false)
 }
 
-// newAwaitDriver is newDriver, with Config.AwaitRecipients when await.
-func newAwaitDriver(t tb, m *refModel, cut func(int) int, await bool) *driver {
-	d := &driver{t: t, m: m, cut: cut, limits: m.cfg, await: await}
+// newAwaitDriver is newDriver, with Config.AwaitRecipients when await
+// and Config.MeterHeader when meter.
+func newAwaitDriver(t tb, m *refModel, cut func(int) int, await, meter bool) *driver {
+	d := &driver{t: t, m: m, cut: cut, limits: m.cfg, await: await, meter: meter}
 	d.srv = &strictServer{t: t, fail: d.fail, m: m, units: []*gotUnit{{what: uGreeting}}}
 	cfg := m.cfg.config(func(rcpts []string, section []byte) loopcheck.Verdict {
 		d.calls = append(d.calls, checkCall{Rcpts: slices.Clone(rcpts), Section: string(section)})
 		return loopcheck.Check(rcpts, section)
 	})
 	cfg.AwaitRecipients = await
+	cfg.MeterHeader = meter
 	d.s = newTestSession(t, cfg)
 	d.s.HandleUpstreamConnected()
 	d.queue(m.units[0].act)
@@ -326,10 +331,6 @@ func (d *driver) settle() {
 				d.accepted = append(d.accepted[:e.Index], e.Reason)
 			}
 		}
-		if d.s.WantsRecipients() {
-			d.giveRecipients()
-			continue
-		}
 		d.checkBounds(len(out))
 		if len(out) > 0 {
 			if d.upShut {
@@ -357,6 +358,10 @@ func (d *driver) settle() {
 			d.closeUp = false
 			d.upShut = true
 			d.s.HandleUpstreamClosed(EndClosed)
+		case d.s.WantsRecipients():
+			d.giveRecipients()
+		case d.s.HeaderMemoryWanted() > 0:
+			d.grantHeaderMemory()
 		case d.s.PollTimers().Upstream && !d.s.Done():
 			d.s.HandleTimeout(TimerUpstreamReply)
 		default:
@@ -364,6 +369,22 @@ func (d *driver) settle() {
 		}
 	}
 	d.fail("the session does not settle")
+}
+
+// grantHeaderMemory grants a metered session's request for header memory,
+// which must be for more than it holds and no more than a capture ever
+// needs.
+func (d *driver) grantHeaderMemory() {
+	d.t.Helper()
+	w := d.s.HeaderMemoryWanted()
+	if !d.meter || w <= d.s.HeaderMemoryHeld() || w > HeaderCaptureMax(d.s.cfg.MaxHeaderBytes) {
+		d.fail("header memory asked: %d bytes (holding %d, metered %v)", w, d.s.HeaderMemoryHeld(), d.meter)
+	}
+	d.note("M %d", w)
+	d.s.HandleHeaderMemory(true)
+	if d.s.HeaderMemoryHeld() != w {
+		d.fail("granted %d bytes of header memory, holding %d", w, d.s.HeaderMemoryHeld())
+	}
 }
 
 // giveRecipients answers a session waiting in judge with the recipients

@@ -117,13 +117,14 @@ const (
 	OutcomeCheckFailed             // the loop check failed; tempfailed
 	OutcomeAborted                 // the session ended before the end-of-data reply
 	OutcomeExempt                  // not judged: the client is exempt (Config.Exempt); relayed
+	OutcomeNoMemory                // no memory for its header section (Config.MeterHeader); tempfailed
 )
 
 // Outcomes lists every outcome a message can end with, in order
 // (OutcomeUnknown aside).
 func Outcomes() []Outcome {
 	return []Outcome{OutcomePass, OutcomeLoop, OutcomeDryRunLoop, OutcomeHeaderTooLarge, OutcomeBareLF,
-		OutcomeUpstreamRefused, OutcomeUpstreamFailed, OutcomeCheckFailed, OutcomeAborted, OutcomeExempt}
+		OutcomeUpstreamRefused, OutcomeUpstreamFailed, OutcomeCheckFailed, OutcomeAborted, OutcomeExempt, OutcomeNoMemory}
 }
 
 func (o Outcome) String() string {
@@ -148,6 +149,8 @@ func (o Outcome) String() string {
 		return "aborted"
 	case OutcomeExempt:
 		return "exempt"
+	case OutcomeNoMemory:
+		return "no-memory"
 	}
 	return "unknown"
 }

@@ -99,8 +99,9 @@ func runSessionCase(t tb, client, script []byte, cutSeed uint64, opts uint8) *dr
 		m.clientClosed()
 	}
 	// The cut seed's top bit runs the session with AwaitRecipients, the
-	// recipients given as spelled: it must behave exactly as without.
-	d := newAwaitDriver(t, m, pieceSizes(cutSeed), cutSeed>>63 == 1)
+	// recipients given as spelled, the next with MeterHeader, all
+	// header memory granted: either must behave exactly as without.
+	d := newAwaitDriver(t, m, pieceSizes(cutSeed), cutSeed>>63 == 1, cutSeed>>62&1 == 1)
 	d.feed(client)
 	switch c.end {
 	case 0:

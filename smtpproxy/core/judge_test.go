@@ -1,6 +1,7 @@
 package core
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -232,5 +233,61 @@ func TestExemptClient(t *testing.T) {
 				t.Fatalf("transactions %+v, want one %v", txs, tc.outcome)
 			}
 		})
+	}
+}
+
+// A metered session asks for header memory before its buffer grows and
+// reads no client input until answered; granted, the buffer holds exactly
+// the capacity asked for; refused, the message gets 451 4.3.1 once its
+// data is read, and nothing of it reaches the upstream.
+func TestHeaderMemory(t *testing.T) {
+	msg := "Subject: " + strings.Repeat("s", 20000) + "\r\nDelivered-To: nobody@x\r\n\r\nbody\r\n.\r\n"
+	envelope := "MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n"
+
+	h := newHarness(t, Config{Check: smtptest.CheckDeliveredTo, MeterHeader: true}).connect()
+	h.fromClient(envelope)
+	h.got()
+	h.pending = append(h.pending, msg...)
+	h.pump()
+	var asked []int
+	for h.s.HeaderMemoryWanted() > 0 {
+		if h.s.WantsClientInput() {
+			t.Fatal("the session takes client input while it asks for memory")
+		}
+		w := h.s.HeaderMemoryWanted()
+		asked = append(asked, w)
+		h.s.HandleHeaderMemory(true)
+		h.flush()
+		if h.s.HeaderMemoryHeld() != w {
+			t.Fatalf("granted %d, holding %d", w, h.s.HeaderMemoryHeld())
+		}
+		h.pump()
+	}
+	if want := []int{headerMemoryStep, 2 * headerMemoryStep}; !slices.Equal(asked, want) {
+		t.Errorf("asked for %v, want %v", asked, want)
+	}
+	h.expect("250 2.0.0 Ok: queued as ABC123\r\n")
+
+	// Refused: 451 4.3.1 after the data, RSET upstream, no DATA.
+	h2 := newHarness(t, Config{Check: smtptest.CheckDeliveredTo, MeterHeader: true}).connect()
+	h2.fromClient(envelope)
+	h2.got()
+	h2.pending = append(h2.pending, msg...)
+	h2.pump()
+	if h2.s.HeaderMemoryWanted() == 0 {
+		t.Fatal("no memory asked for")
+	}
+	h2.s.HandleHeaderMemory(false)
+	h2.flush()
+	h2.pump()
+	h2.expect("451 4.3.1 insufficient system resources, try again later\r\n")
+	if txs := h2.txEvents(); len(txs) != 1 || txs[0].Outcome != OutcomeNoMemory {
+		t.Fatalf("transactions %+v", txs)
+	}
+	if raw := h2.up.raw.String(); strings.Contains(raw, "DATA") || !strings.HasSuffix(raw, "RSET\r\n") {
+		t.Fatalf("upstream received %q", raw)
+	}
+	if h2.s.HeaderMemoryHeld() != 0 {
+		t.Errorf("a refused message holds %d bytes", h2.s.HeaderMemoryHeld())
 	}
 }

@@ -52,6 +52,12 @@ func (s *Session) captureInput(p []byte) int {
 	for n < len(p) {
 		q := p[n:]
 		q = q[:min(len(q), m.hdr.step())]
+		if s.cfg.MeterHeader && len(m.hdr.buf)+len(q)+2 > cap(m.hdr.buf) {
+			// The next token adds at most len(q) bytes and a line end;
+			// the buffer grows only when granted.
+			m.memWanted = headerGrowth(cap(m.hdr.buf), len(m.hdr.buf)+len(q)+2, s.cfg.MaxHeaderBytes)
+			return n
+		}
 		tok, k := m.dec.next(q)
 		n += k
 		switch tok.kind {
@@ -87,6 +93,42 @@ func (s *Session) captureInput(p []byte) int {
 		}
 	}
 	return n
+}
+
+// headerMemoryStep is the first capacity a metered header buffer asks
+// for: most header sections (a few KiB) fit in it, so most messages ask
+// once, or not at all when a session's buffer is kept for the next.
+const headerMemoryStep = 16 << 10
+
+// headerGrowth is the capacity a metered header buffer of capacity have
+// asks for to hold need bytes: double, at least headerMemoryStep, and no
+// more than the most the capture may ever hold with the header limit.
+func headerGrowth(have, need, limit int) int {
+	return min(max(need, 2*have, headerMemoryStep), HeaderCaptureMax(limit))
+}
+
+// HandleHeaderMemory answers HeaderMemoryWanted: granted, the buffer
+// grows to the capacity asked and the capture goes on; refused (the
+// caller's budget stayed exhausted), the message is refused with
+// "451 4.3.1" once its data is read, and nothing of it goes upstream.
+func (s *Session) HandleHeaderMemory(granted bool) {
+	m := &s.msg
+	if s.st != stCapture || m.memWanted == 0 {
+		return
+	}
+	if granted {
+		buf := make([]byte, len(m.hdr.buf), m.memWanted)
+		copy(buf, m.hdr.buf)
+		m.hdr.buf = buf
+		m.memWanted = 0
+		s.restartClient = true
+	} else {
+		m.memWanted = 0
+		m.hdr.buf = nil
+		m.tx.Outcome = OutcomeNoMemory
+		s.rejectLocal([]byte(replyNoMemory), true)
+	}
+	s.after()
 }
 
 // endCapture judges the message once its header section is complete:
@@ -156,14 +198,31 @@ func (s *Session) decide(v loopcheck.Verdict, ok bool) {
 // passOn sends a message that may pass: DATA upstream, or the captured
 // bytes when the upstream already reads message data.
 func (s *Session) passOn() {
-	m := &s.msg
 	if s.up == upData {
-		s.upOut = m.enc.encodeCaptured(s.upOut, m.hdr.buf)
-		s.afterCaptureFlushed()
+		s.flushCaptured()
 		return
 	}
 	s.upOut = append(s.upOut, "DATA\r\n"...)
 	s.await(stData354)
+}
+
+// flushCaptured sends the captured bytes upstream. When they need no
+// stuffing (no line begins with ".") and the data goes on, they are lent
+// as they are (Config.LendInput): a header section is never copied a
+// second time. Otherwise they are framed into the output.
+func (s *Session) flushCaptured() {
+	m := &s.msg
+	buf := m.hdr.buf
+	if s.cfg.LendInput && !m.ended && s.upLent == nil && len(buf) > 0 && buf[0] != '.' && !bytes.Contains(buf, []byte("\n.")) {
+		// The encoder goes on where the captured bytes end: inside a
+		// line unless they end with the CRLF of a line end (content
+		// holds no LF).
+		m.enc.inLine = !bytes.HasSuffix(buf, []byte("\r\n"))
+		s.upLent = slices.Clip(buf)
+	} else {
+		s.upOut = m.enc.encodeCaptured(s.upOut, buf)
+	}
+	s.afterCaptureFlushed()
 }
 
 // judge runs the verdict; a panic in it is reported, not fatal.
@@ -211,8 +270,7 @@ func (s *Session) dataCommandReply(rep *Reply) {
 	switch {
 	case rep.Code == 354:
 		s.up = upData
-		s.upOut = m.enc.encodeCaptured(s.upOut, m.hdr.buf)
-		s.afterCaptureFlushed()
+		s.flushCaptured()
 	case rep.Class() == 4 || rep.Class() == 5:
 		m.tx.Outcome = OutcomeUpstreamRefused
 		m.tx.UpstreamReply = rep.FirstLine()

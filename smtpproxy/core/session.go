@@ -79,6 +79,12 @@ type Config struct {
 	// (OutcomeExempt). Re-injection paths (fetchmail, an archive restore)
 	// carry old Delivered-To: fields legitimately.
 	Exempt func(clientAddr string) bool
+	// MeterHeader makes the header section's buffer grow only by grants
+	// from the caller, who keeps a budget for all sessions: before the
+	// buffer would grow the session asks (HeaderMemoryWanted), taking no
+	// client input until the caller answers (HandleHeaderMemory). The
+	// buffer's capacity (HeaderMemoryHeld) is what it holds, granted.
+	MeterHeader bool
 }
 
 // Session is one proxied SMTP session; see the package comment for how a
@@ -125,6 +131,7 @@ type envelope struct {
 // message is the message being read, from the client's DATA to its
 // end-of-data reply; startData sets it afresh, keeping its buffers.
 type message struct {
+	memWanted  int // the header buffer's capacity asked for (MeterHeader); 0: none
 	dec        decoder
 	enc        encoder
 	hdr        headerCapture // the header section, then the start of the body
@@ -371,7 +378,9 @@ func (s *Session) EndReason() string { return s.end }
 // of memory.
 func (s *Session) WantsClientInput() bool {
 	switch s.st {
-	case stCommand, stCapture, stDrain:
+	case stCapture:
+		return s.msg.memWanted == 0
+	case stCommand, stDrain:
 		return true
 	case stStream:
 		// Lent input must be taken before more output can follow it.
@@ -415,6 +424,22 @@ func (s *Session) ClientReading() Reading {
 // with HandleRecipients, one for each of the message's accepted
 // recipients, in order.
 func (s *Session) WantsRecipients() bool { return s.st == stJudge }
+
+// HeaderMemoryWanted is the capacity, in bytes, the header section's
+// buffer asks to grow to (Config.MeterHeader); 0 when it asks for none.
+// The caller answers with HandleHeaderMemory.
+func (s *Session) HeaderMemoryWanted() int {
+	if s.st != stCapture {
+		return 0
+	}
+	return s.msg.memWanted
+}
+
+// HeaderMemoryHeld is the capacity of the header section's buffer: the
+// memory it holds, granted (Config.MeterHeader). It falls when the
+// buffer is given up; the caller then takes the difference back into its
+// budget, once the outputs of the input have been written.
+func (s *Session) HeaderMemoryHeld() int { return cap(s.msg.hdr.buf) }
 
 // RecipientsToJudge are the RCPT TO: arguments of the message waiting for
 // HandleRecipients, in order: the first len of them that the session
