@@ -59,8 +59,10 @@ func TestPostfixFilterUnavailable(t *testing.T) {
 				t.Errorf("RCPT %v, DATA %v; want a 4xx at RCPT and no DATA", res.Rcpt[0], res.Data)
 			}
 			p.WaitLog(regexp.MustCompile(tc.warning))
-			if q, err := p.QueueListing(); err != nil || regexp.MustCompile(`(?m)^[0-9A-F]{6,}`).MatchString(q) {
-				t.Errorf("queue after a tempfailed message: %v\n%s", err, q)
+			// The queue may hold Postfix's own notice to the postmaster
+			// (notify_classes), never the client's message.
+			if q, err := p.QueueListing(); err != nil || regexp.MustCompile(`(?m)^[0-9A-F]{6,}\S*\s.*\ssender@local\.test$`).MatchString(q) {
+				t.Errorf("the tempfailed message is in the queue (%v):\n%s", err, q)
 			}
 		})
 	}
