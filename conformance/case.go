@@ -2,8 +2,10 @@ package conformance
 
 import (
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -137,19 +139,48 @@ const (
 	fileWantUpstreamConns = "want-upstream-connections"
 )
 
-// LoadCases reads every case matching the glob pattern, sorted by name.
+// LoadCases reads every case file matching the glob pattern, sorted by
+// name. Every directory the cases come from must say in its FORMAT file
+// that it is written in the format this runner reads (FormatVersion).
 func LoadCases(glob string) ([]*Case, error) {
 	paths, err := filepath.Glob(glob)
 	if err != nil {
 		return nil, fmt.Errorf("bad case pattern %q: %w", glob, err)
 	}
+	return loadCases(paths, glob, os.ReadFile, filepath.Dir, filepath.Join)
+}
+
+// LoadFS is LoadCases over a file system, such as CaseFiles(): the pattern
+// is an fs.Glob pattern ("testdata/*.txt").
+func LoadFS(fsys fs.FS, pattern string) ([]*Case, error) {
+	paths, err := fs.Glob(fsys, pattern)
+	if err != nil {
+		return nil, fmt.Errorf("bad case pattern %q: %w", pattern, err)
+	}
+	read := func(name string) ([]byte, error) { return fs.ReadFile(fsys, name) }
+	return loadCases(paths, pattern, read, path.Dir, path.Join)
+}
+
+func loadCases(paths []string, pattern string, read func(string) ([]byte, error), dir func(string) string, join func(...string) string) ([]*Case, error) {
 	if len(paths) == 0 {
-		return nil, fmt.Errorf("no case files match %q", glob)
+		return nil, fmt.Errorf("no case files match %q", pattern)
 	}
 	slices.Sort(paths)
+	checked := map[string]bool{}
 	cases := make([]*Case, 0, len(paths))
 	for _, p := range paths {
-		data, err := os.ReadFile(p)
+		if d := dir(p); !checked[d] {
+			format := join(d, FormatFile)
+			data, err := read(format)
+			if err != nil {
+				return nil, fmt.Errorf("reading the cases' format version: %w (a directory of cases holds a file %s saying %q)", err, FormatFile, formatLine(FormatVersion))
+			}
+			if err := CheckFormat(data); err != nil {
+				return nil, fmt.Errorf("%s: %w", format, err)
+			}
+			checked[d] = true
+		}
+		data, err := read(p)
 		if err != nil {
 			return nil, fmt.Errorf("reading case: %w", err)
 		}

@@ -9,6 +9,13 @@
 // README.md in this directory is the full description of the format;
 // what follows is its core.
 //
+// The cases are compiled into the package (CaseFiles, an embed.FS; Suite
+// loads them), so a program built from one version of the module runs
+// that version's cases: cmd/conformance is such a runner for
+// implementations in any language. Every directory of cases states its
+// format version in a FORMAT file ("conformance-format: 1"), and the
+// loaders refuse a version other than FormatVersion.
+//
 // Guarantees of the runner: it waits only for events (bytes, replies,
 // closes), never sleeps for correctness and asserts no duration; a
 // per-case limit only guards against a hang. A case passes only when every

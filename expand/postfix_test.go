@@ -390,7 +390,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	os.Exit(postfixtest.Main(m))
 }
 
 // TestLivePostdrop: an unprivileged process reaches public/proxymap with

@@ -51,5 +51,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if len(args) > 0 && args[0] == "milter" {
 		return runMilter(ctx, args[1:], stderr)
 	}
+	if len(args) > 0 && args[0] == "demo" {
+		return runDemo(ctx, args[1:], stdout, stderr)
+	}
 	return runProxy(ctx, args, stderr)
 }
