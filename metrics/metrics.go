@@ -77,6 +77,7 @@ type Metrics struct {
 	*common
 
 	shortages       map[smtpproxy.ResourceOp]prometheus.Counter
+	headerMemory    prometheus.Gauge
 	transactions    *prometheus.CounterVec
 	byOutcome       map[core.Outcome]prometheus.Counter
 	upstreamErrors  map[string]prometheus.Counter
@@ -102,6 +103,10 @@ func New() *Metrics {
 		"Connections refused with 421 4.3.2 because -max-sessions were open.",
 		"Connections refused with 554 5.7.1 because the peer is outside -allow-client (no upstream connection was opened).")}
 	f := m.register
+	m.headerMemory = f(prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "header_memory_bytes",
+		Help: "Bytes of the header memory budget (-max-header-memory) the sessions' header sections hold now.",
+	})).(prometheus.Gauge)
 	shortages := f(prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "resource_shortages_total",
 		Help: "Times the proxy ran out of file descriptors (EMFILE, ENFILE), by op: accept (the listener backs off and retries) or upstream_connect (the client got 421 4.3.2). A local fault, not the after-filter's.",
@@ -167,6 +172,9 @@ func (m *Metrics) ResourceShortage(op smtpproxy.ResourceOp) {
 		c.Inc()
 	}
 }
+
+// HeaderMemory implements smtpproxy.Observer.
+func (m *Metrics) HeaderMemory(delta int64) { m.headerMemory.Add(float64(delta)) }
 
 // TransactionEnded implements smtpproxy.Observer.
 func (m *Metrics) TransactionEnded(tx *core.Transaction, d time.Duration) {

@@ -39,6 +39,12 @@ const (
 	// far below the upstream reply timeout and Postfix's
 	// smtpd_proxy_timeout (100 s).
 	DefaultExpansionWait = 5 * time.Second
+	// DefaultMaxHeaderMemory bounds all header section buffers together:
+	// 256 sessions holding maximal (1 MiB) header sections at once, while
+	// typical ones (a few KiB) leave it nearly all free; with the shipped
+	// unit's session limit and GOMEMLIMIT it keeps the process within
+	// MemoryMax (docs/performance.md has the measurements).
+	DefaultMaxHeaderMemory = 256 << 20
 	// DefaultMaxHeaderBytes bounds the header section buffer per session.
 	DefaultMaxHeaderBytes = core.DefaultMaxHeaderBytes
 )
@@ -80,6 +86,10 @@ type Config struct {
 	DrainTimeout    time.Duration
 	MaxSessions     int
 	MaxHeaderBytes  int
+	// MaxHeaderMemory bounds the bytes all sessions' header sections
+	// hold at once (DefaultMaxHeaderMemory); at least
+	// core.HeaderCaptureMax(MaxHeaderBytes), what one section may need.
+	MaxHeaderMemory int64
 
 	// AllowClient lists the peers that may use the proxy; nil means
 	// loopback only (allowlist.Loopback). An IP peer outside it gets
@@ -152,6 +162,9 @@ type Observer interface {
 	// (EMFILE, ENFILE) at op: a local fault, never counted as the
 	// upstream's.
 	ResourceShortage(op ResourceOp)
+	// HeaderMemory reports header memory taken from the budget (delta
+	// positive) or given back (negative).
+	HeaderMemory(delta int64)
 	// UpstreamFailed reports an upstream failure by its kind.
 	UpstreamFailed(kind core.UpstreamFailure)
 	// UpstreamReplied reports how long the upstream took to answer, from
@@ -194,6 +207,7 @@ func (nopObserver) SessionEnded()                                     {}
 func (nopObserver) SessionRefused()                                   {}
 func (nopObserver) PeerRefused()                                      {}
 func (nopObserver) ResourceShortage(ResourceOp)                       {}
+func (nopObserver) HeaderMemory(int64)                                {}
 func (nopObserver) TransactionEnded(*core.Transaction, time.Duration) {}
 func (nopObserver) UpstreamFailed(core.UpstreamFailure)               {}
 func (nopObserver) UpstreamReplied(time.Duration, bool)               {}
@@ -216,6 +230,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxHeaderBytes <= 0 {
 		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.MaxHeaderMemory <= 0 {
+		c.MaxHeaderMemory = DefaultMaxHeaderMemory
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -19,6 +19,7 @@ type recordingObserver struct {
 	txs                           []observedTx
 	failures                      []core.UpstreamFailure
 	shortages                     []ResourceOp
+	headerMemory                  int64
 	replies                       []observedReply
 	toUp, toClient                int
 }
@@ -38,6 +39,11 @@ func (o *recordingObserver) SessionStarted() { o.mu.Lock(); o.started++; o.mu.Un
 func (o *recordingObserver) SessionEnded()   { o.mu.Lock(); o.ended++; o.mu.Unlock() }
 func (o *recordingObserver) SessionRefused() { o.mu.Lock(); o.refuse++; o.mu.Unlock() }
 func (o *recordingObserver) PeerRefused()    { o.mu.Lock(); o.peers++; o.mu.Unlock() }
+func (o *recordingObserver) HeaderMemory(delta int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.headerMemory += delta
+}
 func (o *recordingObserver) ResourceShortage(op ResourceOp) {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -22,6 +22,10 @@ type Server struct {
 	dial func(ctx context.Context) (net.Conn, error)
 	log  *slog.Logger
 	bufs *bufferPools
+	// budget is the header memory all sessions share; a session waits
+	// for it at most headerWait (headerMemoryWait; tests shorten it).
+	budget     *headerBudget
+	headerWait time.Duration
 
 	// streamRcvbuf is the SO_RCVBUF of a client socket whose message
 	// body streams (streamSocketBuffer); 0: left to the kernel, for the
@@ -44,12 +48,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Dial == nil && cfg.Upstream == "" {
 		return nil, errors.New("upstream: no address")
 	}
+	if need := int64(core.HeaderCaptureMax(cfg.MaxHeaderBytes)); cfg.MaxHeaderMemory < need {
+		return nil, fmt.Errorf("the header memory (%d bytes) cannot hold one maximal header section (%d bytes with -max-header-bytes %d)", cfg.MaxHeaderMemory, need, cfg.MaxHeaderBytes)
+	}
 	rcvbuf, rcvbufOff := streamRcvbuf()
 	return &Server{
 		cfg:          cfg,
 		dial:         dial,
 		log:          cfg.Logger,
 		bufs:         newBufferPools(),
+		budget:       newHeaderBudget(cfg.MaxHeaderMemory),
+		headerWait:   headerMemoryWait,
 		streamRcvbuf: rcvbuf,
 		rcvbufOff:    rcvbufOff,
 		idBase:       strconv.Itoa(os.Getpid()),

@@ -111,8 +111,12 @@ type runner struct {
 
 	// Recipient expansion (Config.Expand): the waits of the transaction's
 	// accepted recipients, by index, and whether the wait for them runs.
-	expansions  []func(context.Context) loopcheck.Recipient
-	judging     bool
+	expansions []func(context.Context) loopcheck.Recipient
+	judging    bool
+	// Header memory (Server.budget): what the session holds of it, and
+	// whether a wait for more runs.
+	charged     int64
+	acquiring   bool
 	upWaitStart time.Time // when the current wait for an upstream reply began
 	upWaitData  bool      // that wait belongs to a message
 }
@@ -145,6 +149,7 @@ func (s *Server) serveSession(client net.Conn, id string, pool *goPool, shutdown
 			Check:            s.cfg.Check,
 			AwaitRecipients:  s.cfg.Expand != nil,
 			Exempt:           exemptFunc(s.cfg.ExemptClients),
+			MeterHeader:      true,
 			// Canonical message data goes upstream straight from the
 			// read buffer; the client side reads into that buffer again
 			// only after flush has written it.
@@ -168,6 +173,7 @@ func (s *Server) serveSession(client net.Conn, id string, pool *goPool, shutdown
 		r.mu.Lock()
 		reason := r.s.EndReason()
 		err := tr.close()
+		r.releaseHeaderMemory()
 		r.mu.Unlock()
 		if err != nil {
 			log.Error("debug trace incomplete", "err", err)
@@ -364,6 +370,7 @@ func (r *runner) settle() {
 		r.closeAll()
 		return
 	}
+	r.meterHeader()
 	if r.s.WantsRecipients() && !r.judging {
 		r.judge()
 	}
@@ -373,6 +380,63 @@ func (r *runner) settle() {
 		case r.clientWake <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// meterHeader settles the session's header memory with the budget: what
+// its header buffer gave up goes back, and what it asks for is granted at
+// once when free, or waited for on a pooled goroutine (headerMemoryWait
+// at most, never past the drain deadline), the session taking no client
+// input meanwhile. Called with the lock held, after the outputs are
+// written.
+func (r *runner) meterHeader() {
+	b := r.srv.budget
+	if held := int64(r.s.HeaderMemoryHeld()); held < r.charged {
+		b.release(r.charged - held)
+		r.obs.HeaderMemory(held - r.charged)
+		r.charged = held
+	}
+	want := int64(r.s.HeaderMemoryWanted())
+	if want == 0 || r.acquiring {
+		return
+	}
+	delta := want - r.charged
+	if b.tryAcquire(delta) {
+		r.charged = want
+		r.obs.HeaderMemory(delta)
+		r.s.HandleHeaderMemory(true)
+		return
+	}
+	r.acquiring = true
+	drain := r.drain
+	r.pool.Go(func() {
+		ctx, cancel := context.WithTimeout(drain, r.srv.headerWait)
+		granted := b.acquire(ctx, delta)
+		cancel()
+		delivered := false
+		r.callback(func() {
+			delivered = true
+			r.acquiring = false
+			if granted {
+				r.charged += delta
+				r.obs.HeaderMemory(delta)
+			} else {
+				r.log.Warn("no header memory free: the message gets 451 4.3.1", "wanted", delta, "max_header_memory", b.size)
+			}
+			r.s.HandleHeaderMemory(granted)
+		})
+		if granted && !delivered {
+			b.release(delta) // the session ended meanwhile
+		}
+	})
+}
+
+// releaseHeaderMemory gives back what the session held, once it is over.
+func (r *runner) releaseHeaderMemory() {
+	if r.charged > 0 {
+		r.srv.budget.release(r.charged)
+		r.obs.HeaderMemory(-r.charged)
+		r.charged = 0
 	}
 }
 

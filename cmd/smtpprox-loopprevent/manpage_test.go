@@ -39,6 +39,7 @@ func manCommands() []manCommand {
 	return []manCommand{
 		{"", manProxySynopsis, manProxyProse, newProxyFlags().fs},
 		{"check", manCheckSynopsis, manCheckProse, newCheckFlags().fs},
+		{"milter", manMilterSynopsis, manMilterProse, milterFlagSet()},
 		{"demo", "", manDemoProse, newDemoFlags()},
 	}
 }
@@ -110,6 +111,30 @@ A leading mbox "From " line is skipped, as Postfix turns it into a header field.
 Flags may come before or after
 .IR FILE .
 `
+
+const manMilterSynopsis = `[\fIflags\fR] \fILISTEN\fR`
+
+const manMilterProse = `.B smtpprox\-loopprevent milter
+is the same loop check as a Postfix milter
+.RB ( smtpd_milters ):
+at the end of a message it refuses it with the same 554 5.4.6 reply, or,
+with
+.BR "\-loop\-action drop\-recipient" ,
+removes only the looping recipients (silently: no notice goes to anyone)
+and delivers to the rest.
+.I LISTEN
+is where Postfix connects: \fIhost\fB:\fIport\fR,
+\fB[\fIv6addr\fB]:\fIport\fR or \fBunix:\fI/path\fR.
+Set
+.B milter_default_action = accept
+in Postfix, so that a stopped milter never stops mail.
+`
+
+// milterFlagSet is the milter's flag set, for the page.
+func milterFlagSet() *flag.FlagSet {
+	fs, _ := milterFlags(&milterOptions{})
+	return fs
+}
 
 const manDemoProse = `.B smtpprox\-loopprevent demo
 runs the proxy and a recording SMTP server (standing in for the

@@ -21,6 +21,7 @@ import (
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/metrics"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
 
 // Exit codes of the proxy.
@@ -98,7 +99,9 @@ type proxyFlags struct {
 
 // proxyUsage is the synopsis -h and the man page print.
 const proxyUsage = "usage: smtpprox-loopprevent [flags] LISTEN UPSTREAM\n" +
-	"       smtpprox-loopprevent check -rcpt ADDR [-rcpt ADDR ...] [flags] [FILE]\n"
+	"       smtpprox-loopprevent check -rcpt ADDR [-rcpt ADDR ...] [flags] [FILE]\n" +
+	"       smtpprox-loopprevent milter [flags] LISTEN\n" +
+	"       smtpprox-loopprevent demo\n"
 
 // newProxyFlags defines the proxy's flags. The flag set prints nothing
 // itself: parseArgs reports errors in one line, and -h prints usage.
@@ -114,6 +117,7 @@ func newProxyFlags() *proxyFlags {
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", smtpproxy.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long sessions may finish their transaction")
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", smtpproxy.DefaultMaxSessions, "concurrent sessions; more get 421 4.3.2 too many connections")
 	fs.IntVar(&cfg.MaxHeaderBytes, "max-header-bytes", smtpproxy.DefaultMaxHeaderBytes, "largest header section; a larger one gets 552 5.3.4")
+	fs.Int64Var(&cfg.MaxHeaderMemory, "max-header-memory", smtpproxy.DefaultMaxHeaderMemory, "bytes all sessions' header sections may hold at once; a message that cannot get its share within 10 s gets 451 4.3.1 (at least what one maximal section needs)")
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "log loops but let the messages pass")
 	o.exp.define(fs)
 	fs.Var(&pf.allow, "allow-client", "a `CIDR` of the peers that may connect (repeatable, or a comma list; default: 127.0.0.0/8 and ::1); others get 554 5.7.1 and are closed before anything reaches the upstream")
@@ -195,6 +199,9 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	}
 	if cfg.MaxHeaderBytes < minHeaderBytes {
 		return nil, fmt.Errorf("-max-header-bytes must be at least %d, got %d", minHeaderBytes, cfg.MaxHeaderBytes)
+	}
+	if need := int64(core.HeaderCaptureMax(cfg.MaxHeaderBytes)); cfg.MaxHeaderMemory < need {
+		return nil, fmt.Errorf("-max-header-memory must hold one maximal header section: at least %d with -max-header-bytes %d, got %d", need, cfg.MaxHeaderBytes, cfg.MaxHeaderMemory)
 	}
 	mode, err := strconv.ParseUint(*pf.socketMode, 8, 32)
 	if err != nil || mode > 0o777 {

@@ -66,6 +66,7 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"-log-level=loud", "a:1", "b:2"}, "-log-level"},
 		{[]string{"-max-sessions=0", "a:1", "b:2"}, "-max-sessions must be positive"},
 		{[]string{"-max-header-bytes=10", "a:1", "b:2"}, "-max-header-bytes must be at least"},
+		{[]string{"-max-header-memory=1000000", "a:1", "b:2"}, "-max-header-memory must hold one maximal header section: at least 1056770"},
 		{[]string{"-drain-timeout=-1s", "a:1", "b:2"}, "-drain-timeout must be positive"},
 		{[]string{"-no-such-flag", "a:1", "b:2"}, "flag provided but not defined"},
 		{[]string{"-metrics-listen=9125", "a:1", "b:2"}, "-metrics-listen: "},

@@ -286,9 +286,7 @@ func (s *Session) dataCommandReply(rep *Reply) {
 // afterCaptureFlushed continues once the captured bytes went upstream.
 func (s *Session) afterCaptureFlushed() {
 	m := &s.msg
-	if m.hdr.buf != nil && cap(m.hdr.buf) > keepBufferCap {
-		m.hdr.buf = nil
-	}
+	s.releaseHeaderBuffer()
 	if m.ended {
 		s.upOut = m.enc.end(s.upOut)
 		s.await(stDataReply)
@@ -441,7 +439,16 @@ func (s *Session) endTx(reply string) {
 	s.msg.tx = Transaction{}
 	s.env = envelope{}
 	s.endUpstreamData()
-	if cap(s.msg.hdr.buf) > keepBufferCap {
+	s.releaseHeaderBuffer()
+}
+
+// releaseHeaderBuffer gives up the header buffer once its bytes are sent
+// or thrown away: always when it is metered (its memory goes back to the
+// caller's budget; a session rarely carries a second message, as
+// Postfix's front smtpd opens one per message), else when it grew beyond
+// keepBufferCap.
+func (s *Session) releaseHeaderBuffer() {
+	if s.cfg.MeterHeader || cap(s.msg.hdr.buf) > keepBufferCap {
 		s.msg.hdr.buf = nil
 	}
 }
