@@ -42,7 +42,11 @@ import (
 // pxVariant is one recipient and the forged Delivered-To: sent with it.
 type pxVariant struct {
 	name   string
-	rcpt   string // the RCPT TO: mailbox
+	rcpt   string // the RCPT TO: mailbox: the recipient judged
+	params string // ESMTP parameters sent after it
+	// before is a recipient that does not loop, sent first in the same
+	// transaction ("" for none).
+	before string
 	forged string // the address of the forged Delivered-To: header
 	// loop: Postfix alone bounces the message as a mail forwarding loop
 	// for forged (the oracle, checked on every run).
@@ -59,10 +63,23 @@ func (v pxVariant) message() []byte {
 	return []byte("Delivered-To: " + v.forged + "\nSubject: expansion " + v.name + "\nFrom: sender@local.test\n\nbody of " + v.name + "\n")
 }
 
+// rcptArgs are the RCPT TO: arguments, in order.
+func (v pxVariant) rcptArgs() []string {
+	var args []string
+	if v.before != "" {
+		args = append(args, "<"+v.before+">")
+	}
+	arg := "<" + v.rcpt + ">"
+	if v.params != "" {
+		arg += " " + v.params
+	}
+	return append(args, arg)
+}
+
 // literalLoop is SPEC section 5's verdict without expansion: what the
 // proxy judged before package expand existed.
 func (v pxVariant) literalLoop() bool {
-	return loopcheck.Check([]string{"<" + v.rcpt + ">"}, v.message()).Loop
+	return loopcheck.Check(v.rcptArgs(), v.message()).Loop
 }
 
 // forgedVia: the forged address is not the recipient as spelled, so a
@@ -82,6 +99,9 @@ func pxKey(mailbox string) string {
 
 var pxVariants = []pxVariant{
 	{name: "virtual one-to-one", rcpt: "valias@local.test", forged: "loopuser@local.test", loop: true},
+	{name: "virtual, RCPT in mixed case", rcpt: "VAlias@Local.Test", forged: "loopuser@local.test", loop: true},
+	{name: "virtual, RCPT with DSN parameters", rcpt: "valias@local.test", params: "NOTIFY=NEVER ORCPT=rfc822;valias@local.test", forged: "loopuser@local.test", loop: true},
+	{name: "virtual, second recipient", before: "user@local.test", rcpt: "valias@local.test", forged: "loopuser@local.test", loop: true},
 	{name: "virtual one-to-many", rcpt: "multi@local.test", forged: "loopuser@local.test", loop: true},
 	{name: "virtual recursive", rcpt: "rec1@local.test", forged: "loopuser@local.test", loop: true},
 	{name: "virtual catch-all @dom", rcpt: "anyone@catch.test", forged: "loopuser@local.test", loop: true},
@@ -484,7 +504,7 @@ func TestPostfixExpansionDifferential(t *testing.T) {
 		for i, v := range pxVariants {
 			o := &out[r][i]
 			o.sender = fmt.Sprintf("sender+%s-%d@local.test", run.tag, i)
-			o.res, o.err = postfixtest.Send(addr, o.sender, []string{v.rcpt}, v.message())
+			o.res, o.err = postfixtest.Send(addr, o.sender, v.rcptArgs(), v.message())
 			if o.err == nil && o.queued() && o.res.QueueID() == "" {
 				o.err = fmt.Errorf("250 without a queue id: %v", o.res.EndOfData)
 			}
