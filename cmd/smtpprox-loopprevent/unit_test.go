@@ -77,6 +77,9 @@ func TestSystemdUnit(t *testing.T) {
 	if !o.cfg.DryRun || o.metricsListen == "" {
 		t.Errorf("the shipped environment file should roll out with -dry-run and metrics on: %q", args)
 	}
+	if o.exp.configDir != "/etc/postfix" {
+		t.Errorf("the shipped environment file should judge recipients by Postfix's rewriting (-postfix-config=/etc/postfix): %q", args)
+	}
 
 	stop, err := time.ParseDuration(unit["TimeoutStopSec"][0])
 	if err != nil {
