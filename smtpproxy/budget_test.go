@@ -17,65 +17,63 @@ import (
 
 const noMemory = "451 4.3.1 insufficient system resources, try again later\r\n"
 
-// Two sessions hold header sections that use up the header memory; a
-// third waits for its share, and headerMemoryWait later its message gets
-// 451 4.3.1 once its data is read: never a hang, never a 250. When the
-// first two are done, their memory is free again and a new message passes.
+// A session holds a header section that uses up the header memory; a
+// second one, whose section grows past the unmetered part, waits for its
+// share, and headerMemoryWait later its message gets 451 4.3.1 once its
+// data is read: never a hang, never a 250. A small section needs no
+// share and passes meanwhile. When the holder is done, its memory is free
+// again and a large section passes.
 func TestHeaderMemoryBudget(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		const maxHeader = 8 << 10
-		perSession := int64(core.HeaderCaptureMax(maxHeader))
+		const maxHeader = 32 << 10
+		budget := int64(core.HeaderCaptureMax(maxHeader)) // the least allowed: one maximal section
 		obs := &recordingObserver{}
-		b := newBubble(t, Config{MaxHeaderBytes: maxHeader, MaxHeaderMemory: perSession + 16<<10 + 1000, Observer: obs})
-		// Each holder's section holds 10 KiB, a line still undecided
-		// (running into the lookahead): a buffer's first grant, 16 KiB.
-		const firstGrant = 16 << 10
-		holdA, holdB := b.open(), b.open()
-		for _, c := range []*smtptest.Client{holdA, holdB} {
-			c.StartMessage("<s@x>", "<a@x>")
-			c.Send("Subject: s\r\n" + strings.Repeat("n", maxHeader+2000)) // an undecided line, not ended
+		b := newBubble(t, Config{MaxHeaderBytes: maxHeader, MaxHeaderMemory: budget, Observer: obs})
+		held := func() int64 {
+			obs.mu.Lock()
+			defer obs.mu.Unlock()
+			return obs.headerMemory
 		}
+		large := "Subject: " + strings.Repeat("s", 20000) + "\r\n\r\nbody\r\n.\r\n" // past core.HeaderUnmetered
+
+		holder := b.open()
+		holder.StartMessage("<s@x>", "<a@x>")
+		holder.Send("Subject: s\r\n" + strings.Repeat("n", maxHeader+2000)) // a line still undecided, running into the lookahead
 		synctest.Wait()
-		obs.mu.Lock()
-		held := obs.headerMemory
-		obs.mu.Unlock()
-		if held != 2*firstGrant {
-			t.Fatalf("the two holders hold %d bytes of header memory, want %d", held, 2*firstGrant)
+		if h := held(); h <= budget-int64(2*core.HeaderUnmetered) {
+			t.Fatalf("the holder holds %d bytes of header memory, want more than %d", h, budget-int64(2*core.HeaderUnmetered))
 		}
 
 		waiting := b.open()
 		waiting.StartMessage("<s@x>", "<a@x>")
 		start := time.Now()
-		waiting.Send("Subject: refused for want of memory\r\n\r\nbody\r\n.\r\n")
+		waiting.Send(strings.Replace(large, "Subject:", "X-Refused-For-Want-Of-Memory:", 1))
+		small := b.open()
+		small.StartMessage("<s@x>", "<a@x>")
+		small.Send("Subject: small\r\n\r\nbody\r\n.\r\n")
+		small.ExpectReply(queued)
 		waiting.ExpectReply(noMemory)
 		if waited := time.Since(start); waited != headerMemoryWait {
 			t.Errorf("refused after %v, want headerMemoryWait %v", waited, headerMemoryWait)
 		}
-		waiting.Expect("QUIT", "221 2.0.0 Bye\r\n")
 
-		// The holders finish: their lines turn out no header lines, so
-		// the section ends and the messages pass; their memory comes back.
-		for i, c := range []*smtptest.Client{holdA, holdB} {
-			c.Send("\r\n\r\nbody\r\n.\r\n")
-			if got := c.Reply(); got != queued {
-				t.Fatalf("holder %d: %q\n%s", i, got, b.logs.String())
-			}
-		}
+		// The holder's line turns out no header line: the section ends and
+		// the message passes; its memory comes back.
+		holder.Send("\r\n\r\nbody\r\n.\r\n")
+		holder.ExpectReply(queued)
 		next := b.open()
 		next.StartMessage("<s@x>", "<a@x>")
-		next.Send("Subject: fine\r\n\r\nbody\r\n.\r\n")
+		next.Send(large)
 		next.ExpectReply(queued)
-		for _, c := range []*smtptest.Client{holdA, holdB, next} {
+		for _, c := range []*smtptest.Client{holder, waiting, small, next} {
 			c.Expect("QUIT", "221 2.0.0 Bye\r\n")
 		}
 		b.stop()
-		obs.mu.Lock()
-		defer obs.mu.Unlock()
-		if obs.headerMemory != 0 {
-			t.Errorf("%d bytes of header memory still held after every session ended", obs.headerMemory)
+		if h := held(); h != 0 {
+			t.Errorf("%d bytes of header memory still held after every session ended", h)
 		}
 		for _, msg := range b.u.Messages() {
-			if strings.Contains(msg, "refused for want of memory") {
+			if strings.Contains(msg, "X-Refused-For-Want-Of-Memory") {
 				t.Errorf("the refused message reached the upstream")
 			}
 		}

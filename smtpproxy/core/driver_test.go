@@ -377,7 +377,7 @@ func (d *driver) settle() {
 func (d *driver) grantHeaderMemory() {
 	d.t.Helper()
 	w := d.s.HeaderMemoryWanted()
-	if !d.meter || w <= d.s.HeaderMemoryHeld() || w > HeaderCaptureMax(d.s.cfg.MaxHeaderBytes) {
+	if !d.meter || w <= d.s.HeaderMemoryHeld() || w <= HeaderUnmetered || w > HeaderCaptureMax(d.s.cfg.MaxHeaderBytes) {
 		d.fail("header memory asked: %d bytes (holding %d, metered %v)", w, d.s.HeaderMemoryHeld(), d.meter)
 	}
 	d.note("M %d", w)

@@ -52,10 +52,10 @@ func (s *Session) captureInput(p []byte) int {
 	for n < len(p) {
 		q := p[n:]
 		q = q[:min(len(q), m.hdr.step())]
-		if s.cfg.MeterHeader && len(m.hdr.buf)+len(q)+2 > cap(m.hdr.buf) {
+		if need := len(m.hdr.buf) + len(q) + 2; s.cfg.MeterHeader && need > cap(m.hdr.buf) && need > HeaderUnmetered {
 			// The next token adds at most len(q) bytes and a line end;
-			// the buffer grows only when granted.
-			m.memWanted = headerGrowth(cap(m.hdr.buf), len(m.hdr.buf)+len(q)+2, s.cfg.MaxHeaderBytes)
+			// past HeaderUnmetered the buffer grows only when granted.
+			m.memWanted = headerGrowth(cap(m.hdr.buf), need, s.cfg.MaxHeaderBytes)
 			return n
 		}
 		tok, k := m.dec.next(q)
@@ -95,16 +95,19 @@ func (s *Session) captureInput(p []byte) int {
 	return n
 }
 
-// headerMemoryStep is the first capacity a metered header buffer asks
-// for: most header sections (a few KiB) fit in it, so most messages ask
-// once, or not at all when a session's buffer is kept for the next.
-const headerMemoryStep = 16 << 10
+// HeaderUnmetered is how much of a metered header buffer needs no grant:
+// most header sections (a few KiB, with the start of the body read with
+// them) fit in it, so most messages never ask, and their buffer grows as
+// any slice does. It counts among a session's own buffers, beside its
+// read buffers; only a buffer grown past it is counted, all of it.
+const HeaderUnmetered = 16 << 10
 
 // headerGrowth is the capacity a metered header buffer of capacity have
-// asks for to hold need bytes: double, at least headerMemoryStep, and no
-// more than the most the capture may ever hold with the header limit.
+// asks for to hold need bytes: double, at least twice HeaderUnmetered,
+// and no more than the most the capture may ever hold with the header
+// limit.
 func headerGrowth(have, need, limit int) int {
-	return min(max(need, 2*have, headerMemoryStep), HeaderCaptureMax(limit))
+	return min(max(need, 2*have, 2*HeaderUnmetered), HeaderCaptureMax(limit))
 }
 
 // HandleHeaderMemory answers HeaderMemoryWanted: granted, the buffer
@@ -206,14 +209,16 @@ func (s *Session) passOn() {
 	s.await(stData354)
 }
 
-// flushCaptured sends the captured bytes upstream. When they need no
-// stuffing (no line begins with ".") and the data goes on, they are lent
-// as they are (Config.LendInput): a header section is never copied a
-// second time. Otherwise they are framed into the output.
+// flushCaptured sends the captured bytes upstream. A large section that
+// needs no stuffing (no line begins with ".") while the data goes on is
+// lent as it is (Config.LendInput): it is never copied a second time.
+// Anything else is framed into the output, which the caller may then write
+// together with the body's first bytes in one system call; a lent section
+// goes alone, so lending a small one would cost a write per message.
 func (s *Session) flushCaptured() {
 	m := &s.msg
 	buf := m.hdr.buf
-	if s.cfg.LendInput && !m.ended && s.upLent == nil && len(buf) > 0 && buf[0] != '.' && !bytes.Contains(buf, []byte("\n.")) {
+	if s.cfg.LendInput && len(buf) > maxStreamOutput && !m.ended && s.upLent == nil && buf[0] != '.' && !bytes.Contains(buf, []byte("\n.")) {
 		// The encoder goes on where the captured bytes end: inside a
 		// line unless they end with the CRLF of a line end (content
 		// holds no LF).

@@ -435,11 +435,17 @@ func (s *Session) HeaderMemoryWanted() int {
 	return s.msg.memWanted
 }
 
-// HeaderMemoryHeld is the capacity of the header section's buffer: the
-// memory it holds, granted (Config.MeterHeader). It falls when the
-// buffer is given up; the caller then takes the difference back into its
-// budget, once the outputs of the input have been written.
-func (s *Session) HeaderMemoryHeld() int { return cap(s.msg.hdr.buf) }
+// HeaderMemoryHeld is the capacity of the header section's buffer when it
+// grew past HeaderUnmetered by grants (Config.MeterHeader): the memory it
+// holds, granted; 0 for a smaller one. It falls when the buffer is given
+// up; the caller then takes the difference back into its budget, once the
+// outputs of the input have been written.
+func (s *Session) HeaderMemoryHeld() int {
+	if c := cap(s.msg.hdr.buf); c > HeaderUnmetered {
+		return c
+	}
+	return 0
+}
 
 // RecipientsToJudge are the RCPT TO: arguments of the message waiting for
 // HandleRecipients, in order: the first len of them that the session
