@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/quickack"
 )
 
 // ProtocolError reports a milter packet that breaks the protocol: the
@@ -58,8 +60,8 @@ type guardConn struct {
 	net.Conn
 	srv  *Server
 	sess *session
-	ack  *acker
-	in   *bufio.Reader // over the connection (ackReader): a packet in one read, not two
+	ack  *quickack.Acker // hurries the ACK of each read (see server.go)
+	in   *bufio.Reader   // over the connection (ackReader): a packet in one read, not two
 
 	hdr [packetHeaderLen]byte
 	pkt []byte // the packet being handed out: length field, command, data
@@ -183,7 +185,7 @@ type ackReader struct{ g *guardConn }
 func (r ackReader) Read(p []byte) (int, error) {
 	n, err := r.g.Conn.Read(p)
 	if n > 0 {
-		r.g.ack.ack()
+		r.g.ack.Ack()
 	}
 	return n, err
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/quickack"
 )
 
 // Server is the milter: it accepts the MTA's connections and runs one
@@ -158,7 +160,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func (s *Server) start(conn net.Conn) {
 	id := s.idBase + "." + strconv.FormatUint(s.nextID.Add(1), 10)
 	sess := &session{srv: s, id: id, log: s.log.With("session", id), started: time.Now()}
-	g := &guardConn{Conn: conn, srv: s, sess: sess, ack: newAcker(conn)}
+	// Postfix writes to a milter with Nagle's algorithm on and flushes
+	// each milter command on its own. With the no-reply options most
+	// events get no answer, so nothing carries an ACK back: Nagle holds
+	// the MTA's next short packet until the first is acknowledged, which
+	// Linux delays once the session has written (the negotiation). So
+	// every read is acknowledged at once; a reply carries its own ACK.
+	g := &guardConn{Conn: conn, srv: s, sess: sess, ack: quickack.New(conn)}
 	g.in = bufio.NewReaderSize(ackReader{g}, readBufferSize)
 	sess.conn = g
 	s.active.Add(1)

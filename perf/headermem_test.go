@@ -35,7 +35,6 @@ const headerLoadGuard = 3 * time.Minute
 
 // headerLoad is one scenario.
 type headerLoad struct {
-	name     string
 	sessions int
 	budget   string // -max-header-memory; "" the default
 }

@@ -108,7 +108,7 @@ func TestDataAckerNotTCP(t *testing.T) {
 		t.Fatalf("acker for a non-TCP connection: %+v", acker)
 	}
 	var none *dataAcker
-	if err := none.ack(); err != nil {
+	if err := none.Ack(); err != nil {
 		t.Fatalf("nil acker: %v", err)
 	}
 }

@@ -535,7 +535,7 @@ func (r *runner) clientLoop() {
 		if n > 0 && buf != own {
 			// Message data: acknowledge it before anything else, so the
 			// client's held-back tail can follow (dataAcker).
-			if err := r.acker.ack(); err != nil {
+			if err := r.acker.Ack(); err != nil {
 				r.log.Debug("quick ACK not available", "err", err)
 			}
 		}

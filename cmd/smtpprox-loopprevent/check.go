@@ -70,22 +70,13 @@ func runCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "check: "+format+"\n", a...)
 		return checkError
 	}
-	var files []string
-	for {
-		if err := cf.fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				printCheckUsage(stderr, cf.fs)
-				return checkPass
-			}
-			fmt.Fprintf(stderr, "check: %v\nRun with -h for usage.\n", err)
-			return checkError
-		}
-		args = cf.fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		files = append(files, args[0])
-		args = args[1:]
+	files, err := parseAnywhere(cf.fs, args, stderr, printCheckUsage)
+	if errors.Is(err, flag.ErrHelp) {
+		return checkPass
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "check: %v\nRun with -h for usage.\n", err)
+		return checkError
 	}
 	rcpts := cf.rcpts
 	if len(rcpts) == 0 {

@@ -116,20 +116,9 @@ func milterFlags(o *milterOptions) (fs *flag.FlagSet, finish func() error) {
 func parseMilterArgs(args []string, stderr io.Writer) (*milterOptions, error) {
 	o := &milterOptions{}
 	fs, finish := milterFlags(o)
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				printMilterUsage(stderr, fs)
-			}
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		positional = append(positional, args[0])
-		args = args[1:]
+	positional, err := parseAnywhere(fs, args, stderr, printMilterUsage)
+	if err != nil {
+		return nil, err
 	}
 	if err := finish(); err != nil {
 		return nil, err
@@ -208,32 +197,20 @@ func runMilter(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "smtpprox-loopprevent milter: %v\n", err)
 		return exitUsage
 	}
-	ln, err := smtpproxy.Listen(o.listen)
-	if err != nil {
-		log.Error("cannot listen", "err", err)
-		return exitError
+	ln, code := listenFront(o.listen, o.socketMode, o.allowGiven, milterListenRisk, "smtpprox-loopprevent milter", log, stderr)
+	if ln == nil {
+		return code
 	}
-	if err := setSocketMode(ln, o.socketMode); err != nil {
-		ln.Close()
-		log.Error("cannot set the socket's mode", "err", err)
-		return exitError
-	}
-	if !o.allowGiven {
-		if err := allowlist.RequireLoopback(ln.Addr(), "-allow-client", milterListenRisk); err != nil {
-			ln.Close()
-			fmt.Fprintf(stderr, "smtpprox-loopprevent milter: %v\n", err)
-			return exitUsage
-		}
-	}
+	var mh metricsHandler
 	if mm != nil {
-		stop, err := serveMetrics(ctx, mm, o.metricsListen, log)
-		if err != nil {
-			ln.Close()
-			log.Error("cannot listen for metrics", "err", err)
-			return exitError
-		}
-		defer stop()
+		mh = mm
 	}
+	stopMetrics, ok := startMetrics(ctx, mh, o.metricsListen, log)
+	if !ok {
+		ln.Close()
+		return exitError
+	}
+	defer stopMetrics()
 
 	stopReload := onReload(func() {
 		log.Info("SIGHUP received; sessions go on")

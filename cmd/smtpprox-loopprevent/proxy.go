@@ -156,20 +156,9 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	pf := newProxyFlags()
 	fs, o := pf.fs, pf.o
 	cfg := &o.cfg
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				printProxyUsage(stderr, fs)
-			}
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		positional = append(positional, args[0])
-		args = args[1:]
+	positional, err := parseAnywhere(fs, args, stderr, printProxyUsage)
+	if err != nil {
+		return nil, err
 	}
 	if len(positional) != 2 {
 		return nil, fmt.Errorf("want two addresses, LISTEN and UPSTREAM; got %s", countArgs(positional))
@@ -303,34 +292,20 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "smtpprox-loopprevent: %v\n", err)
 		return exitUsage
 	}
-	ln, err := smtpproxy.Listen(o.listen)
-	if err != nil {
-		log.Error("cannot listen", "err", err)
-		return exitError
+	ln, code := listenFront(o.listen, o.socketMode, o.allowClient != nil, relayRisk, "smtpprox-loopprevent", log, stderr)
+	if ln == nil {
+		return code
 	}
-	if err := setSocketMode(ln, o.socketMode); err != nil {
-		ln.Close()
-		log.Error("cannot set the socket's mode", "err", err)
-		return exitError
-	}
-	if o.allowClient == nil {
-		if err := allowlist.RequireLoopback(ln.Addr(), "-allow-client", relayRisk); err != nil {
-			ln.Close()
-			fmt.Fprintf(stderr, "smtpprox-loopprevent: %v\n", err)
-			return exitUsage
-		}
-	}
+	var mh metricsHandler
 	if m != nil {
-		stop, err := serveMetrics(ctx, m, o.metricsListen, log)
-		if err != nil {
-			ln.Close()
-			log.Error("cannot listen for metrics", "err", err)
-			return exitError
-		}
-		// Scrapes go on while the sessions drain; the endpoint closes
-		// only when the proxy has stopped.
-		defer stop()
+		mh = m
 	}
+	stopMetrics, ok := startMetrics(ctx, mh, o.metricsListen, log)
+	if !ok {
+		ln.Close()
+		return exitError
+	}
+	defer stopMetrics()
 	stopReload := onReload(func() {
 		if exp == nil {
 			log.Info("SIGHUP received: nothing to re-read (the proxy's settings are its command line; restart to change them); sessions go on")

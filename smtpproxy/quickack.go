@@ -1,16 +1,13 @@
-//go:build linux
-
 package smtpproxy
 
 import (
 	"net"
-	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/quickack"
 )
 
 // dataAcker acknowledges the message data just read from a client at
-// once (TCP_QUICKACK), instead of letting the kernel delay the ACK.
+// once (package quickack), instead of letting the kernel delay the ACK.
 //
 // Why: Postfix's smtpd writes to its proxy filter with Nagle's algorithm
 // on (vstream_tweak_tcp keeps it, with a buffer of 4 MSS), as smtp-source
@@ -29,43 +26,8 @@ import (
 // worse with a sender that never waits: the ACK sent after every read
 // lets such a sender go on while the proxy writes what it read. The
 // measurements are in docs/performance.md.
-type dataAcker struct {
-	rc     syscall.RawConn
-	set    func(fd uintptr) // built once: Control's argument would else allocate per call
-	setErr error
-}
+type dataAcker = quickack.Acker
 
 // newDataAcker returns the acker for a client connection, or nil when c
-// is not TCP (a Unix socket has no ACKs to hurry).
-func newDataAcker(c net.Conn) *dataAcker {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	a := &dataAcker{rc: rc}
-	a.set = func(fd uintptr) {
-		a.setErr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
-	}
-	return a
-}
-
-// ack sends the pending ACK now. It is best effort: a connection that
-// failed shows it on its next read, and one refusal turns the acker off
-// for the session (the error is returned once, for the debug log).
-func (a *dataAcker) ack() error {
-	if a == nil || a.rc == nil {
-		return nil
-	}
-	err := a.rc.Control(a.set)
-	if err == nil {
-		err = a.setErr
-	}
-	if err != nil {
-		a.rc = nil
-	}
-	return err
-}
+// is not TCP.
+func newDataAcker(c net.Conn) *dataAcker { return quickack.New(c) }
