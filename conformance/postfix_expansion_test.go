@@ -237,24 +237,6 @@ func (o *pxObserver) Incomplete(c expand.Cause) {
 	o.incomplete[c]++
 }
 
-// pxHook is the proxy's Config.Expand for an expander and a mode, built
-// as the command builds it (cmd/smtpprox-loopprevent, recipientExpander):
-// the expansion starts when the upstream accepts the recipient, and the
-// wait gives the recipient with its expansion, or as spelled when the
-// expansion is incomplete or the path does not parse.
-func pxHook(e *expand.Expander, mode expand.Mode) func(string) func(context.Context) loopcheck.Recipient {
-	return func(rcptArg string) func(context.Context) loopcheck.Recipient {
-		r := loopcheck.NewRecipient(rcptArg)
-		p, err := address.ParsePath(rcptArg)
-		if err != nil || p.Null {
-			return func(context.Context) loopcheck.Recipient { return r }
-		}
-		pending := e.Start(p.Addr)
-		return func(ctx context.Context) loopcheck.Recipient {
-			return r.WithExpansion(pending.Wait(ctx).Expansion(mode))
-		}
-	}
-}
 
 // pxSwitch hands each connection accepted on the filter address to the
 // proxy of the run in progress, so that one Postfix instance (one front
@@ -481,7 +463,7 @@ func TestPostfixExpansionDifferential(t *testing.T) {
 				t.Fatalf("%s: backend %q, want %s", run.tag, info, want)
 			}
 			px.exp = e
-			cfg.Expand = pxHook(e, run.mode)
+			cfg.Expand = e.Recipients(run.mode)
 		}
 		srv, err := smtpproxy.New(cfg)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
 
 // Target is one address Postfix delivers a recipient to.
@@ -501,4 +502,25 @@ func (e *Expander) Close() error {
 	g.users.Wait()
 	g.close()
 	return nil
+}
+
+// Recipients is the hook a front-end calls for each recipient the MTA
+// accepted, with its RCPT TO: argument (smtpproxy.Config.Expand,
+// milter.Policy.Expander): it starts the recipient's expansion and returns
+// the wait that, at end of message, gives the recipient to judge: with its
+// expansion in mode m, or as spelled when the expansion is incomplete,
+// ctx ends first, or the path does not parse. The wait never blocks past
+// ctx.
+func (e *Expander) Recipients(m Mode) func(rcptArg string) func(ctx context.Context) loopcheck.Recipient {
+	return func(rcptArg string) func(context.Context) loopcheck.Recipient {
+		r := loopcheck.NewRecipient(rcptArg)
+		p, err := address.ParsePath(rcptArg)
+		if err != nil || p.Null {
+			return func(context.Context) loopcheck.Recipient { return r }
+		}
+		pending := e.Start(p.Addr)
+		return func(ctx context.Context) loopcheck.Recipient {
+			return r.WithExpansion(pending.Wait(ctx).Expansion(m))
+		}
+	}
 }

@@ -406,3 +406,35 @@ func TestStartBoundsInflight(t *testing.T) {
 		t.Errorf("busy counted %d times, want 1", obs.causes[CauseBusy])
 	}
 }
+
+// Recipients is the front-ends' hook: the recipient judged with its
+// expansion once waited for; as spelled when the path does not parse or
+// the wait's context ends first.
+func TestRecipientsHook(t *testing.T) {
+	cfg := testConfig()
+	mem := withEmpty(cfg, tables(t, map[string]string{"hash:virtual": "valias@local.test loopuser@local.test\n"}))
+	be := &blocking{Memory: mem, release: make(chan struct{}), started: make(chan struct{})}
+	e, err := New(context.Background(), Options{Config: cfg, Backend: be})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	hook := e.Recipients(ModeAny)
+	section := []byte("Delivered-To: loopuser@local.test\r\n\r\n")
+
+	wait := hook("<valias@local.test> NOTIFY=NEVER")
+	<-be.started
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // ended before the expansion: as spelled
+	if v := loopcheck.CheckRecipients([]loopcheck.Recipient{wait(ctx)}, section); v.Loop {
+		t.Errorf("judged with an expansion not waited for: %+v", v)
+	}
+	close(be.release)
+	v := loopcheck.CheckRecipients([]loopcheck.Recipient{hook("<valias@local.test>")(context.Background())}, section)
+	if !v.Loop || v.Recipient != "valias@local.test" || v.Via != "loopuser@local.test" {
+		t.Errorf("with its expansion: %+v, want a loop for valias@ via loopuser@", v)
+	}
+	if v := loopcheck.CheckRecipients([]loopcheck.Recipient{hook("<unterminated@local.test")(context.Background())}, []byte("Delivered-To: unterminated@local.test\r\n\r\n")); !v.Loop {
+		t.Errorf("a path that does not parse is judged as spelled: %+v", v)
+	}
+}

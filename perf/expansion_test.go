@@ -8,11 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/expand"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtpload"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/smtptest"
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy"
 )
 
@@ -58,21 +56,6 @@ func (e *expEnv) addr(path string) string {
 	return e.off
 }
 
-// expHook is the proxy's Config.Expand as the command builds it from an
-// Expander (cmd/smtpprox-loopprevent, recipientExpander).
-func expHook(e *expand.Expander, mode expand.Mode) func(string) func(context.Context) loopcheck.Recipient {
-	return func(rcptArg string) func(context.Context) loopcheck.Recipient {
-		r := loopcheck.NewRecipient(rcptArg)
-		p, err := address.ParsePath(rcptArg)
-		if err != nil || p.Null {
-			return func(context.Context) loopcheck.Recipient { return r }
-		}
-		pending := e.Start(p.Addr)
-		return func(ctx context.Context) loopcheck.Recipient {
-			return r.WithExpansion(pending.Wait(ctx).Expansion(mode))
-		}
-	}
-}
 
 // startExpEnv starts the sink and both proxies, with the proxy's defaults.
 // The expander is a real expand.Expander with its default cache, on a
@@ -118,7 +101,7 @@ func startExpEnv(tb testing.TB) *expEnv {
 	return &expEnv{
 		sink: sink,
 		off:  serve(smtpproxy.Config{}),
-		on:   serve(smtpproxy.Config{Expand: expHook(exp, expand.ModeAny)}),
+		on:   serve(smtpproxy.Config{Expand: exp.Recipients(expand.ModeAny)}),
 		obs:  obs,
 	}
 }

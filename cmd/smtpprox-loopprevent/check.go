@@ -156,7 +156,7 @@ func (cf *checkFlags) judgedRecipients(rcpts []string, stderr io.Writer) ([]loop
 	}
 	defer e.Close()
 	waits := make([]func(context.Context) loopcheck.Recipient, len(rcpts))
-	start := recipientExpander(e, mode)
+	start := e.Recipients(mode)
 	for i, r := range rcpts {
 		waits[i] = start(r)
 	}

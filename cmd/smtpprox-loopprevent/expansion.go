@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/expand"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
@@ -55,24 +54,6 @@ func (x *expansionFlags) newExpander(ctx context.Context, log *slog.Logger, obs 
 	return e, nil
 }
 
-// recipientExpander is the front-ends' hook: started when a recipient is
-// accepted (its RCPT TO: argument), it returns the wait that gives the
-// recipient to judge at end of message: with its expansion in mode, or as
-// spelled when the expansion is incomplete, the path does not parse, or
-// ctx ends first. The wait never blocks past ctx.
-func recipientExpander(e *expand.Expander, mode expand.Mode) func(rcptArg string) func(ctx context.Context) loopcheck.Recipient {
-	return func(rcptArg string) func(ctx context.Context) loopcheck.Recipient {
-		r := loopcheck.NewRecipient(rcptArg)
-		p, err := address.ParsePath(rcptArg)
-		if err != nil || p.Null {
-			return func(context.Context) loopcheck.Recipient { return r }
-		}
-		pending := e.Start(p.Addr)
-		return func(ctx context.Context) loopcheck.Recipient {
-			return r.WithExpansion(pending.Wait(ctx).Expansion(mode))
-		}
-	}
-}
 
 // expansionRunner is the expansion of a running front-end: the Expander
 // of -postfix-config, or none while it cannot be made, and the hook the
@@ -133,7 +114,7 @@ func (x *expansionRunner) hook(rcptArg string) func(context.Context) loopcheck.R
 		r := loopcheck.NewRecipient(rcptArg)
 		return func(context.Context) loopcheck.Recipient { return r }
 	}
-	return recipientExpander(e, x.mode)(rcptArg)
+	return e.Recipients(x.mode)(rcptArg)
 }
 
 // close ends every expansion.
