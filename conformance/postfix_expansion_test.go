@@ -237,7 +237,6 @@ func (o *pxObserver) Incomplete(c expand.Cause) {
 	o.incomplete[c]++
 }
 
-
 // pxSwitch hands each connection accepted on the filter address to the
 // proxy of the run in progress, so that one Postfix instance (one front
 // smtpd) serves every run. Connections stay the kernel's TCP connections;

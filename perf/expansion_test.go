@@ -56,7 +56,6 @@ func (e *expEnv) addr(path string) string {
 	return e.off
 }
 
-
 // startExpEnv starts the sink and both proxies, with the proxy's defaults.
 // The expander is a real expand.Expander with its default cache, on a
 // Memory backend: with a warm cache no lookup reaches a backend, so what

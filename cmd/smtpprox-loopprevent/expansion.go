@@ -54,7 +54,6 @@ func (x *expansionFlags) newExpander(ctx context.Context, log *slog.Logger, obs 
 	return e, nil
 }
 
-
 // expansionRunner is the expansion of a running front-end: the Expander
 // of -postfix-config, or none while it cannot be made, and the hook the
 // front-end calls. Expansion fails open at start as on every lookup: a
