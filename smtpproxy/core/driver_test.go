@@ -223,11 +223,14 @@ type driver struct {
 	accepted []string
 	// meter runs the session with Config.MeterHeader, every request for
 	// header memory granted: it must behave exactly as without.
-	meter  bool
-	cut    func(n int) int
-	checks int // oracle checks made
-	steps  int
-	trace  strings.Builder // what happened, for failure messages
+	meter bool
+	cut   func(n int) int
+	// reading is the client read the session has in hand, the only
+	// memory it may lend upstream (Config.LendInput); 0 between reads.
+	reading int
+	checks  int // oracle checks made
+	steps   int
+	trace   strings.Builder // what happened, for failure messages
 }
 
 // fail stops the test with the session's transcript.
@@ -309,7 +312,13 @@ func (d *driver) settle() {
 			d.client = append(d.client, c...)
 		}
 		out := d.s.TakeUpstreamOutput()
+		// The session's own bytes are its memory; a loan is the caller's
+		// read or the captured header section, bounded by either.
+		d.checkBounds(len(out))
 		if lent := d.s.TakeUpstreamLent(); len(lent) > 0 {
+			if len(lent) > max(d.reading, d.headerBound()) {
+				d.fail("%d bytes lent upstream, more than the read of %d and the header bound", len(lent), d.reading)
+			}
 			// Lent client input goes after the session's own bytes; the
 			// copy keeps the session's buffer out of it.
 			out = append(slices.Clip(out), lent...)
@@ -331,7 +340,6 @@ func (d *driver) settle() {
 				d.accepted = append(d.accepted[:e.Index], e.Reason)
 			}
 		}
-		d.checkBounds(len(out))
 		if len(out) > 0 {
 			if d.upShut {
 				d.fail("%d bytes written upstream after the connection was closed: %s", len(out), clip(out))
@@ -408,11 +416,16 @@ func (d *driver) giveRecipients() {
 	d.s.HandleRecipients(rcpts)
 }
 
+// headerBound is the most the header buffer may hold.
+func (d *driver) headerBound() int {
+	return d.s.cfg.MaxHeaderBytes + HeaderLookahead + captureStep
+}
+
 // checkBounds checks SPEC 2.5: memory is bounded whatever the input.
 func (d *driver) checkBounds(out int) {
 	d.t.Helper()
 	d.checks++
-	if n := len(d.s.msg.hdr.buf); n > d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep {
+	if n := len(d.s.msg.hdr.buf); n > d.headerBound() {
 		d.fail("the header buffer holds %d bytes, over %d+%d+%d", n, d.s.cfg.MaxHeaderBytes, HeaderLookahead, captureStep)
 	}
 	if out > 2*maxStreamOutput+2*MaxSASLLine+d.s.cfg.MaxHeaderBytes+HeaderLookahead+captureStep+MaxReplyBytes {
@@ -433,10 +446,12 @@ func (d *driver) feed(p []byte) {
 		// are taken, as the runtime reuses its buffer: input the session
 		// lent (Config.LendInput) must have been taken by then.
 		read := slices.Clone(d.pending[:k])
+		d.reading = len(read)
 		n := d.s.HandleClientData(read)
 		d.note("C %s", clip(read[:n]))
 		d.pending = d.pending[n:]
 		d.settle()
+		d.reading = 0
 		clear(read)
 	}
 	if d.s.Done() {
