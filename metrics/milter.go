@@ -22,6 +22,7 @@ type Milter struct {
 	dropped       prometheus.Counter
 	truncated     prometheus.Counter
 	judgeDuration prometheus.Histogram
+	shortages     prometheus.Counter
 }
 
 var (
@@ -74,6 +75,10 @@ func NewMilter() *Milter {
 		Help:    "Time from a message's first header event to the milter's end-of-message reply.",
 		Buckets: transactionBuckets(),
 	})).(prometheus.Histogram)
+	m.shortages = f(prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "resource_shortages_total",
+		Help: "Times the milter ran out of file descriptors (EMFILE, ENFILE), by op: accept (the listener backs off and retries). A local fault.",
+	}, []string{"op"})).(*prometheus.CounterVec).WithLabelValues("accept")
 	return m
 }
 
@@ -106,3 +111,6 @@ func (m *Milter) RecipientsDropped(n int) { m.dropped.Add(float64(n)) }
 
 // HeaderTruncated implements milter.Observer.
 func (m *Milter) HeaderTruncated() { m.truncated.Inc() }
+
+// AcceptShortage implements milter.Observer.
+func (m *Milter) AcceptShortage() { m.shortages.Inc() }

@@ -38,6 +38,7 @@ func TestMilterMetrics(t *testing.T) {
 	m.MessageJudged(milter.OutcomeDropped, time.Millisecond)
 	m.RecipientsDropped(2)
 	m.HeaderTruncated()
+	m.AcceptShortage()
 	m.Lookup()
 	m.CacheHit()
 	m.CacheMiss()
@@ -54,6 +55,7 @@ func TestMilterMetrics(t *testing.T) {
 		`smtpprox_transactions_total{frontend="milter",verdict="pass"}`:            0,
 		`smtpprox_recipients_dropped_total{frontend="milter"}`:                     2,
 		`smtpprox_header_truncated_total{frontend="milter"}`:                       1,
+		`smtpprox_resource_shortages_total{frontend="milter",op="accept"}`:         1,
 		`smtpprox_transaction_duration_seconds_count{frontend="milter"}`:           2,
 		`smtpprox_expansion_lookups_total{frontend="milter"}`:                      1,
 		`smtpprox_expansion_cache_hits_total{frontend="milter"}`:                   1,

@@ -259,6 +259,9 @@ type Observer interface {
 	// HeaderTruncated counts a message judged on part of its header
 	// (MaxHeaderBytes).
 	HeaderTruncated()
+	// AcceptShortage counts a connection the server could not accept for
+	// want of file descriptors (EMFILE, ENFILE); it retries.
+	AcceptShortage()
 }
 
 // NopObserver is the Observer of a Config without one: it does nothing.
@@ -272,3 +275,4 @@ func (NopObserver) SessionRefused()                      {}
 func (NopObserver) MessageJudged(Outcome, time.Duration) {}
 func (NopObserver) RecipientsDropped(int)                {}
 func (NopObserver) HeaderTruncated()                     {}
+func (NopObserver) AcceptShortage()                      {}

@@ -201,6 +201,40 @@ func TestSessionLimit(t *testing.T) {
 	}
 }
 
+// An accept that fails for want of descriptors is counted and logged as
+// the local shortage it is, and the listener goes on accepting.
+func TestAcceptShortageRetried(t *testing.T) {
+	inner, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &shortListener{Listener: inner, fails: 2}
+	ts := startServer(t, Config{}, ln)
+	if got := judge(t, ts.addr, message{rcpts: rcpts(loopRcpt), headers: [][2]string{dt(loopRcpt)}}); !isLoopReply(got.act, loopRcpt) {
+		t.Errorf("after two failed accepts: answer %v, want the loop reply", got.act)
+	}
+	if n := ts.obs.shortages.Load(); n != 2 {
+		t.Errorf("accept shortages counted %d, want 2", n)
+	}
+	if n := strings.Count(ts.logs.String(), "out of file descriptors: cannot accept a connection; retrying"); n != 2 {
+		t.Errorf("%d shortage log lines, want 2:\n%s", n, ts.logs.String())
+	}
+}
+
+// shortListener fails its first Accepts with EMFILE.
+type shortListener struct {
+	net.Listener
+	fails int
+}
+
+func (l *shortListener) Accept() (net.Conn, error) {
+	if l.fails > 0 {
+		l.fails--
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
+	}
+	return l.Listener.Accept()
+}
+
 func TestIdleTimeout(t *testing.T) {
 	ts := startServer(t, Config{IdleTimeout: 50 * time.Millisecond}, nil)
 	c := rawSession(t, ts.addr, true)

@@ -46,10 +46,10 @@ func (l *lockedBuffer) String() string {
 
 // countObserver counts what the server reports.
 type countObserver struct {
-	started, refusedPeers, refusedSessions, dropped, truncated atomic.Int64
-	mu                                                         sync.Mutex
-	ended                                                      map[EndReason]int
-	outcomes                                                   map[Outcome]int
+	started, refusedPeers, refusedSessions, dropped, truncated, shortages atomic.Int64
+	mu                                                                    sync.Mutex
+	ended                                                                 map[EndReason]int
+	outcomes                                                              map[Outcome]int
 }
 
 func newCountObserver() *countObserver {
@@ -71,6 +71,7 @@ func (o *countObserver) MessageJudged(out Outcome, _ time.Duration) {
 }
 func (o *countObserver) RecipientsDropped(n int) { o.dropped.Add(int64(n)) }
 func (o *countObserver) HeaderTruncated()        { o.truncated.Add(1) }
+func (o *countObserver) AcceptShortage()         { o.shortages.Add(1) }
 
 func (o *countObserver) outcome(out Outcome) int {
 	o.mu.Lock()

@@ -3,7 +3,6 @@ package milter
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,11 +10,11 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/accept"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/quickack"
 )
 
@@ -93,28 +92,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 
 	var acceptErr error
-	backoff := time.Duration(0)
+	accepts := accept.New(ln, s.log, s.cfg.Observer.AcceptShortage)
 	for {
-		conn, err := ln.Accept()
+		conn, err := accepts.Next(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				break
+			if ctx.Err() == nil {
+				acceptErr = err
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Error("accept failed; retrying", "err", err, "retry_in", backoff)
-				select {
-				case <-time.After(backoff):
-				case <-ctx.Done():
-				}
-				continue
-			}
-			acceptErr = fmt.Errorf("accept on %s: %w", ln.Addr(), err)
-			s.log.Error("accept failed; not accepting any more", "err", err)
 			break
 		}
-		backoff = 0
 		peer := conn.RemoteAddr()
 		if !s.cfg.AllowClients.Allows(peer) {
 			conn.Close()

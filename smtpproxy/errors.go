@@ -55,12 +55,6 @@ func upstreamEnd(err error) core.UpstreamEnd {
 	return core.EndBroken
 }
 
-// isResourceShortage reports whether err says the process or the system
-// ran out of file descriptors: a local fault, not the upstream's.
-func isResourceShortage(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
-}
-
 // shortagePhrase names the shortage of err for a reply line.
 func shortagePhrase(err error) string {
 	if errors.Is(err, syscall.ENFILE) {

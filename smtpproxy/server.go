@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/accept"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
 )
 
@@ -105,35 +106,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.log.Info("message bodies: client socket receive buffers left to the kernel", "reason", s.rcvbufOff)
 	}
 	var acceptErr error
-	backoff := time.Duration(0)
+	accepts := accept.New(ln, s.log, func() { s.cfg.Observer.ResourceShortage(ResourceAccept) })
 	for {
-		conn, err := ln.Accept()
+		conn, err := accepts.Next(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				break
+			if ctx.Err() == nil {
+				acceptErr = err
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || isResourceShortage(err) {
-				// Out of descriptors or a passing fault: wait and retry
-				// rather than spin or give up.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				if isResourceShortage(err) {
-					s.cfg.Observer.ResourceShortage(ResourceAccept)
-					s.log.Error("out of file descriptors: cannot accept a connection; retrying", "err", err, "retry_in", backoff, "open_files_limit", openFilesLimit())
-				} else {
-					s.log.Error("accept failed; retrying", "err", err, "retry_in", backoff)
-				}
-				select {
-				case <-time.After(backoff):
-				case <-ctx.Done():
-				}
-				continue
-			}
-			acceptErr = fmt.Errorf("accept on %s: %w", ln.Addr(), err)
-			s.log.Error("accept failed; not accepting any more", "err", err)
 			break
 		}
-		backoff = 0
 		wg.Add(1)
 		if !s.cfg.AllowClient.Allows(conn.RemoteAddr()) {
 			go func() {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/accept"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/smtpproxy/core"
@@ -720,9 +721,9 @@ func (r *runner) connected(conn net.Conn, err error) bool {
 		return false
 	}
 	switch {
-	case err != nil && isResourceShortage(err):
+	case err != nil && accept.IsResourceShortage(err):
 		r.obs.ResourceShortage(ResourceUpstreamConnect)
-		r.log.Error("out of file descriptors: cannot connect to the upstream; the client gets 421 4.3.2", "upstream", r.srv.upstreamName(), "err", err, "open_files_limit", openFilesLimit())
+		r.log.Error("out of file descriptors: cannot connect to the upstream; the client gets 421 4.3.2", "upstream", r.srv.upstreamName(), "err", err, "open_files_limit", accept.OpenFilesLimit())
 		r.trace.note("out of file descriptors: " + err.Error())
 		r.s.HandleLocalResourcesExhausted(shortagePhrase(err))
 	case err != nil:

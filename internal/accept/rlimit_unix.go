@@ -1,12 +1,12 @@
 //go:build unix
 
-package smtpproxy
+package accept
 
 import "syscall"
 
-// openFilesLimit is the process's soft RLIMIT_NOFILE, for the log line
+// OpenFilesLimit is the process's soft RLIMIT_NOFILE, for the log line
 // of a descriptor shortage (0 when it cannot be read).
-func openFilesLimit() uint64 {
+func OpenFilesLimit() uint64 {
 	var l syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
 		return 0

@@ -1,6 +1,0 @@
-//go:build !unix
-
-package smtpproxy
-
-// openFilesLimit is unknown here.
-func openFilesLimit() uint64 { return 0 }
