@@ -73,11 +73,11 @@ type metricsHandler interface {
 	Handler(live func() error) http.Handler
 }
 
-// startMetrics serves m on addr when both are set; stop ends it (a no-op
-// without). Scrapes go on while the sessions drain: the caller stops it
-// only once the front-end has stopped.
+// startMetrics serves m on addr when addr is set (m is then too); stop
+// ends it (a no-op without). Scrapes go on while the sessions drain: the
+// caller stops it only once the front-end has stopped.
 func startMetrics(ctx context.Context, m metricsHandler, addr string, log *slog.Logger) (stop func(), ok bool) {
-	if m == nil || addr == "" {
+	if addr == "" {
 		return func() {}, true
 	}
 	stop, err := serveMetrics(ctx, m, addr, log)

@@ -201,11 +201,7 @@ func runMilter(ctx context.Context, args []string, stderr io.Writer) int {
 	if ln == nil {
 		return code
 	}
-	var mh metricsHandler
-	if mm != nil {
-		mh = mm
-	}
-	stopMetrics, ok := startMetrics(ctx, mh, o.metricsListen, log)
+	stopMetrics, ok := startMetrics(ctx, mm, o.metricsListen, log)
 	if !ok {
 		ln.Close()
 		return exitError

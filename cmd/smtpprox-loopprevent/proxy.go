@@ -296,11 +296,7 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 	if ln == nil {
 		return code
 	}
-	var mh metricsHandler
-	if m != nil {
-		mh = m
-	}
-	stopMetrics, ok := startMetrics(ctx, mh, o.metricsListen, log)
+	stopMetrics, ok := startMetrics(ctx, m, o.metricsListen, log)
 	if !ok {
 		ln.Close()
 		return exitError
