@@ -130,39 +130,11 @@ func BenchmarkExpansion(b *testing.B) {
 		misses0 := e.obs.misses.Load()
 		turn := max(16, 8*sc.conc)
 		paths := []string{pathExpandOff, pathExpandOn}
-		elapsed := make([]time.Duration, len(paths))
-		cpu := make([]time.Duration, len(paths))
-		b.ResetTimer()
-		for done, round := 0, 0; done < b.N; round++ {
-			n := min(turn, b.N-done)
-			for k := range paths {
-				i := k
-				if round%2 == 1 {
-					i = len(paths) - 1 - k
-				}
-				l := sc.load(e.addr(paths[i]), msg)
-				start, cpu0 := time.Now(), cpuTime()
-				res, err := l.Run(context.Background(), n)
-				elapsed[i] += time.Since(start)
-				cpu[i] += cpuTime() - cpu0
-				if err != nil {
-					b.Fatalf("%s: %v", paths[i], err)
-				}
-				if res.Accepted != n {
-					b.Fatalf("%s: %d of %d messages accepted (last reply %q)", paths[i], res.Accepted, n, res.LastReply)
-				}
-			}
-			done += n
-		}
-		b.StopTimer()
-		rate := func(i int) float64 { return float64(b.N) / elapsed[i].Seconds() }
-		perMsg := func(i int) float64 { return float64(cpu[i].Nanoseconds()) / 1e3 / float64(b.N) }
-		b.ReportMetric(rate(0), "off-msgs/s")
-		b.ReportMetric(rate(1), "expand-msgs/s")
-		b.ReportMetric(perMsg(0), "off-cpu-us/msg")
-		b.ReportMetric(perMsg(1), "expand-cpu-us/msg")
-		b.ReportMetric(perMsg(1)-perMsg(0), "added-cpu-us/msg")
-		b.ReportMetric(rate(1)/rate(0), "expand/off")
+		rates, cpu := interleave(b, paths, turn, func(i, n int) (time.Duration, time.Duration) {
+			return sendLoad(b, paths[i], sc.load(e.addr(paths[i]), msg), n)
+		})
+		b.ReportMetric(cpu[pathExpandOn]-cpu[pathExpandOff], "added-cpu-us/msg")
+		b.ReportMetric(rates[pathExpandOn]/rates[pathExpandOff], "expand/off")
 		b.ReportMetric(float64(e.obs.misses.Load()-misses0)/float64(b.N), "expansions/msg")
 		if n := e.obs.incomplete.Load(); n > 0 {
 			b.Fatalf("%d expansions incomplete: the expand path judged recipients as spelled", n)

@@ -221,32 +221,13 @@ func BenchmarkPostfixMilter(b *testing.B) {
 		b.Run(ld.name, func(b *testing.B) {
 			turn := max(20, 4*ld.sessions)
 			paths := pfBenchPaths()
-			elapsed := make([]time.Duration, len(paths))
-			cpu := make([]time.Duration, len(paths))
-			b.ResetTimer()
-			for done, round := 0, 0; done < b.N; round++ {
-				n := min(turn, b.N-done)
-				for k := range paths {
-					i := k
-					if round%2 == 1 {
-						i = len(paths) - 1 - k
-					}
-					w, c := e.send(b, paths[i], ld, n)
-					elapsed[i] += w
-					cpu[i] += c
-					b.StopTimer()
-					e.p.WaitQueueEmpty() // the next turn starts on an empty queue
-					b.StartTimer()
-				}
-				done += n
-			}
-			b.StopTimer()
-			rates := map[string]float64{}
-			for i, path := range paths {
-				rates[path] = float64(b.N) / elapsed[i].Seconds()
-				b.ReportMetric(rates[path], path+"-msgs/s")
-				b.ReportMetric(float64(cpu[i].Nanoseconds())/1e3/float64(b.N), path+"-cpu-us/msg")
-			}
+			rates, _ := interleave(b, paths, turn, func(i, n int) (time.Duration, time.Duration) {
+				w, c := e.send(b, paths[i], ld, n)
+				b.StopTimer()
+				e.p.WaitQueueEmpty() // the next turn starts on an empty queue
+				b.StartTimer()
+				return w, c
+			})
 			b.ReportMetric(rates[pfPathMilter]/rates[pfPathPlain], "milter/plain")
 			b.ReportMetric(rates[pfPathNullMilter]/rates[pfPathPlain], "nullmilter/plain")
 			b.ReportMetric(rates[pfPathMilter]/rates[pfPathNullMilter], "milter/nullmilter")

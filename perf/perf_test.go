@@ -213,37 +213,9 @@ func BenchmarkInterleaved(b *testing.B) {
 			// the slowest worker at its end weighs little.
 			turn := max(16, 8*sc.conc)
 			paths := pathNames()
-			elapsed := make([]time.Duration, len(paths))
-			cpu := make([]time.Duration, len(paths))
-			b.ResetTimer()
-			for done, round := 0, 0; done < b.N; round++ {
-				n := min(turn, b.N-done)
-				for k := range paths {
-					i := k
-					if round%2 == 1 {
-						i = len(paths) - 1 - k
-					}
-					l := sc.load(e.addr(paths[i]), msg)
-					start, cpu0 := time.Now(), cpuTime()
-					res, err := l.Run(context.Background(), n)
-					elapsed[i] += time.Since(start)
-					cpu[i] += cpuTime() - cpu0
-					if err != nil {
-						b.Fatalf("%s: %v", paths[i], err)
-					}
-					if res.Accepted != n {
-						b.Fatalf("%s: %d of %d messages accepted (last reply %q)", paths[i], res.Accepted, n, res.LastReply)
-					}
-				}
-				done += n
-			}
-			b.StopTimer()
-			rates := map[string]float64{}
-			for i, path := range paths {
-				rates[path] = float64(b.N) / elapsed[i].Seconds()
-				b.ReportMetric(rates[path], path+"-msgs/s")
-				b.ReportMetric(float64(cpu[i].Nanoseconds())/1e3/float64(b.N), path+"-cpu-us/msg")
-			}
+			rates, _ := interleave(b, paths, turn, func(i, n int) (time.Duration, time.Duration) {
+				return sendLoad(b, paths[i], sc.load(e.addr(paths[i]), msg), n)
+			})
 			direct, relay, copyRelay, proxy := rates[pathDirect], rates[pathRelay], rates[pathCopyRelay], rates[pathProxy]
 			b.ReportMetric(proxy/relay, "proxy/relay")
 			b.ReportMetric(proxy/copyRelay, "proxy/copyrelay")
