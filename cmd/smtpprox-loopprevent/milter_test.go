@@ -226,39 +226,7 @@ func TestRunMilterRefusesReachableListen(t *testing.T) {
 // and leaves it running; SIGTERM stops it with exit status 0.
 func TestMilterSignals(t *testing.T) {
 	bin := buildCommand(t)
-	p := &process{
-		cmd:    exec.Command(bin, "milter", "-log-format=json", "-metrics-listen=127.0.0.1:0", "127.0.0.1:0"),
-		logs:   &logWatcher{addrs: make(chan [2]string, 4)},
-		exited: make(chan struct{}),
-	}
-	p.cmd.Stderr = p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.exitErr = p.cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.exited
-	})
-	guard := time.After(hangGuard)
-	for p.listen == "" || p.metrics == "" {
-		select {
-		case a := <-p.logs.addrs:
-			switch a[0] {
-			case "listening":
-				p.listen = a[1]
-			case "metrics listening":
-				p.metrics = a[1]
-			}
-		case <-p.exited:
-			t.Fatalf("the milter exited at start (%v); stderr:\n%s", p.exitErr, p.logs)
-		case <-guard:
-			t.Fatalf("the milter did not start listening; stderr:\n%s", p.logs)
-		}
-	}
+	p := startCommand(t, "the milter", bin, "milter", "-log-format=json", "-metrics-listen=127.0.0.1:0", "127.0.0.1:0")
 	s, _ := milterClient(t, "tcp", p.listen)
 	if act := milterMessage(t, s, "u@example.net", "U@Example.Net"); act.Type != gomilter.ActionRejectWithCode ||
 		act.SMTPReply != "554 5.4.6 mail forwarding loop for u@example.net" {

@@ -86,13 +86,20 @@ func (w *logWatcher) String() string {
 	return w.all.String()
 }
 
-// startProcess runs bin with JSON logs and -metrics-listen on loopback
-// port 0, the given flags, LISTEN 127.0.0.1:0 and upstream, and waits
-// until both listeners are up.
+// startProcess runs bin as the proxy with JSON logs and -metrics-listen
+// on loopback port 0, the given flags, LISTEN 127.0.0.1:0 and upstream,
+// and waits until both listeners are up.
 func startProcess(t *testing.T, bin, upstream string, flags ...string) *process {
 	t.Helper()
 	args := append([]string{"-log-format=json", "-metrics-listen=127.0.0.1:0"}, flags...)
-	args = append(args, "127.0.0.1:0", upstream)
+	return startCommand(t, "the proxy", bin, append(args, "127.0.0.1:0", upstream)...)
+}
+
+// startCommand runs bin with args, which must ask for JSON logs and a
+// metrics listener, and waits until it logs both listeners' addresses.
+// name says what it is in failure messages.
+func startCommand(t *testing.T, name, bin string, args ...string) *process {
+	t.Helper()
 	p := &process{
 		cmd:    exec.Command(bin, args...),
 		logs:   &logWatcher{addrs: make(chan [2]string, 4)},
@@ -121,9 +128,9 @@ func startProcess(t *testing.T, bin, upstream string, flags ...string) *process 
 				p.metrics = a[1]
 			}
 		case <-p.exited:
-			t.Fatalf("the proxy exited at start (%v); stderr:\n%s", p.exitErr, p.logs)
+			t.Fatalf("%s exited at start (%v); stderr:\n%s", name, p.exitErr, p.logs)
 		case <-guard:
-			t.Fatalf("the proxy did not start listening; stderr:\n%s", p.logs)
+			t.Fatalf("%s did not start listening; stderr:\n%s", name, p.logs)
 		}
 	}
 	return p
