@@ -385,22 +385,6 @@ func pxDefaultProxyReadMaps(t *testing.T) string {
 	return strings.TrimSpace(string(out))
 }
 
-// pxForwardedRE finds the queue id local(8) forwarded a message as.
-var pxForwardedRE = regexp.MustCompile(`^forwarded as ([0-9A-Za-z]+)`)
-
-// pxFollow returns the deliveries of a message and of every message
-// local(8) forwarded it as.
-func pxFollow(p *postfixtest.Instance, qid string) []postfixtest.Delivery {
-	var all []postfixtest.Delivery
-	for _, d := range p.WaitDone(qid) {
-		all = append(all, d)
-		if m := pxForwardedRE.FindStringSubmatch(d.Detail); m != nil {
-			all = append(all, pxFollow(p, m[1])...)
-		}
-	}
-	return all
-}
-
 // TestPostfixExpansionDifferential: every variant Postfix alone bounces as
 // a loop is refused with 554 5.4.6 at SMTP time by the proxy with
 // expansion, in both modes and with both backends, and nothing of it is
@@ -504,7 +488,7 @@ func TestPostfixExpansionDifferential(t *testing.T) {
 	for r := range pxRuns {
 		for i := range pxVariants {
 			if o := &out[r][i]; o.queued() {
-				o.deliveries = pxFollow(p, o.res.QueueID())
+				o.deliveries = p.WaitDoneFollowing(o.res.QueueID())
 			}
 		}
 	}

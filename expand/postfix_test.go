@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -111,21 +110,6 @@ rec2@local.test loopuser@local.test
 	})
 }
 
-var forwardedRE = regexp.MustCompile(`^forwarded as ([0-9A-Za-z]+)`)
-
-// followDeliveries returns the deliveries of a message and of every
-// message local(8) forwarded it as ("status=sent (forwarded as QID)").
-func followDeliveries(p *postfixtest.Instance, qid string) []postfixtest.Delivery {
-	var all []postfixtest.Delivery
-	for _, d := range p.WaitDone(qid) {
-		all = append(all, d)
-		if m := forwardedRE.FindStringSubmatch(d.Detail); m != nil {
-			all = append(all, followDeliveries(p, m[1])...)
-		}
-	}
-	return all
-}
-
 // variant is a recipient and the forged Delivered-To: address sent with
 // it; loop says whether Postfix bounces it as a loop.
 type variant struct {
@@ -185,7 +169,7 @@ func TestLiveDifferential(t *testing.T) {
 		}
 		t.Logf("backend: %s", e.BackendInfo())
 		for _, s := range all {
-			deliveries := followDeliveries(p, s.qid)
+			deliveries := p.WaitDoneFollowing(s.qid)
 			bounced := false
 			for _, d := range deliveries {
 				if strings.EqualFold(d.Recipient, s.v.forged) && d.IsLoopBounce() {

@@ -82,6 +82,26 @@ func (p *Instance) WaitDone(qid string) []Delivery {
 	return ds
 }
 
+// forwardedRE finds the queue id local(8) logged it forwarded a message
+// as ("status=sent (forwarded as QID)": an alias to a remote address,
+// :include: or .forward).
+var forwardedRE = regexp.MustCompile(`^forwarded as ([0-9A-Za-z]+)`)
+
+// WaitDoneFollowing is WaitDone for the message queued as qid and for
+// every message local(8) forwarded it as, recursively: every delivery the
+// message led to.
+func (p *Instance) WaitDoneFollowing(qid string) []Delivery {
+	p.t.Helper()
+	var all []Delivery
+	for _, d := range p.WaitDone(qid) {
+		all = append(all, d)
+		if m := forwardedRE.FindStringSubmatch(d.Detail); m != nil {
+			all = append(all, p.WaitDoneFollowing(m[1])...)
+		}
+	}
+	return all
+}
+
 // LoopBounced waits until Postfix is finished with qid and reports whether
 // its delivery to rcpt (compared case-insensitively, as Postfix logs it
 // after folding) was local(8)'s loop bounce.
