@@ -93,7 +93,7 @@ func TestExpansionFindsTheLoop(t *testing.T) {
 	if !isLoopReply(got.act, "valias@local.test") {
 		t.Errorf("answer %v, want the loop reply naming valias@local.test as the client spelled it", got.act)
 	}
-	ts.waitLog(t, "loop_recipient=valias@local.test via=loopuser@local.test")
+	ts.waitLog(t, "loop_recipient=valias@local.test loop_via=loopuser@local.test")
 	// The expander gets the argument with its parameters.
 	got = judge(t, ts.addr, message{rcpts: []rcptIn{{"alias@local.test", "X=Y"}}, headers: [][2]string{dt(loopRcpt)}})
 	if !isLoopReply(got.act, "alias@local.test") {
@@ -111,7 +111,7 @@ func TestExpansionDropRecipient(t *testing.T) {
 	if d := got.deleted(); !isAccept(got.act) || len(d) != 1 || d[0] != "<valias@local.test>" {
 		t.Errorf("answer %v, removed %q; want accept with <valias@local.test> removed", got.act, d)
 	}
-	ts.waitLog(t, "recipient=valias@local.test via=loopuser@local.test")
+	ts.waitLog(t, "recipient=valias@local.test loop_via=loopuser@local.test")
 	ts.stop(t)
 	fe.balanced(t)
 }

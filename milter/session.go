@@ -413,7 +413,7 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 		first := v.loops[0]
 		attrs = append(attrs, "loop_recipient", rcpts[first.Index].Mailbox)
 		if first.Via != "" {
-			attrs = append(attrs, "via", first.Via)
+			attrs = append(attrs, "loop_via", first.Via)
 		}
 	}
 	if !s.hdrStart.IsZero() {
@@ -436,7 +436,7 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 		}
 		a := []any{"queue_id", qid, "recipient", rcpts[l.Index].Mailbox}
 		if l.Via != "" {
-			a = append(a, "via", l.Via)
+			a = append(a, "loop_via", l.Via)
 		}
 		if r.mailer != "" {
 			a = append(a, "rcpt_mailer", r.mailer)

@@ -152,6 +152,16 @@ Shut down gracefully: close the listener, answer sessions between messages
 .B \-drain\-timeout
 and then close every session left; exit 0.
 No message is acknowledged that the after\-filter has not queued.
+.TP
+.B SIGHUP
+Never stops the process; sessions go on.
+With
+.BR \-postfix\-config ,
+read Postfix's configuration again and empty the expansion cache: send it
+after
+.BR "postfix reload" .
+The milter also re\-applies its settings from the next message.
+Other flags change only with a restart.
 .SH EXIT STATUS
 The proxy exits 0 after a shutdown by signal, 1 when it fails while running
 (it cannot listen, or accepting fails), and 2 on bad arguments.
@@ -166,17 +176,27 @@ and 2 on bad arguments.
 .SH FILES
 .TP
 .I /etc/default/smtpprox\-loopprevent
-The systemd unit's settings: SMTPPROX_LISTEN, SMTPPROX_UPSTREAM and
+The proxy unit's settings: SMTPPROX_LISTEN, SMTPPROX_UPSTREAM and
 SMTPPROX_FLAGS.
 As shipped it listens on 127.0.0.1:10025, relays to 127.0.0.1:10026 and runs
 with
-.B \-dry\-run
-and metrics on 127.0.0.1:9125.
+.BR \-dry\-run ,
+metrics on 127.0.0.1:9125 and
+.BR \-postfix\-config=/etc/postfix .
+.TP
+.I /etc/default/smtpprox\-loopprevent\-milter
+The milter unit's settings: SMTPPROX_MILTER_LISTEN and SMTPPROX_MILTER_FLAGS.
+As shipped it listens on 127.0.0.1:10027 and runs with
+.BR \-dry\-run ,
+metrics on 127.0.0.1:9126 and
+.BR \-postfix\-config=/etc/postfix .
 .TP
 .I /lib/systemd/system/smtpprox\-loopprevent.service
-The unit: a transient user, no privileges, a read\-only file system; SIGTERM
-to stop, with time for the drain.
-Installing the package neither enables nor starts it.
+.TQ
+.I /lib/systemd/system/smtpprox\-loopprevent\-milter.service
+The units: a transient user, no privileges, a read\-only file system; SIGTERM
+to stop, with time for the drain; reload sends SIGHUP.
+Installing the package neither enables nor starts them.
 .TP
 .I /run/smtpprox\-loopprevent/
 Writable by the service, for a \fBunix:\fR LISTEN socket.
