@@ -48,7 +48,7 @@ func printMilterUsage(w io.Writer, fs *flag.FlagSet) {
 		"when a Delivered-To: header names one of its recipients.\n"+
 		"LISTEN: host:port, [v6addr]:port or unix:/path.\n"+
 		"Example: smtpprox-loopprevent milter 127.0.0.1:10027\n"+
-		"  main.cf: smtpd_milters = inet:127.0.0.1:10027, milter_default_action = accept\n\nFlags:\n")
+		"  main.cf: smtpd_milters = { inet:127.0.0.1:10027, default_action=accept, protocol=6 }\n\nFlags:\n")
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)
