@@ -105,7 +105,11 @@ type runner struct {
 	applied        core.Timers
 	clientWriteDue time.Time // the client's write deadline (armWrite)
 	upWriteDue     time.Time // the upstream's
-	dataStart      time.Time
+	// writeLimit is, once the drain deadline has passed, the latest any
+	// write may end (UnixNano; 0 before): expire sets it, from another
+	// goroutine than the one that may be writing, so it is atomic.
+	writeLimit atomic.Int64
+	dataStart  time.Time
 
 	upErrDetail string // the Go error behind the next upstream error event, for its log line
 	inData      bool   // between EventDataStart and EventTxEnd, for obs
@@ -221,30 +225,33 @@ func (r *runner) sideDone() {
 // within a second of the deadline, whatever its peers do.
 const finalReplyGrace = 500 * time.Millisecond
 
-// expire is the drain deadline. A goroutine that holds the lock in a
-// write to a peer that does not read is interrupted first (both
-// connections' write deadlines are set to now), so the lock comes free at
-// once; the session then ends as the core says (its message never
-// acknowledged), its final reply given finalReplyGrace. Reads still
-// going on, a linger's included, end now.
+// expire is the drain deadline. From now on no write may end later than
+// finalReplyGrace from now (writeLimit, which arm keeps). A goroutine that
+// holds the lock in a write to a peer that does not read is interrupted
+// first, so the lock comes free: its upstream write at once (the message
+// is then never acknowledged), its client write at the limit (a reply
+// under way, such as the upstream's 250 relayed, gets the grace to
+// arrive). The session then ends as the core says, its final reply
+// written within the limit. Reads still going on, a linger's included,
+// end now.
 func (r *runner) expire() {
 	defer func() {
 		if p := recover(); p != nil {
 			r.failed(p)
 		}
 	}()
+	limit := time.Now().Add(finalReplyGrace)
+	r.writeLimit.Store(limit.UnixNano())
 	if !r.mu.TryLock() {
-		now := time.Now()
-		r.client.SetWriteDeadline(now)
+		r.client.SetWriteDeadline(limit)
 		if up := r.upstreamIO(); up != nil {
-			up.SetWriteDeadline(now)
+			up.SetWriteDeadline(time.Now())
 		}
 		r.mu.Lock()
 	}
 	defer r.mu.Unlock()
 	if !r.isDone() {
-		r.clientWriteDue = time.Now().Add(finalReplyGrace)
-		r.client.SetWriteDeadline(r.clientWriteDue)
+		r.clientWriteDue = r.arm(r.client, r.clientWriteDue, r.srv.cfg.CommandTimeout)
 		r.s.HandleDrainExpired()
 		r.settle()
 	}
@@ -782,7 +789,7 @@ func (r *runner) flush(holdUp bool) {
 		if out := r.s.TakeClientOutput(); len(out) > 0 && !r.clientGone {
 			progress = true
 			r.trace.record(traceClientOut, out)
-			r.clientWriteDue = armWrite(r.client, r.clientWriteDue, r.srv.cfg.CommandTimeout)
+			r.clientWriteDue = r.arm(r.client, r.clientWriteDue, r.srv.cfg.CommandTimeout)
 			n, err := r.client.Write(out)
 			r.obs.Relayed(0, n)
 			if err != nil {
@@ -808,7 +815,7 @@ func (r *runner) writeUpstream() bool {
 	if len(out)+len(lent) == 0 || r.up == nil || r.upClosed {
 		return false
 	}
-	r.upWriteDue = armWrite(r.up, r.upWriteDue, r.srv.cfg.ReplyTimeout)
+	r.upWriteDue = r.arm(r.up, r.upWriteDue, r.srv.cfg.ReplyTimeout)
 	var n int
 	var err error
 	switch {
@@ -855,6 +862,31 @@ func armWrite(c net.Conn, due time.Time, timeout time.Duration) time.Time {
 	due = now.Add(timeout)
 	c.SetWriteDeadline(due)
 	return due
+}
+
+// arm is armWrite bounded by the drain deadline: once expire has set
+// writeLimit, every write to c is due then, never later. The limit is
+// read again after a deadline is moved, as expire may set it meanwhile;
+// either that read sees it, or expire's own SetWriteDeadline comes after
+// the move.
+func (r *runner) arm(c net.Conn, due time.Time, timeout time.Duration) time.Time {
+	if l := r.writeLimit.Load(); l != 0 {
+		limit := time.Unix(0, l)
+		if !due.Equal(limit) {
+			c.SetWriteDeadline(limit)
+		}
+		return limit
+	}
+	moved := armWrite(c, due, timeout)
+	if moved.Equal(due) {
+		return due
+	}
+	if l := r.writeLimit.Load(); l != 0 {
+		limit := time.Unix(0, l)
+		c.SetWriteDeadline(limit)
+		return limit
+	}
+	return moved
 }
 
 // applyTimers starts and stops the clocks as the core asks.
