@@ -145,3 +145,35 @@ func TestExpansionWaitEndsAtDrainDeadline(t *testing.T) {
 		}
 	})
 }
+
+// A broken expansion (a panic when it starts, or in its wait) fails open:
+// its recipient is judged as spelled, the session and the process go on,
+// and the failure is logged. A loop as spelled is still refused.
+func TestExpansionPanicFailsOpen(t *testing.T) {
+	for _, where := range []string{"start", "wait"} {
+		t.Run(where, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				expand := func(rcptArg string) func(context.Context) loopcheck.Recipient {
+					if where == "start" {
+						panic("broken lookup")
+					}
+					return func(context.Context) loopcheck.Recipient { panic("broken lookup") }
+				}
+				b := newBubble(t, Config{Expand: expand})
+				c := b.open()
+				c.StartMessage("<s@x>", "<valias@x>")
+				c.Send("Delivered-To: loopuser@x\r\nSubject: s\r\n\r\nbody\r\n.\r\n")
+				c.ExpectReply(queued)
+				c.StartMessage("<s@x>", "<valias@x>")
+				c.Send("Delivered-To: valias@x\r\nSubject: s\r\n\r\nbody\r\n.\r\n")
+				c.ExpectReply("554 5.4.6 mail forwarding loop for valias@x\r\n")
+				c.Expect("QUIT", "221 2.0.0 Bye\r\n")
+				c.ExpectEOF()
+				b.stop()
+				if n := len(logRecords(t, b.logs.String(), "recipient expansion failed; the recipient is judged as spelled")); n != 2 {
+					t.Errorf("%d expansion failures logged, want 2:\n%s", n, b.logs.String())
+				}
+			})
+		})
+	}
+}

@@ -464,7 +464,37 @@ func (r *runner) expandRecipient(index int, arg string) {
 	if index != len(r.expansions) || index >= maxExpandedRecipients {
 		return // judged as spelled (HandleRecipients fills the rest)
 	}
-	r.expansions = append(r.expansions, r.srv.cfg.Expand(arg))
+	r.expansions = append(r.expansions, r.startExpansion(arg))
+}
+
+// startExpansion calls Config.Expand for a recipient. A panic in it, or
+// later in its wait, is logged and leaves the recipient judged as spelled
+// (SPEC section 8: a broken lookup fails open): it never ends the session
+// nor, from the wait's pooled goroutine, the process.
+func (r *runner) startExpansion(arg string) (wait func(context.Context) loopcheck.Recipient) {
+	spelled := func(context.Context) loopcheck.Recipient { return loopcheck.NewRecipient(arg) }
+	broken := func(p any) {
+		r.log.Error("recipient expansion failed; the recipient is judged as spelled", "recipient", arg, "panic", p)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			broken(p)
+			wait = spelled
+		}
+	}()
+	w := r.srv.cfg.Expand(arg)
+	if w == nil {
+		return spelled
+	}
+	return func(ctx context.Context) (rcpt loopcheck.Recipient) {
+		defer func() {
+			if p := recover(); p != nil {
+				broken(p)
+				rcpt = loopcheck.NewRecipient(arg)
+			}
+		}()
+		return w(ctx)
+	}
 }
 
 // judge waits, on a pooled goroutine, for the expansions of the message's
