@@ -211,7 +211,7 @@ func (s *Session) passOn() {
 
 // flushCaptured sends the captured bytes upstream. A large section that
 // needs no stuffing (no line begins with ".") while the data goes on is
-// lent as it is (Config.LendInput): it is never copied a second time.
+// lent as it is (Config.LendInput), not copied a second time.
 // Anything else is framed into the output, which the caller may then write
 // together with the body's first bytes in one system call; a lent section
 // goes alone, so lending a small one would cost a write per message.

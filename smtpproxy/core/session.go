@@ -435,11 +435,13 @@ func (s *Session) HeaderMemoryWanted() int {
 	return s.msg.memWanted
 }
 
-// HeaderMemoryHeld is the capacity of the header section's buffer when it
-// grew past HeaderUnmetered by grants (Config.MeterHeader): the memory it
-// holds, granted; 0 for a smaller one. It falls when the buffer is given
-// up; the caller then takes the difference back into its budget, once the
-// outputs of the input have been written.
+// HeaderMemoryHeld is the capacity of the header section's buffer once it
+// is over HeaderUnmetered, 0 for a smaller one. Past HeaderUnmetered the
+// buffer grows only by grants (Config.MeterHeader), but append's own
+// growth below it may overshoot it by a few KiB ungranted: the caller
+// charges what it granted, and takes back into its budget only what the
+// buffer gives up below that (it falls when the buffer is given up, and
+// is read once the outputs of the input have been written).
 func (s *Session) HeaderMemoryHeld() int {
 	if c := cap(s.msg.hdr.buf); c > HeaderUnmetered {
 		return c
