@@ -71,6 +71,11 @@ type runner struct {
 	clientWake chan struct{} // the client goroutine may find the core ready
 	pool       *goPool       // runs the upstream side and the client's linger
 	drain      context.Context
+	// waits ends at the drain deadline or when the session is over: the
+	// context of its waits on pooled goroutines (header memory, recipient
+	// expansions), which a session that is over no longer needs.
+	waits    context.Context
+	endWaits context.CancelFunc
 
 	// The drain deadline must reach a session whatever holds its lock: a
 	// write to a peer that reads no more holds it until the write's
@@ -179,6 +184,9 @@ func (s *Server) serveSession(client net.Conn, id string, pool *goPool, shutdown
 		reason := r.s.EndReason()
 		err := tr.close()
 		r.releaseHeaderMemory()
+		if r.endWaits != nil {
+			r.endWaits() // closeAll did, unless the session ended otherwise
+		}
 		r.mu.Unlock()
 		if err != nil {
 			log.Error("debug trace incomplete", "err", err)
@@ -201,6 +209,7 @@ func stoppedTimer(fn func()) *time.Timer {
 func (r *runner) run(pool *goPool, shutdown, drain context.Context) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.srv.cfg.ConnectTimeout)
 	r.pool, r.drain = pool, drain
+	r.waits, r.endWaits = context.WithCancel(drain)
 	r.live.Store(2)
 	r.input(func() {
 		r.dialCancel = cancel
@@ -416,9 +425,9 @@ func (r *runner) meterHeader() {
 		return
 	}
 	r.acquiring = true
-	drain := r.drain
+	waits := r.waits
 	r.pool.Go(func() {
-		ctx, cancel := context.WithTimeout(drain, r.srv.headerWait)
+		ctx, cancel := context.WithTimeout(waits, r.srv.headerWait)
 		granted := b.acquire(ctx, delta)
 		cancel()
 		delivered := false
@@ -506,9 +515,9 @@ func (r *runner) judge() {
 	n := len(r.s.RecipientsToJudge())
 	waits := slices.Clone(r.expansions[:min(n, len(r.expansions))])
 	bound := r.srv.cfg.ExpansionWait
-	drain := r.drain
+	sessionWaits := r.waits
 	r.pool.Go(func() {
-		ctx, cancel := context.WithTimeout(drain, bound)
+		ctx, cancel := context.WithTimeout(sessionWaits, bound)
 		rcpts := make([]loopcheck.Recipient, len(waits))
 		for i, wait := range waits {
 			rcpts[i] = wait(ctx)
@@ -1000,6 +1009,9 @@ func (r *runner) closeAll() {
 	}
 	r.clientClock.halt()
 	r.upClock.halt()
+	if r.endWaits != nil {
+		r.endWaits()
+	}
 	if r.stopShutdown != nil {
 		r.stopShutdown()
 	}
