@@ -36,12 +36,14 @@ const (
 	// DefaultDrainTimeout bounds graceful shutdown, as the proxy's.
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultExpandWait bounds the wait at end of message for recipient
-	// expansions still running (Expander): long enough for a lookup
-	// through postmap(1) for a few hundred recipients, short against
-	// milter_content_timeout (300 s), within which Postfix must have the
-	// reply, and against the client's wait for the end-of-data reply. A
-	// recipient whose expansion is not done by then is judged as spelled.
-	DefaultExpandWait = 10 * time.Second
+	// expansions still running (Expander); they started at each RCPT
+	// event, so most are done by then. It is the proxy's and the
+	// command's -expansion-wait default (expand.DefaultWait), short
+	// against milter_content_timeout (300 s), within which Postfix must
+	// have the reply, and against the client's wait for the end-of-data
+	// reply. A recipient whose expansion is not done by then is judged as
+	// spelled.
+	DefaultExpandWait = 5 * time.Second
 	// MaxPacketBytes bounds one milter packet, and so what one read may
 	// allocate. Postfix's largest event is a header field, at most
 	// header_size_limit (default 100 KiB) long; 2 MiB leaves room for a
