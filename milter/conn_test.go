@@ -358,3 +358,25 @@ func TestContextCancelBeforeServe(t *testing.T) {
 		t.Errorf("Serve: %v", err)
 	}
 }
+
+// TestNegotiationFailureLogged: an MTA whose protocol version the session
+// refuses gets its session closed, logged with that reason rather than
+// with the library's generic one.
+func TestNegotiationFailureLogged(t *testing.T) {
+	ts := startServer(t, Config{}, nil)
+	c := rawSession(t, ts.addr, false)
+	var d []byte
+	d = binary.BigEndian.AppendUint32(d, 1) // version 1
+	d = binary.BigEndian.AppendUint32(d, 0x1ff)
+	d = binary.BigEndian.AppendUint32(d, 0x1fffff)
+	if _, err := c.Write(packet('O', string(d))); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	expectClosed(t, c)
+	ts.waitLog(t, "reason=protocol-error duration=")
+	ts.waitLog(t, "the MTA speaks milter protocol version 1; 2 or later is needed")
+	ts.stop(t)
+	if n := ts.obs.endedWith(EndProtocol); n != 1 {
+		t.Errorf("%d sessions ended with a protocol error, want 1", n)
+	}
+}

@@ -184,10 +184,15 @@ func (s *Server) ended(g *guardConn) {
 	delete(s.sessions, g)
 	s.mu.Unlock()
 	s.active.Add(-1) // before the log line, which tests take as the end
-	r, err := g.end()
 	sess := g.sess
-	if sess.failure != nil && r == EndClosed {
+	// A failed negotiation is the cause of whatever end go-milter made of
+	// it (it closes without a QUIT, which end reads as errLibrary).
+	var r EndReason
+	var err error
+	if sess.failure != nil {
 		r, err = EndProtocol, sess.failure
+	} else {
+		r, err = g.end()
 	}
 	attrs := []any{"reason", r.String(), "duration", time.Since(sess.started).Round(time.Millisecond)}
 	if err != nil {
