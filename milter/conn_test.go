@@ -380,3 +380,60 @@ func TestNegotiationFailureLogged(t *testing.T) {
 		t.Errorf("%d sessions ended with a protocol error, want 1", n)
 	}
 }
+
+// TestHandlerPanicEndsOnlyItsSession: a panic in a handler (here the
+// Observer, called at end of message) closes that session, logged with
+// its stack and counted as EndPanic; a session open beside it and new
+// sessions are served as before.
+func TestHandlerPanicEndsOnlyItsSession(t *testing.T) {
+	ts := startServer(t, Config{}, nil)
+	loop := message{rcpts: rcpts(loopRcpt), headers: [][2]string{dt(loopRcpt)}}
+	otherMacros := gomilter.NewMacroBag()
+	other := openSession(t, postfixLike(ts.addr), otherMacros, "")
+
+	macros := gomilter.NewMacroBag()
+	s := openSession(t, postfixLike(ts.addr), macros, "")
+	ts.obs.panicJudged.Store(true)
+	if _, err := s.Mail("a@example.org", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Rcpt(loopRcpt, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DataStart(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.HeaderField("Delivered-To", " "+loopRcpt, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.HeaderEnd(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.BodyChunk([]byte("body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, act, err := s.End(); err == nil {
+		t.Errorf("end of message answered %v on the session whose handler panicked; want it closed", act)
+	}
+	ts.waitLog(t, "reason=panic")
+	ts.waitLog(t, `msg="milter handler failed" session=`)
+	if !strings.Contains(ts.logs.String(), "observer bug") {
+		t.Errorf("the panic's value is not logged")
+	}
+
+	// The session beside it, and a new one, are served.
+	if got := sendMessage(t, other, otherMacros, loop); !isLoopReply(got.act, loopRcpt) {
+		t.Errorf("the other session: answer %v, want the loop reply", got.act)
+	}
+	if got := judge(t, ts.addr, loop); !isLoopReply(got.act, loopRcpt) {
+		t.Errorf("a new session: answer %v, want the loop reply", got.act)
+	}
+	other.Close()
+	ts.stop(t)
+	if n := ts.obs.endedWith(EndPanic); n != 1 {
+		t.Errorf("%d sessions ended by a panic, want 1", n)
+	}
+	if n := ts.obs.endedWith(EndClosed) + ts.obs.endedWith(EndShutdown); n != 2 {
+		t.Errorf("%d sessions ended closed or by the shutdown, want the other 2", n)
+	}
+}

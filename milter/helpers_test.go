@@ -55,6 +55,9 @@ type countObserver struct {
 	mu                                                                    sync.Mutex
 	ended                                                                 map[EndReason]int
 	outcomes                                                              map[Outcome]int
+	// panicJudged makes the next MessageJudged panic (once): a bug in a
+	// handler, for the tests of what a panic ends.
+	panicJudged atomic.Bool
 }
 
 func newCountObserver() *countObserver {
@@ -70,6 +73,9 @@ func (o *countObserver) SessionEnded(r EndReason) {
 func (o *countObserver) PeerRefused()    { o.refusedPeers.Add(1) }
 func (o *countObserver) SessionRefused() { o.refusedSessions.Add(1) }
 func (o *countObserver) MessageJudged(out Outcome, _ time.Duration) {
+	if o.panicJudged.Swap(false) {
+		panic("observer bug")
+	}
 	o.mu.Lock()
 	o.outcomes[out]++
 	o.mu.Unlock()
