@@ -349,3 +349,33 @@ func TestOutcomeStrings(t *testing.T) {
 		t.Errorf("outcome names (-want +got):\n%s", diff)
 	}
 }
+
+// TestLogLineManyRecipients: the transaction line lists at most 100
+// recipients, then their number, as the proxy's does.
+func TestLogLineManyRecipients(t *testing.T) {
+	ts := startServer(t, Config{}, nil)
+	var addrs []string
+	for i := range 150 {
+		addrs = append(addrs, fmt.Sprintf("user%d@local.test", i))
+	}
+	judge(t, ts.addr, message{rcpts: rcpts(addrs...), headers: [][2]string{dt(loopRcpt)}, queueID: "5A5A5A"})
+	ts.waitLog(t, "queue_id=5A5A5A")
+	line := ""
+	for l := range strings.Lines(ts.logs.String()) {
+		if strings.Contains(l, "queue_id=5A5A5A") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, `user99@local.test]" recipients_total=150 verdict=pass`) {
+		t.Errorf("transaction line does not end its list at the 100th recipient, followed by recipients_total=150:\n%s", line)
+	}
+	if strings.Contains(line, "user100@") {
+		t.Errorf("transaction line lists a 101st recipient:\n%s", line)
+	}
+	// Under the bound, no count.
+	judge(t, ts.addr, message{rcpts: rcpts(addrs[:100]...), queueID: "6B6B6B"})
+	ts.waitLog(t, "queue_id=6B6B6B")
+	if strings.Contains(ts.logs.String(), "recipients_total=100") {
+		t.Errorf("recipients_total logged for 100 recipients")
+	}
+}

@@ -376,6 +376,14 @@ func sanitize(t string) string {
 	}, t)
 }
 
+// maxLoggedRecipients bounds the recipients a transaction line lists,
+// as the proxy's line does; recipients_total then gives their number. A
+// message may have any number of recipients (Postfix's
+// smtpd_recipient_limit is 1000 by default and may be raised), while
+// journald cuts lines at 48 KiB by default (LineMax=): a line should
+// stay whole.
+const maxLoggedRecipients = 100
+
 // logMessage writes the message's line, shaped as the proxy's transaction
 // line, and one line per dropped recipient.
 func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.Recipient) {
@@ -388,17 +396,20 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 		return
 	}
 	qid := m.Get(gomilter.MacroQueueId)
-	names := make([]string, len(rcpts))
-	for i, r := range rcpts {
-		names[i] = r.Mailbox
+	names := make([]string, min(len(rcpts), maxLoggedRecipients))
+	for i := range names {
+		names[i] = rcpts[i].Mailbox
 	}
 	attrs := []any{
 		"client", s.client,
 		"queue_id", qid,
 		"sender", mailbox(s.sender),
 		"recipients", names,
-		"verdict", v.outcome.String(),
 	}
+	if len(rcpts) > len(names) {
+		attrs = append(attrs, "recipients_total", len(rcpts))
+	}
+	attrs = append(attrs, "verdict", v.outcome.String())
 	if v.reply != "" {
 		attrs = append(attrs, "reply", v.reply)
 	}
