@@ -39,7 +39,8 @@
 //     and counted, the server goes on. Postfix applies
 //     milter_default_action to what the session would still have judged.
 //   - Exactly one end-of-message reply per message: accept, 554 5.4.6, or
-//     451 4.3.0 when the check itself failed, as the proxy.
+//     451 4.3.0 when the check itself failed, as the proxy (a message that
+//     passes whatever the verdict, DryRun or exempt, passes then too).
 //   - Graceful shutdown (Serve): no session is cut inside a message before
 //     the drain deadline.
 //

@@ -110,6 +110,13 @@ type testServer struct {
 // startServer serves cfg on 127.0.0.1 (or on ln when given).
 func startServer(t *testing.T, cfg Config, ln net.Listener) *testServer {
 	t.Helper()
+	return startServerWith(t, cfg, ln, nil)
+}
+
+// startServerWith is startServer with setup called on the Server before
+// it serves.
+func startServerWith(t *testing.T, cfg Config, ln net.Listener, setup func(*Server)) *testServer {
+	t.Helper()
 	if ln == nil {
 		var err error
 		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
@@ -122,6 +129,9 @@ func startServer(t *testing.T, cfg Config, ln net.Listener) *testServer {
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
+	}
+	if setup != nil {
+		setup(srv)
 	}
 	ts.Server, ts.addr = srv, ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -37,6 +37,10 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[*guardConn]struct{}
 	wg       sync.WaitGroup
+
+	// checkHook, when set, is called at the start of every verdict: the
+	// tests make the check fail with it. Set before Serve; nil otherwise.
+	checkHook func()
 }
 
 // New checks cfg, fills in defaults and returns a Server.

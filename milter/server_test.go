@@ -379,3 +379,52 @@ func TestLogLineManyRecipients(t *testing.T) {
 		t.Errorf("recipients_total logged for 100 recipients")
 	}
 }
+
+// TestCheckFailure: when the check itself fails (a bug: here a panic
+// made by the test), a judged message gets 451 4.3.0; one that would
+// pass whatever the verdict (dry run, exempt) passes, and the failure is
+// logged either way.
+func TestCheckFailure(t *testing.T) {
+	exempt, err := allowlist.Parse("192.0.2.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop := message{rcpts: rcpts(loopRcpt), headers: [][2]string{dt(loopRcpt)}}
+	for _, tc := range []struct {
+		name     string
+		policy   Policy
+		msg      message
+		tempfail bool
+	}{
+		{"judged", Policy{}, loop, true},
+		{"drop-recipient", Policy{LoopAction: DropRecipient}, loop, true},
+		{"dry run", Policy{DryRun: true}, loop, false},
+		{"exempt client", Policy{ExemptClients: exempt}, message{clientAddr: "192.0.2.9", rcpts: loop.rcpts, headers: loop.headers}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServerWith(t, Config{Policy: tc.policy}, nil, func(s *Server) {
+				s.checkHook = func() { panic("check bug") }
+			})
+			got := judge(t, ts.addr, tc.msg)
+			switch {
+			case tc.tempfail && (got.act == nil || got.act.Type != gomilter.ActionRejectWithCode || got.act.SMTPCode != 451 ||
+				got.act.SMTPReply != "451 "+replyCheckFailed):
+				t.Errorf("answer %v, want 451 %s", got.act, replyCheckFailed)
+			case !tc.tempfail && !isAccept(got.act):
+				t.Errorf("answer %v, want accept (the message would pass whatever the verdict)", got.act)
+			}
+			if len(got.mods) != 0 {
+				t.Errorf("modifications %v, want none", got.mods)
+			}
+			ts.waitLog(t, "verdict=check-failed")
+			ts.waitLog(t, `panic="check bug"`)
+			ts.stop(t)
+			if n := ts.obs.outcome(OutcomeCheckFailed); n != 1 {
+				t.Errorf("check-failed counted %d times, want 1", n)
+			}
+			if strings.Contains(ts.logs.String(), "session failed") {
+				t.Errorf("the session failed; a check failure ends only the message")
+			}
+		})
+	}
+}

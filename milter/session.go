@@ -282,12 +282,12 @@ func (s *session) judge(m gomilter.Modifier) (resp *gomilter.Response, err error
 			s.srv.obs.HeaderTruncated()
 		}
 	}()
-	switch v.outcome {
-	case OutcomeCheckFailed:
+	switch {
+	case v.outcome == OutcomeCheckFailed && v.reply != "":
 		return gomilter.RejectWithCodeAndReason(451, replyCheckFailed)
-	case OutcomeLoop:
+	case v.outcome == OutcomeLoop:
 		return gomilter.RejectWithCodeAndReason(554, strings.TrimPrefix(v.reply, "554 "))
-	case OutcomeDropped:
+	case v.outcome == OutcomeDropped:
 		seen := make(map[string]bool, len(v.loops))
 		for _, l := range v.loops {
 			r := &s.rcpts[l.Index]
@@ -308,13 +308,29 @@ func (s *session) judge(m gomilter.Modifier) (resp *gomilter.Response, err error
 }
 
 // check judges the message: the verdict and the recipients as judged.
+// When the check itself fails (a bug), a message that would pass whatever
+// the verdict (DryRun, or exempt) passes, and any other gets the proxy's
+// 451 4.3.0: a failure never refuses for good, and never lets a message
+// the check was meant to stop through unjudged.
 func (s *session) check() (v verdict, rcpts []loopcheck.Recipient) {
+	exempt := s.exempt()
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("loop check failed", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			v = verdict{outcome: OutcomeCheckFailed, reply: "451 " + replyCheckFailed}
+			failOpen := exempt != "" || s.policy.DryRun
+			what := "the message is tempfailed (451 4.3.0)"
+			if failOpen {
+				what = "the message passes unjudged (dry run or exempt)"
+			}
+			s.log.Error("loop check failed; "+what, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			v = verdict{outcome: OutcomeCheckFailed, exempt: exempt}
+			if !failOpen {
+				v.reply = "451 " + replyCheckFailed
+			}
 		}
 	}()
+	if h := s.srv.checkHook; h != nil {
+		h()
+	}
 	// The expansions have run since their RCPT events; the waits share
 	// one deadline.
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.ExpandWait)
@@ -330,7 +346,7 @@ func (s *session) check() (v verdict, rcpts []loopcheck.Recipient) {
 		rcpts[i] = r.judged
 	}
 	sec := s.hdr.bytes()
-	v.exempt = s.exempt()
+	v.exempt = exempt
 	drop := s.policy.LoopAction == DropRecipient && s.actions&gomilter.OptRemoveRcpt != 0
 	if drop {
 		v.loops = loopcheck.Loops(rcpts, sec)
