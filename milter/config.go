@@ -190,6 +190,10 @@ const (
 	OutcomeDryRunLoop                     // a loop, passed under DryRun
 	OutcomeExempt                         // not judged: an exempt client or SASL user
 	OutcomeCheckFailed                    // the check failed; tempfailed
+	// OutcomeDropFailed: a loop for some recipients whose removal could
+	// not be sent (the connection to the MTA failed); the session ended
+	// and the MTA applied its milter_default_action to the message.
+	OutcomeDropFailed
 )
 
 // String is the verdict as logged.
@@ -207,6 +211,8 @@ func (o Outcome) String() string {
 		return "exempt"
 	case OutcomeCheckFailed:
 		return "check-failed"
+	case OutcomeDropFailed:
+		return "drop-failed"
 	}
 	return "unknown"
 }

@@ -1,7 +1,9 @@
 package milter
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -341,10 +343,10 @@ func TestParseLoopAction(t *testing.T) {
 
 func TestOutcomeStrings(t *testing.T) {
 	var got []string
-	for o := OutcomePass; o <= OutcomeCheckFailed; o++ {
+	for o := OutcomePass; o <= OutcomeDropFailed; o++ {
 		got = append(got, o.String())
 	}
-	want := []string{"pass", "loop", "dropped", "dry-run-loop", "exempt", "check-failed"}
+	want := []string{"pass", "loop", "dropped", "dry-run-loop", "exempt", "check-failed", "drop-failed"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("outcome names (-want +got):\n%s", diff)
 	}
@@ -426,5 +428,78 @@ func TestCheckFailure(t *testing.T) {
 				t.Errorf("the session failed; a check failure ends only the message")
 			}
 		})
+	}
+}
+
+// failingModifier is the MTA side of a session whose connection fails
+// while removals are sent: the removal number failAt (from 0) fails.
+type failingModifier struct {
+	gomilter.Modifier // the rest is never called
+	failAt            int
+	sent              []string
+}
+
+func (m *failingModifier) Get(string) string { return "" }
+
+func (m *failingModifier) GetEx(string) (string, bool) { return "", false }
+
+func (m *failingModifier) DeleteRecipient(r string) error {
+	if len(m.sent) == m.failAt {
+		return errors.New("write: broken pipe")
+	}
+	m.sent = append(m.sent, r)
+	return nil
+}
+
+// TestDropFailureReported: when a removal cannot be sent, the message is
+// reported as drop-failed (not dropped), with the removals sent before,
+// and the session ends with the error.
+func TestDropFailureReported(t *testing.T) {
+	logs := &lockedBuffer{}
+	obs := newCountObserver()
+	srv, err := New(Config{Policy: Policy{LoopAction: DropRecipient},
+		Logger: slog.New(slog.NewTextHandler(logs, nil)), Observer: obs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{srv: srv, log: srv.log, actions: gomilter.OptRemoveRcpt}
+	s.conn = &guardConn{srv: srv, sess: s}
+	m := &failingModifier{failAt: 1}
+	if _, err := s.MailFrom("a@example.org", "", m); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{"a@local.test", "b@local.test", "c@local.test"} {
+		if _, err := s.RcptTo(r, "", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range [][2]string{dt("a@local.test"), dt("c@local.test")} {
+		if _, err := s.Header(h[0], h[1], m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.EndOfMessage(m); err == nil {
+		t.Errorf("end of message succeeded though a removal failed")
+	}
+	if r, err := s.conn.end(); r != EndIO || err == nil || !strings.Contains(err.Error(), "removing looping recipient c@local.test: write: broken pipe") {
+		t.Errorf("the session ends with %v, %v; want an I/O error naming the removal", r, err)
+	}
+	line := logs.String()
+	for _, want := range []string{"verdict=drop-failed", "removals_sent=1", "level=WARN msg=transaction"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("log lacks %s:\n%s", want, line)
+		}
+	}
+	if strings.Contains(line, "verdict=dropped") || strings.Contains(line, `msg="recipient dropped"`) {
+		t.Errorf("log reports a drop that failed as done:\n%s", line)
+	}
+	if n := obs.outcome(OutcomeDropFailed); n != 1 {
+		t.Errorf("drop-failed counted %d times, want 1", n)
+	}
+	if n := obs.outcome(OutcomeDropped); n != 0 {
+		t.Errorf("dropped counted %d times, want 0", n)
+	}
+	if n := obs.dropped.Load(); n != 0 {
+		t.Errorf("%d recipients counted as dropped, want 0", n)
 	}
 }

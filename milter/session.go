@@ -265,6 +265,9 @@ type verdict struct {
 	reply   string            // the SMTP reply given, "" when the message goes on
 	loops   []loopcheck.Match // the looping recipients (Loops, or the first one)
 	exempt  string
+	// removalsSent counts the removals the MTA was sent before one
+	// failed (OutcomeDropFailed).
+	removalsSent int
 }
 
 // judge decides the message, makes the modifications and returns the
@@ -275,7 +278,7 @@ func (s *session) judge(m gomilter.Modifier) (resp *gomilter.Response, err error
 		start = time.Now()
 	}
 	v, rcpts := s.check()
-	defer func() {
+	defer func() { // v as it ended: a failed removal changes it
 		s.logMessage(m, v, rcpts)
 		s.srv.obs.MessageJudged(v.outcome, time.Since(start))
 		if s.hdr.truncated {
@@ -294,13 +297,16 @@ func (s *session) judge(m gomilter.Modifier) (resp *gomilter.Response, err error
 			if seen[r.token] {
 				continue
 			}
-			seen[r.token] = true
 			if err := m.DeleteRecipient(r.token); err != nil {
+				// What the MTA made of the removals sent before is not
+				// known: it applies its default action to the message.
 				err = fmt.Errorf("removing looping recipient %s: %w", r.token, err)
 				s.log.Error("a looping recipient could not be removed; the session ends and the MTA applies its milter_default_action to the message", "err", err)
 				s.conn.setEnd(err)
+				v.outcome, v.removalsSent = OutcomeDropFailed, len(seen)
 				return nil, err
 			}
+			seen[r.token] = true
 		}
 		s.srv.obs.RecipientsDropped(len(seen))
 	}
@@ -404,7 +410,7 @@ const maxLoggedRecipients = 100
 // line, and one line per dropped recipient.
 func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.Recipient) {
 	level := slog.LevelInfo
-	if v.outcome == OutcomeCheckFailed {
+	if v.outcome == OutcomeCheckFailed || v.outcome == OutcomeDropFailed {
 		level = slog.LevelWarn
 	}
 	ctx := context.Background()
@@ -435,6 +441,9 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 	}
 	if v.exempt != "" {
 		attrs = append(attrs, "exempt", v.exempt)
+	}
+	if v.outcome == OutcomeDropFailed {
+		attrs = append(attrs, "removals_sent", v.removalsSent)
 	}
 	if len(v.loops) > 0 {
 		first := v.loops[0]
