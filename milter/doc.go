@@ -30,7 +30,9 @@
 //
 //   - Bounded memory per session: the Delivered-To: fields of the current
 //     message (and any malformed field), at most MaxHeaderBytes; one
-//     packet of at most MaxPacketBytes while it is read. A header over
+//     packet of at most MaxPacketBytes while it is read. Buffers over a
+//     few KiB are dropped when the message or packet that needed them
+//     ends, so an idle session stays small. A header over
 //     the limit is judged on the fields before it (fail open: local(8)
 //     remains the backstop; the milter never tempfails mail for its own
 //     limit).

@@ -44,10 +44,30 @@ type section struct {
 	chunk     []byte
 }
 
+// keepSectionBuffer is the largest buffer a section keeps once its
+// message has ended (release). The kept bytes of an ordinary message (a
+// few Delivered-To: fields and placeholders) and its longest field fit,
+// so such messages reuse their buffers; the buffers of a large header,
+// up to MaxHeaderBytes, are dropped, so that an idle session holds a few
+// KiB, not what its largest message needed.
+const keepSectionBuffer = 4 << 10
+
 // reset empties s for the next message, keeping its buffers.
 func (s *section) reset(limit int) {
 	s.buf, s.chunk = s.buf[:0], s.chunk[:0]
 	s.limit, s.total, s.truncated, s.lastPlain = limit, 0, false, false
+}
+
+// release drops the buffers larger than keepSectionBuffer; called when a
+// message has ended. The section is empty afterwards, as after reset.
+func (s *section) release() {
+	if cap(s.buf) > keepSectionBuffer {
+		s.buf = nil
+	}
+	if cap(s.chunk) > keepSectionBuffer {
+		s.chunk = nil
+	}
+	s.reset(s.limit)
 }
 
 // add takes one header event.

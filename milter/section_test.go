@@ -279,3 +279,55 @@ func abs(n int) int {
 	}
 	return n
 }
+
+// TestSessionReleasesLargeBuffers: once a message with a large header
+// (or many recipients) has ended, the session no longer holds what it
+// needed; an ordinary message's buffers are kept for the next one.
+func TestSessionReleasesLargeBuffers(t *testing.T) {
+	srv, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{srv: srv, log: srv.log}
+	s.conn = &guardConn{srv: srv, sess: s}
+	m := &failingModifier{failAt: -1}
+	send := func(nrcpt, nfield int) {
+		t.Helper()
+		if _, err := s.MailFrom("a@example.org", "", m); err != nil {
+			t.Fatal(err)
+		}
+		for i := range nrcpt {
+			if _, err := s.RcptTo(fmt.Sprintf("user%d@local.test", i), "", m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range nfield {
+			if _, err := s.Header("Delivered-To", fmt.Sprintf(" %s%d@example.org", strings.Repeat("x", 1000), i), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.EndOfMessage(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(500, 1000) // about 1 MiB of Delivered-To: fields
+	if c, c2, r := cap(s.hdr.buf), cap(s.hdr.chunk), cap(s.rcpts); c > keepSectionBuffer || c2 > keepSectionBuffer || r > keepRecipients {
+		t.Errorf("after a 1 MiB header and 500 recipients the idle session holds buffers of %d and %d bytes and %d recipient slots; want at most %d bytes and %d slots",
+			c, c2, r, keepSectionBuffer, keepRecipients)
+	}
+	send(2, 2)
+	if cap(s.hdr.buf) == 0 || cap(s.rcpts) == 0 {
+		t.Errorf("an ordinary message's buffers were dropped (%d bytes, %d slots); want them kept for the next", cap(s.hdr.buf), cap(s.rcpts))
+	}
+	// Aborted messages release too.
+	if _, err := s.MailFrom("a@example.org", "", m); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		s.Header("Delivered-To", fmt.Sprintf(" %s%d@example.org", strings.Repeat("y", 1000), i), m)
+	}
+	s.Abort(m)
+	if c := cap(s.hdr.buf); c > keepSectionBuffer {
+		t.Errorf("after an aborted message the idle session holds %d bytes", c)
+	}
+}

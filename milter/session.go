@@ -65,6 +65,12 @@ type session struct {
 	hdrStart  time.Time
 }
 
+// keepRecipients is the most recipient slots a session keeps once a
+// message has ended: enough for most messages to reuse them, while the
+// slots of a message with hundreds of recipients are dropped, so an idle
+// session stays small.
+const keepRecipients = 16
+
 // recipient is one RCPT event.
 type recipient struct {
 	token  string                                        // the address as go-milter gives it (brackets removed)
@@ -228,6 +234,10 @@ func (s *session) endMessage() {
 	}
 	clear(s.rcpts)
 	s.rcpts = s.rcpts[:0]
+	if cap(s.rcpts) > keepRecipients {
+		s.rcpts = nil
+	}
+	s.hdr.release()
 	s.inMessage = false
 	s.policy = nil
 	s.sender = ""
