@@ -238,8 +238,8 @@ func pfRunMilterDifferential(t *testing.T, p *postfixtest.Instance) (string, map
 // Postfix. The looping recipient is removed, the others get the message,
 // nobody gets a bounce; a recipient that loops through its virtual alias
 // (the expansion a real deployment gets from package expand, here a
-// table) is removed with its expansion; when every recipient loops, the
-// message is rejected.
+// table) is removed with its expansion; a source-routed recipient is
+// removed too; when every recipient loops, the message is rejected.
 func TestPostfixMilterDropRecipient(t *testing.T) {
 	t.Parallel()
 	m := pfStartMilter(t, milter.Config{Policy: milter.Policy{
@@ -290,6 +290,16 @@ func TestPostfixMilterDropRecipient(t *testing.T) {
 	if got := recipients(p.WaitDone(res2.QueueID())); strings.Join(got, " ") != "user@local.test:sent" {
 		t.Errorf("drop virtual: deliveries %v, want user only", got)
 	}
+	// A source-routed recipient: smtpd stores it without the route, and
+	// cleanup compares the removal exactly, so the removal must name it
+	// without the route.
+	resRouted := send(p.PlainAddr(), "drop routed", "user@local.test", "<@relay.example:loopuser@local.test>")
+	if resRouted.EndOfData.Code != 250 {
+		t.Fatalf("drop routed: end-of-data %v, want 250", resRouted.EndOfData)
+	}
+	if got := recipients(p.WaitDone(resRouted.QueueID())); strings.Join(got, " ") != "user@local.test:sent" {
+		t.Errorf("drop routed: deliveries %v, want user only", got)
+	}
 	// Every recipient loops: rejected.
 	res3 := send(p.PlainAddr(), "drop all", "loopuser@local.test", "valias@local.test")
 	if res3.EndOfData.Code != 554 || res3.EndOfData.Text() != "554 5.4.6 mail forwarding loop for loopuser@local.test" {
@@ -297,7 +307,7 @@ func TestPostfixMilterDropRecipient(t *testing.T) {
 	}
 	p.WaitQueueEmpty()
 
-	for _, subject := range []string{"drop direct", "drop virtual"} {
+	for _, subject := range []string{"drop direct", "drop virtual", "drop routed"} {
 		if !strings.Contains(p.Mailbox(postfixtest.User), "Subject: "+subject+"\n") {
 			t.Errorf("user's mailbox lacks %q", subject)
 		}
@@ -314,8 +324,9 @@ func TestPostfixMilterDropRecipient(t *testing.T) {
 	if box := p.Mailbox(postfixtest.Sender); box != "" {
 		t.Errorf("the sender got mail:\n%s", box)
 	}
-	if logs := m.logs.String(); strings.Count(logs, `msg="recipient dropped"`) != 2 ||
-		!strings.Contains(logs, "queue_id="+res2.QueueID()+" recipient=valias@local.test via=loopuser@local.test rcpt_mailer=local") {
+	if logs := m.logs.String(); strings.Count(logs, `msg="recipient dropped"`) != 3 ||
+		!strings.Contains(logs, "queue_id="+res2.QueueID()+" recipient=valias@local.test loop_via=loopuser@local.test rcpt_mailer=local") ||
+		!strings.Contains(logs, "queue_id="+resRouted.QueueID()+" recipient=loopuser@local.test rcpt_mailer=local") {
 		t.Errorf("the milter did not log each drop with the queue id:\n%s", logs)
 	}
 

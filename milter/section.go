@@ -161,3 +161,23 @@ func rcptArg(rcpt, esmtpArgs string) string {
 	}
 	return arg
 }
+
+// removalAddr is the address a recipient removal (SMFIR_DELRCPT) names
+// for the RCPT token tok, as go-milter hands it (one pair of enclosing
+// brackets removed). Postfix's cleanup_del_rcpt removes the recipients
+// whose original recipient, as smtpd stored it, equals the removal's
+// address, compared exactly once both are in internal form (each parsed
+// and internalised by tok822, so case and quoting must be the client's).
+// smtpd stored it from the token without its brackets and without a
+// source route: extract_addr drops everything up to the first colon of
+// a text that starts with '@'. So the token goes back as the client
+// spelled it, without the route; with the route it would match nothing,
+// and the recipient would stay.
+func removalAddr(tok string) string {
+	if strings.HasPrefix(tok, "@") {
+		if i := strings.IndexByte(tok, ':'); i >= 0 {
+			return tok[i+1:]
+		}
+	}
+	return tok
+}

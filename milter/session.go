@@ -301,22 +301,24 @@ func (s *session) judge(m gomilter.Modifier) (resp *gomilter.Response, err error
 	case v.outcome == OutcomeLoop:
 		return gomilter.RejectWithCodeAndReason(554, strings.TrimPrefix(v.reply, "554 "))
 	case v.outcome == OutcomeDropped:
+		// One removal per address: Postfix removes every recipient
+		// stored under it.
 		seen := make(map[string]bool, len(v.loops))
 		for _, l := range v.loops {
-			r := &s.rcpts[l.Index]
-			if seen[r.token] {
+			addr := removalAddr(s.rcpts[l.Index].token)
+			if seen[addr] {
 				continue
 			}
-			if err := m.DeleteRecipient(r.token); err != nil {
+			if err := m.DeleteRecipient(addr); err != nil {
 				// What the MTA made of the removals sent before is not
 				// known: it applies its default action to the message.
-				err = fmt.Errorf("removing looping recipient %s: %w", r.token, err)
+				err = fmt.Errorf("removing looping recipient %s: %w", addr, err)
 				s.log.Error("a looping recipient could not be removed; the session ends and the MTA applies its milter_default_action to the message", "err", err)
 				s.conn.setEnd(err)
 				v.outcome, v.removalsSent = OutcomeDropFailed, len(seen)
 				return nil, err
 			}
-			seen[r.token] = true
+			seen[addr] = true
 		}
 		s.srv.obs.RecipientsDropped(len(seen))
 	}
@@ -472,10 +474,11 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 	seen := make(map[string]bool, len(v.loops))
 	for _, l := range v.loops {
 		r := s.rcpts[l.Index]
-		if seen[r.token] {
+		addr := removalAddr(r.token)
+		if seen[addr] {
 			continue
 		}
-		seen[r.token] = true
+		seen[addr] = true
 		msg := "recipient dropped"
 		if v.outcome == OutcomeDryRunLoop {
 			msg = "recipient would be dropped (dry run)"
