@@ -63,9 +63,12 @@ const (
 	// forwarding loop for <recipient>", the proxy's reply.
 	Reject LoopAction = iota
 	// DropRecipient removes only the looping recipients (SMFIR_DELRCPT)
-	// and lets the message go to the others; when every recipient loops,
-	// it rejects as Reject does. A dropped recipient gets no notice, nor
-	// does the sender.
+	// and lets the message go to the others. Postfix removes a recipient
+	// with everything it expanded to, so a recipient is removed only when
+	// every address of its expansion loops (loopcheck.Match.Whole, which
+	// needs an Expander); when that does not hold for a looping
+	// recipient, or every recipient loops, it rejects as Reject does. A
+	// dropped recipient gets no notice, nor does the sender.
 	DropRecipient
 )
 

@@ -3,8 +3,10 @@
 // Delivered-To: header names one of its recipients, with the very verdict
 // the proxy uses (package loopcheck) and the proxy's reply: "554 5.4.6
 // mail forwarding loop for <recipient>". With DropRecipient it removes
-// only the looping recipients instead. SPEC section 9 is its contract;
-// docs/milter.md is the operator's guide.
+// only the looping recipients instead, each only when everything Postfix
+// would deliver it to loops (Postfix removes a recipient with all it
+// expanded to), and refuses the message otherwise. SPEC section 9 is its
+// contract; docs/milter.md is the operator's guide.
 //
 // It speaks the milter protocol through github.com/d--j/go-milter
 // (version 6: macro requests, no-reply flags, the header leading-space

@@ -71,7 +71,17 @@ func (s *Server) Reload(p Policy) error {
 		return err
 	}
 	s.policy.Store(&p)
+	s.warnPolicy(&p)
 	return nil
+}
+
+// warnPolicy logs what an operator must know about p: that drop-recipient
+// without recipient expansion removes nobody.
+func (s *Server) warnPolicy(p *Policy) {
+	if p.LoopAction == DropRecipient && p.Expander == nil {
+		s.log.Warn("drop-recipient without recipient expansion (-postfix-config): what a recipient expands to is unknown, " +
+			"so none can be removed without risking mail for addresses that do not loop; a looping message is refused whole (554 5.4.6)")
+	}
 }
 
 // Serve accepts connections on ln until ctx is done, then shuts down
@@ -94,6 +104,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if p.DryRun {
 		s.log.Warn("dry run: loops are logged (verdict=dry-run-loop) and let through; remove -dry-run to refuse them")
 	}
+	s.warnPolicy(p)
 
 	var acceptErr error
 	accepts := accept.New(ln, s.log, s.cfg.Observer.AcceptShortage)

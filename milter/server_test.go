@@ -127,8 +127,10 @@ func TestOldMTA(t *testing.T) {
 	}
 }
 
+// TestDropRecipient: removals under drop-recipient, every recipient
+// expanding to itself (package expand over empty tables).
 func TestDropRecipient(t *testing.T) {
-	ts := startServer(t, Config{Policy: Policy{LoopAction: DropRecipient}}, nil)
+	ts := startServer(t, Config{Policy: Policy{LoopAction: DropRecipient, Expander: memExpander(t, nil, nil)}}, nil)
 	t.Run("one of three", func(t *testing.T) {
 		got := judge(t, ts.addr, message{
 			rcpts:   []rcptIn{{"user@local.test", ""}, {"LoopUser@Local.Test", "NOTIFY=NEVER"}, {"other@local.test", ""}},
@@ -216,7 +218,7 @@ func TestDropWithoutRemoveAction(t *testing.T) {
 func TestDryRun(t *testing.T) {
 	for _, action := range []LoopAction{Reject, DropRecipient} {
 		t.Run(action.String(), func(t *testing.T) {
-			ts := startServer(t, Config{Policy: Policy{LoopAction: action, DryRun: true}}, nil)
+			ts := startServer(t, Config{Policy: Policy{LoopAction: action, DryRun: true, Expander: memExpander(t, nil, nil)}}, nil)
 			got := judge(t, ts.addr, message{rcpts: rcpts("a@local.test", loopRcpt), headers: [][2]string{dt(loopRcpt)}})
 			if !isAccept(got.act) || len(got.mods) != 0 {
 				t.Errorf("answer %v with %v, want accept and nothing changed", got.act, got.mods)
@@ -472,7 +474,7 @@ func (m *failingModifier) DeleteRecipient(r string) error {
 func TestDropFailureReported(t *testing.T) {
 	logs := &lockedBuffer{}
 	obs := newCountObserver()
-	srv, err := New(Config{Policy: Policy{LoopAction: DropRecipient},
+	srv, err := New(Config{Policy: Policy{LoopAction: DropRecipient, Expander: memExpander(t, nil, nil)},
 		Logger: slog.New(slog.NewTextHandler(logs, nil)), Observer: obs})
 	if err != nil {
 		t.Fatal(err)

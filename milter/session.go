@@ -278,6 +278,11 @@ type verdict struct {
 	// removalsSent counts the removals the MTA was sent before one
 	// failed (OutcomeDropFailed).
 	removalsSent int
+	// Under DropRecipient, why the looping recipients are not removed
+	// (dropAllowed when they are), and the recipient that stands in the
+	// way.
+	dropRefused    dropRefusal
+	dropRefusedFor string
 }
 
 // judge decides the message, makes the modifications and returns the
@@ -365,7 +370,9 @@ func (s *session) check() (v verdict, rcpts []loopcheck.Recipient) {
 	}
 	sec := s.hdr.bytes()
 	v.exempt = exempt
-	drop := s.policy.LoopAction == DropRecipient && s.actions&gomilter.OptRemoveRcpt != 0
+	// Under drop-recipient every looping recipient is wanted (also for
+	// the dry run's log); otherwise the first.
+	drop := s.policy.LoopAction == DropRecipient
 	if drop {
 		v.loops = loopcheck.Loops(rcpts, sec)
 	} else if lv := loopcheck.CheckRecipients(rcpts, sec); lv.Loop {
@@ -376,6 +383,9 @@ func (s *session) check() (v verdict, rcpts []loopcheck.Recipient) {
 			}
 		}
 	}
+	if drop && len(v.loops) > 0 {
+		v.dropRefused, v.dropRefusedFor = s.dropRefusal(v.loops, rcpts)
+	}
 	switch {
 	case v.exempt != "":
 		v.outcome = OutcomeExempt
@@ -383,13 +393,79 @@ func (s *session) check() (v verdict, rcpts []loopcheck.Recipient) {
 		v.outcome = OutcomePass
 	case s.policy.DryRun:
 		v.outcome = OutcomeDryRunLoop
-	case drop && len(v.loops) < len(rcpts):
+	case drop && v.dropRefused == dropAllowed:
 		v.outcome = OutcomeDropped
 	default:
 		v.outcome = OutcomeLoop
 		v.reply = loopReply(rcpts[v.loops[0].Index].Mailbox)
 	}
 	return v, rcpts
+}
+
+// dropRefusal is why the looping recipients of a message are not removed
+// under DropRecipient, which then refuses the whole message as Reject
+// does: the client, and so the sender, is told; nothing is lost silently.
+type dropRefusal uint8
+
+const (
+	dropAllowed dropRefusal = iota
+	// dropNotGranted: the MTA did not grant the remove-recipient action.
+	dropNotGranted
+	// dropEveryRecipient: every recipient loops; nothing would be left.
+	dropEveryRecipient
+	// dropExpansionUnknown: what a looping recipient expands to is not
+	// known (no Expander, or its expansion failed or was late). Postfix
+	// removes a recipient with everything it expanded to (a virtual
+	// alias to several mailboxes, say), so removing it could lose mail
+	// for an address that does not loop.
+	dropExpansionUnknown
+	// dropPartly: a looping recipient expands to an address that does
+	// not loop (it loops as spelled, or through one of several addresses
+	// of its expansion): removing it would lose that address's mail.
+	dropPartly
+)
+
+// String is the refusal as logged (drop_refused).
+func (d dropRefusal) String() string {
+	switch d {
+	case dropAllowed:
+		return ""
+	case dropNotGranted:
+		return "remove-not-granted"
+	case dropEveryRecipient:
+		return "every-recipient-loops"
+	case dropExpansionUnknown:
+		return "expansion-unknown"
+	case dropPartly:
+		return "partly-looping"
+	}
+	return "unknown"
+}
+
+// dropRefusal decides whether the looping recipients can be removed: only
+// when the MTA allows it, some recipient is left, and every looping
+// recipient loops in all it stands for (Match.Whole: every address
+// Postfix delivers it to matched; the recipient as spelled counts only as
+// one of those). Otherwise it names the reason and, for the last two,
+// the first looping recipient (in RCPT order) that stands in the way.
+func (s *session) dropRefusal(loops []loopcheck.Match, rcpts []loopcheck.Recipient) (dropRefusal, string) {
+	switch {
+	case s.actions&gomilter.OptRemoveRcpt == 0:
+		return dropNotGranted, ""
+	case len(loops) == len(rcpts):
+		return dropEveryRecipient, ""
+	}
+	for _, l := range loops {
+		if l.Whole {
+			continue
+		}
+		r := rcpts[l.Index]
+		if r.HasDeliveries() {
+			return dropPartly, r.Mailbox
+		}
+		return dropExpansionUnknown, r.Mailbox
+	}
+	return dropAllowed, ""
 }
 
 // loopReply is the proxy's reply to a loop (smtpproxy/core), without CRLF.
@@ -457,6 +533,12 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 	if v.outcome == OutcomeDropFailed {
 		attrs = append(attrs, "removals_sent", v.removalsSent)
 	}
+	if v.dropRefused != dropAllowed {
+		attrs = append(attrs, "drop_refused", v.dropRefused.String())
+		if v.dropRefusedFor != "" {
+			attrs = append(attrs, "drop_refused_recipient", v.dropRefusedFor)
+		}
+	}
 	if len(v.loops) > 0 {
 		first := v.loops[0]
 		attrs = append(attrs, "loop_recipient", rcpts[first.Index].Mailbox)
@@ -468,7 +550,7 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 		attrs = append(attrs, "duration", time.Since(s.hdrStart).Round(time.Millisecond))
 	}
 	s.log.Log(ctx, level, "transaction", attrs...)
-	if v.outcome != OutcomeDropped && !(v.outcome == OutcomeDryRunLoop && s.policy.LoopAction == DropRecipient) {
+	if v.outcome != OutcomeDropped && !(v.outcome == OutcomeDryRunLoop && s.policy.LoopAction == DropRecipient && v.dropRefused == dropAllowed) {
 		return
 	}
 	seen := make(map[string]bool, len(v.loops))
