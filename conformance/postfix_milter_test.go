@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
@@ -231,13 +232,8 @@ func pfRunMilterDifferential(t *testing.T, p *postfixtest.Instance) (string, map
 // the message is refused.
 func TestPostfixMilterDropRecipient(t *testing.T) {
 	t.Parallel()
-	var exp atomic.Pointer[expand.Expander] // set once the instance exists, before any mail
-	m := pfStartMilter(t, milter.Config{Policy: milter.Policy{
-		LoopAction: milter.DropRecipient,
-		Expander: func(arg string) func(context.Context) loopcheck.Recipient {
-			return exp.Load().Recipients(expand.ModeAny)(arg)
-		},
-	}})
+	hook, setExpander := pfLateExpander()
+	m := pfStartMilter(t, milter.Config{Policy: milter.Policy{LoopAction: milter.DropRecipient, Expander: hook}})
 	d := postfixtest.Domain
 	p := postfixtest.New(t, postfixtest.Options{
 		Mailboxes: []string{"other"},
@@ -248,12 +244,7 @@ func TestPostfixMilterDropRecipient(t *testing.T) {
 		PlainSMTPD: pfMilterSMTPD(m.addr, "tempfail"),
 	})
 	p.Start()
-	e, err := expand.New(context.Background(), expand.Options{ConfigDir: p.ConfigDir(), Prefer: expand.BackendPostmap})
-	if err != nil {
-		t.Fatalf("expand.New: %v", err)
-	}
-	t.Cleanup(func() { e.Close() })
-	exp.Store(e)
+	setExpander(t, p)
 
 	send := func(addr, subject string, rcpts ...string) postfixtest.Result {
 		t.Helper()
@@ -338,6 +329,81 @@ func TestPostfixMilterDropRecipient(t *testing.T) {
 	alone := send(p.AfterFilterAddr(), "alone", "user@local.test", "loopuser@local.test")
 	if !p.LoopBounced(alone.QueueID(), "loopuser@local.test") {
 		t.Errorf("Postfix alone did not bounce the loop; the test proves nothing")
+	}
+}
+
+// pfLateExpander is a milter.Expander for a milter started before its
+// Postfix instance exists: set makes package expand on the instance's
+// configuration (-loops=any, through postmap), as the command hooks it
+// with -postfix-config; it must be called before any mail is sent.
+func pfLateExpander() (hook milter.Expander, set func(*testing.T, *postfixtest.Instance)) {
+	var exp atomic.Pointer[expand.Expander]
+	hook = func(arg string) func(context.Context) loopcheck.Recipient {
+		return exp.Load().Recipients(expand.ModeAny)(arg)
+	}
+	set = func(t *testing.T, p *postfixtest.Instance) {
+		t.Helper()
+		e, err := expand.New(context.Background(), expand.Options{ConfigDir: p.ConfigDir(), Prefer: expand.BackendPostmap})
+		if err != nil {
+			t.Fatalf("expand.New: %v", err)
+		}
+		t.Cleanup(func() { e.Close() })
+		exp.Store(e)
+	}
+	return hook, set
+}
+
+// TestPostfixMilterDropNoOriginalRecipient: with enable_original_recipient
+// = no a removal still matches the recipient as the client spelled it,
+// not what cleanup rewrote it to: cleanup writes the original recipient
+// record either way (cleanup_out_recipient); the setting changes only its
+// duplicate elimination, by the rewritten address alone. So a virtual
+// alias, a recipient in another case and one given twice over two
+// spellings are removed as with the default.
+func TestPostfixMilterDropNoOriginalRecipient(t *testing.T) {
+	t.Parallel()
+	hook, setExpander := pfLateExpander()
+	m := pfStartMilter(t, milter.Config{Policy: milter.Policy{LoopAction: milter.DropRecipient, Expander: hook}})
+	d := postfixtest.Domain
+	p := postfixtest.New(t, postfixtest.Options{
+		MainCF: map[string]string{
+			"virtual_alias_maps":        "hash:{etc}/virtual",
+			"enable_original_recipient": "no",
+		},
+		Files:      map[string]string{"virtual": "valias@" + d + " loopuser@" + d + "\n"},
+		Postmap:    []string{"hash:virtual"},
+		PlainSMTPD: pfMilterSMTPD(m.addr, "tempfail"),
+	})
+	p.Start()
+	setExpander(t, p)
+	for _, rcpts := range [][]string{
+		{"user@local.test", "valias@local.test"},
+		{"user@local.test", "LoopUser@Local.Test"},
+		{"valias@local.test", "user@local.test", "loopuser@local.test"},
+	} {
+		res, err := postfixtest.Send(p.PlainAddr(), "sender@local.test", rcpts,
+			[]byte("Delivered-To: loopuser@local.test\nSubject: x\n\nbody\n"))
+		if err != nil || res.EndOfData.Code != 250 {
+			t.Fatalf("%v: %v, end-of-data %v; want 250", rcpts, err, res.EndOfData)
+		}
+		var got []string
+		for _, d := range p.WaitDone(res.QueueID()) {
+			got = append(got, d.Recipient+":"+d.Status)
+		}
+		if strings.Join(got, " ") != "user@local.test:sent" {
+			t.Errorf("%v: deliveries %v, want user@local.test only", rcpts, got)
+		}
+	}
+	p.WaitQueueEmpty()
+	if n := p.Bounces(); n != 0 {
+		t.Errorf("%d bounce notices; want none", n)
+	}
+	if n := strings.Count(m.logs.String(), `msg="recipient dropped"`); n != 4 {
+		t.Errorf("%d recipients logged as dropped, want 4", n)
+	}
+	// The setting is in force in the instance.
+	if out, err := exec.Command("postconf", "-c", p.ConfigDir(), "-h", "enable_original_recipient").Output(); err != nil || strings.TrimSpace(string(out)) != "no" {
+		t.Errorf("enable_original_recipient in the instance: %q, %v; want no", out, err)
 	}
 }
 
