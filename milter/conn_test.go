@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -320,25 +321,41 @@ func TestDrainDeadline(t *testing.T) {
 	}
 }
 
+// TestHeaderLimitThroughTheProtocol: Delivered-To: fields past the
+// header limit still count, judged as spelled: a loop placed behind a
+// pile of large fields is refused all the same; one past the limit
+// through a recipient's expansion is not seen.
 func TestHeaderLimitThroughTheProtocol(t *testing.T) {
-	ts := startServer(t, Config{MaxHeaderBytes: MinHeaderBytes}, nil)
+	fe := newFakeExpander(map[string][]string{"<valias@local.test>": {loopRcpt}})
+	ts := startServer(t, Config{MaxHeaderBytes: MinHeaderBytes, Policy: Policy{Expander: fe.expand}}, nil)
 	var hdr [][2]string
 	for range 5 {
 		hdr = append(hdr, dt(strings.Repeat("q", 1000)+"@example.org"))
 	}
-	got := judge(t, ts.addr, message{rcpts: rcpts(loopRcpt), headers: append(hdr, dt(loopRcpt))})
-	if !isAccept(got.act) {
-		t.Errorf("a loop past the header limit: answer %v, want accept (judged on what was kept)", got.act)
+	got := judge(t, ts.addr, message{rcpts: rcpts("user@local.test", loopRcpt), headers: append(hdr, dt(loopRcpt), [2]string{"Subject", " x"})})
+	if !isLoopReply(got.act, loopRcpt) {
+		t.Errorf("a loop past the header limit: answer %v, want the loop reply", got.act)
 	}
-	ts.waitLog(t, "verdict=pass header_bytes=5175 header_truncated=true")
+	ts.waitLog(t, "verdict=loop reply=\"554 5.4.6 mail forwarding loop for loopuser@local.test\" header_bytes=5187 header_truncated=true loop_recipient=loopuser@local.test")
 	got = judge(t, ts.addr, message{rcpts: rcpts(loopRcpt), headers: append([][2]string{dt(loopRcpt)}, hdr...)})
 	if !isLoopReply(got.act, loopRcpt) {
 		t.Errorf("a loop before the header limit: answer %v, want the loop reply", got.act)
 	}
-	ts.stop(t)
-	if n := ts.obs.truncated.Load(); n != 2 {
-		t.Errorf("truncated headers counted %d, want 2", n)
+	// Through an expansion, past the limit: not judged (as spelled only).
+	got = judge(t, ts.addr, message{rcpts: rcpts("valias@local.test"), headers: append(hdr, dt(loopRcpt))})
+	if !isAccept(got.act) {
+		t.Errorf("a loop through an expansion past the header limit: answer %v, want accept", got.act)
 	}
+	// After the section's end nothing counts.
+	got = judge(t, ts.addr, message{rcpts: rcpts(loopRcpt), headers: append(hdr, [2]string{"Subject", " x\n\nbody"}, dt(loopRcpt))})
+	if !isAccept(got.act) {
+		t.Errorf("a Delivered-To: after the section's end, past the header limit: answer %v, want accept", got.act)
+	}
+	ts.stop(t)
+	if n := ts.obs.truncated.Load(); n != 4 {
+		t.Errorf("truncated headers counted %d, want 4", n)
+	}
+	fe.balanced(t)
 }
 
 // TestContextCancelBeforeServe: a Serve whose context is already done
@@ -435,5 +452,27 @@ func TestHandlerPanicEndsOnlyItsSession(t *testing.T) {
 	}
 	if n := ts.obs.endedWith(EndClosed) + ts.obs.endedWith(EndShutdown); n != 2 {
 		t.Errorf("%d sessions ended closed or by the shutdown, want the other 2", n)
+	}
+}
+
+// TestHeaderLimitDropRecipient: under drop-recipient a recipient that
+// loops only through a field past the header limit is not removed (its
+// expansion was not judged there): the message is refused. One that
+// loops within the limit is removed as usual.
+func TestHeaderLimitDropRecipient(t *testing.T) {
+	ts := startServer(t, Config{MaxHeaderBytes: MinHeaderBytes, Policy: Policy{LoopAction: DropRecipient, Expander: memExpander(t, nil, nil)}}, nil)
+	var hdr [][2]string
+	for range 5 {
+		hdr = append(hdr, dt(strings.Repeat("q", 1000)+"@example.org"))
+	}
+	got := judge(t, ts.addr, message{rcpts: rcpts("user@local.test", loopRcpt), headers: append(hdr, dt(loopRcpt)), queueID: "AAA1"})
+	if !isLoopReply(got.act, loopRcpt) || len(got.mods) != 0 {
+		t.Errorf("a loop past the header limit: answer %v with %v, want the loop reply and nothing removed", got.act, got.mods)
+	}
+	ts.waitLog(t, "queue_id=AAA1")
+	ts.waitLog(t, "drop_refused=header-truncated drop_refused_recipient=loopuser@local.test")
+	got = judge(t, ts.addr, message{rcpts: rcpts("user@local.test", loopRcpt), headers: append(append([][2]string{dt(loopRcpt)}, hdr...), dt(loopRcpt))})
+	if d := got.deleted(); !isAccept(got.act) || !slices.Equal(d, []string{"<" + loopRcpt + ">"}) {
+		t.Errorf("a loop within the limit, and again past it: answer %v, removed %q; want accept with <%s> removed", got.act, d, loopRcpt)
 	}
 }

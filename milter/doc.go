@@ -34,10 +34,11 @@
 //     message (and any malformed field), at most MaxHeaderBytes; one
 //     packet of at most MaxPacketBytes while it is read. Buffers over a
 //     few KiB are dropped when the message or packet that needed them
-//     ends, so an idle session stays small. A header over
-//     the limit is judged on the fields before it (fail open: local(8)
-//     remains the backstop; the milter never tempfails mail for its own
-//     limit).
+//     ends, so an idle session stays small. The fields of a header over
+//     the limit are judged too, past it against the recipients as
+//     spelled, in batches (lateBatchBytes) and with one bit per
+//     recipient; a loop through an expansion past the limit is left to
+//     local(8). The milter never tempfails mail for its own limit.
 //   - A malformed or truncated packet, a failed negotiation, a timeout or
 //     a panic in a handler closes that session only; the error is logged
 //     and counted, the server goes on. Postfix applies

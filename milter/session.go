@@ -189,7 +189,7 @@ func (s *session) Header(name, value string, _ gomilter.Modifier) (resp *gomilte
 	if s.hdrStart.IsZero() {
 		s.hdrStart = time.Now()
 	}
-	s.hdr.add(name, value)
+	s.hdr.add(name, value, s.rcpts)
 	return gomilter.RespContinue, nil
 }
 
@@ -383,8 +383,13 @@ func (s *session) check() (v verdict, rcpts []loopcheck.Recipient) {
 			}
 		}
 	}
+	// Fields past the header limit count too, as spelled.
+	var late []bool
+	if s.hdr.truncated {
+		v.loops, late = mergeLate(v.loops, s.hdr.lateHits(s.rcpts), drop)
+	}
 	if drop && len(v.loops) > 0 {
-		v.dropRefused, v.dropRefusedFor = s.dropRefusal(v.loops, rcpts)
+		v.dropRefused, v.dropRefusedFor = s.dropRefusal(v.loops, rcpts, late)
 	}
 	switch {
 	case v.exempt != "":
@@ -423,6 +428,10 @@ const (
 	// not loop (it loops as spelled, or through one of several addresses
 	// of its expansion): removing it would lose that address's mail.
 	dropPartly
+	// dropHeaderTruncated: a recipient loops only through a field past
+	// the header limit, judged as spelled: its expansion was not judged
+	// by that field, so whether all of it loops is not known.
+	dropHeaderTruncated
 )
 
 // String is the refusal as logged (drop_refused).
@@ -438,6 +447,8 @@ func (d dropRefusal) String() string {
 		return "expansion-unknown"
 	case dropPartly:
 		return "partly-looping"
+	case dropHeaderTruncated:
+		return "header-truncated"
 	}
 	return "unknown"
 }
@@ -446,9 +457,11 @@ func (d dropRefusal) String() string {
 // when the MTA allows it, some recipient is left, and every looping
 // recipient loops in all it stands for (Match.Whole: every address
 // Postfix delivers it to matched; the recipient as spelled counts only as
-// one of those). Otherwise it names the reason and, for the last two,
-// the first looping recipient (in RCPT order) that stands in the way.
-func (s *session) dropRefusal(loops []loopcheck.Match, rcpts []loopcheck.Recipient) (dropRefusal, string) {
+// one of those). Otherwise it names the reason and, but for the first
+// two, the first looping recipient (in RCPT order) that stands in the
+// way. late[i] says recipient i loops only through a field past the
+// header limit.
+func (s *session) dropRefusal(loops []loopcheck.Match, rcpts []loopcheck.Recipient, late []bool) (dropRefusal, string) {
 	switch {
 	case s.actions&gomilter.OptRemoveRcpt == 0:
 		return dropNotGranted, ""
@@ -460,7 +473,10 @@ func (s *session) dropRefusal(loops []loopcheck.Match, rcpts []loopcheck.Recipie
 			continue
 		}
 		r := rcpts[l.Index]
-		if r.HasDeliveries() {
+		switch {
+		case l.Index < len(late) && late[l.Index]:
+			return dropHeaderTruncated, r.Mailbox
+		case r.HasDeliveries():
 			return dropPartly, r.Mailbox
 		}
 		return dropExpansionUnknown, r.Mailbox
