@@ -388,7 +388,8 @@ func abs(n int) int {
 // (or many recipients) has ended, the session no longer holds what it
 // needed; an ordinary message's buffers are kept for the next one.
 func TestSessionReleasesLargeBuffers(t *testing.T) {
-	srv, err := New(Config{})
+	obs := newCountObserver()
+	srv, err := New(Config{Observer: obs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,10 +415,16 @@ func TestSessionReleasesLargeBuffers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	send(500, 1000) // about 1 MiB of Delivered-To: fields
-	if c, c2, r := cap(s.hdr.buf), cap(s.hdr.chunk), cap(s.rcpts); c > keepSectionBuffer || c2 > keepSectionBuffer || r > keepRecipients {
-		t.Errorf("after a 1 MiB header and 500 recipients the idle session holds buffers of %d and %d bytes and %d recipient slots; want at most %d bytes and %d slots",
-			c, c2, r, keepSectionBuffer, keepRecipients)
+	send(500, 1200) // over 1 MiB of Delivered-To: fields: past the limit too
+	if n := obs.truncated.Load(); n != 1 {
+		t.Fatalf("%d truncated headers counted, want 1: the test must pass the limit", n)
+	}
+	if c, c2, c3, r := cap(s.hdr.buf), cap(s.hdr.chunk), cap(s.hdr.late), cap(s.rcpts); c > keepSectionBuffer || c2 > keepSectionBuffer || c3 > keepSectionBuffer || r > keepRecipients {
+		t.Errorf("after a 1.2 MiB header and 500 recipients the idle session holds buffers of %d, %d and %d bytes and %d recipient slots; want at most %d bytes and %d slots",
+			c, c2, c3, r, keepSectionBuffer, keepRecipients)
+	}
+	if s.hdr.spelled != nil || s.hdr.lateHit != nil {
+		t.Errorf("after a header past the limit the idle session keeps %d recipients as spelled", len(s.hdr.spelled))
 	}
 	send(2, 2)
 	if cap(s.hdr.buf) == 0 || cap(s.rcpts) == 0 {
