@@ -5,13 +5,16 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"text/tabwriter"
 
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/expand"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/postfixtest"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/milter"
@@ -72,23 +75,6 @@ func pfMilterSMTPD(addr, defaultAction string) map[string]string {
 		"smtpd_milters":         "inet:" + addr,
 		"milter_protocol":       "6",
 		"milter_default_action": defaultAction,
-	}
-}
-
-// pfTableExpander is a milter.Expander over a fixed table (RCPT argument
-// -> the addresses Postfix rewrites it to), standing in for package expand.
-func pfTableExpander(table map[string][]string) milter.Expander {
-	return func(arg string) func(context.Context) loopcheck.Recipient {
-		return func(context.Context) loopcheck.Recipient {
-			r := loopcheck.NewRecipient(arg)
-			var addrs []address.Addr
-			for _, a := range table[arg] {
-				if p, err := address.ParsePath("<" + a + ">"); err == nil {
-					addrs = append(addrs, p.Addr)
-				}
-			}
-			return r.WithExpansion(addrs, false)
-		}
 	}
 }
 
@@ -235,25 +221,30 @@ func pfRunMilterDifferential(t *testing.T, p *postfixtest.Instance) (string, map
 }
 
 // TestPostfixMilterDropRecipient: -loop-action drop-recipient on a real
-// Postfix. The looping recipient is removed, the others get the message,
-// nobody gets a bounce; a recipient that loops through its virtual alias
-// (the expansion a real deployment gets from package expand, here a
-// table) is removed with its expansion; when every recipient loops, the
-// message is rejected.
+// Postfix, with the recipients expanded by package expand on the
+// instance's configuration, as the command does with -postfix-config.
+// The looping recipient is removed, the others get the message, nobody
+// gets a bounce; a recipient that loops through its virtual alias is
+// removed with its expansion; a source-routed recipient is removed too
+// (smtpd stores it without the route); a virtual alias that expands to
+// a looping and a clean mailbox is not removed (that would lose the
+// clean one's mail): the message is refused; when every recipient loops,
+// the message is refused.
 func TestPostfixMilterDropRecipient(t *testing.T) {
 	t.Parallel()
-	m := pfStartMilter(t, milter.Config{Policy: milter.Policy{
-		LoopAction: milter.DropRecipient,
-		Expander:   pfTableExpander(map[string][]string{"<valias@local.test>": {"loopuser@local.test"}}),
-	}})
+	hook, setExpander := pfLateExpander()
+	m := pfStartMilter(t, milter.Config{Policy: milter.Policy{LoopAction: milter.DropRecipient, Expander: hook}})
+	d := postfixtest.Domain
 	p := postfixtest.New(t, postfixtest.Options{
-		Mailboxes:  []string{"other"},
-		MainCF:     map[string]string{"virtual_alias_maps": "hash:{etc}/virtual"},
-		Files:      map[string]string{"virtual": "valias@" + postfixtest.Domain + " loopuser@" + postfixtest.Domain + "\n"},
+		Mailboxes: []string{"other"},
+		MainCF:    map[string]string{"virtual_alias_maps": "hash:{etc}/virtual"},
+		Files: map[string]string{"virtual": "valias@" + d + " loopuser@" + d + "\n" +
+			"team@" + d + " loopuser@" + d + ", other@" + d + "\n"},
 		Postmap:    []string{"hash:virtual"},
 		PlainSMTPD: pfMilterSMTPD(m.addr, "tempfail"),
 	})
 	p.Start()
+	setExpander(t, p)
 
 	send := func(addr, subject string, rcpts ...string) postfixtest.Result {
 		t.Helper()
@@ -264,31 +255,41 @@ func TestPostfixMilterDropRecipient(t *testing.T) {
 		}
 		return res
 	}
-	recipients := func(ds []postfixtest.Delivery) []string {
+	recipients := func(ds []postfixtest.Delivery) string {
 		var r []string
 		for _, d := range ds {
 			r = append(r, d.Recipient+":"+d.Status)
 		}
-		return r
+		slices.Sort(r)
+		return strings.Join(r, " ")
+	}
+	delivered := func(subject string, res postfixtest.Result, want string) {
+		t.Helper()
+		if res.EndOfData.Code != 250 {
+			t.Fatalf("%s: end-of-data %v, want 250", subject, res.EndOfData)
+		}
+		if got := recipients(p.WaitDone(res.QueueID())); got != want {
+			t.Errorf("%s: deliveries %v, want %s", subject, got, want)
+		}
 	}
 
 	// One of three loops.
 	res := send(p.PlainAddr(), "drop direct", "user@local.test", "loopuser@local.test", "other@local.test")
-	if res.EndOfData.Code != 250 {
-		t.Fatalf("drop direct: end-of-data %v, want 250", res.EndOfData)
-	}
-	if got := recipients(p.WaitDone(res.QueueID())); strings.Join(got, " ") != "user@local.test:sent other@local.test:sent" &&
-		strings.Join(got, " ") != "other@local.test:sent user@local.test:sent" {
-		t.Errorf("drop direct: deliveries %v, want user and other only", got)
-	}
+	delivered("drop direct", res, "other@local.test:sent user@local.test:sent")
 	// The looping recipient is its virtual alias: Postfix removes the
 	// alias with what it expanded to (cleanup_del_rcpt).
 	res2 := send(p.PlainAddr(), "drop virtual", "user@local.test", "valias@local.test")
-	if res2.EndOfData.Code != 250 {
-		t.Fatalf("drop virtual: end-of-data %v, want 250", res2.EndOfData)
-	}
-	if got := recipients(p.WaitDone(res2.QueueID())); strings.Join(got, " ") != "user@local.test:sent" {
-		t.Errorf("drop virtual: deliveries %v, want user only", got)
+	delivered("drop virtual", res2, "user@local.test:sent")
+	// A source-routed recipient: smtpd stores it without the route, and
+	// cleanup compares the removal exactly, so the removal must name it
+	// without the route.
+	resRouted := send(p.PlainAddr(), "drop routed", "user@local.test", "<@relay.example:loopuser@local.test>")
+	delivered("drop routed", resRouted, "user@local.test:sent")
+	// team expands to loopuser, which loops, and other, which does not:
+	// removing team would remove other's copy too. Refused whole.
+	resTeam := send(p.PlainAddr(), "drop team", "team@local.test", "user@local.test")
+	if resTeam.EndOfData.Code != 554 || resTeam.EndOfData.Text() != "554 5.4.6 mail forwarding loop for team@local.test" {
+		t.Errorf("drop team: end-of-data %v, want 554 5.4.6 mail forwarding loop for team@local.test", resTeam.EndOfData)
 	}
 	// Every recipient loops: rejected.
 	res3 := send(p.PlainAddr(), "drop all", "loopuser@local.test", "valias@local.test")
@@ -297,13 +298,13 @@ func TestPostfixMilterDropRecipient(t *testing.T) {
 	}
 	p.WaitQueueEmpty()
 
-	for _, subject := range []string{"drop direct", "drop virtual"} {
+	for _, subject := range []string{"drop direct", "drop virtual", "drop routed"} {
 		if !strings.Contains(p.Mailbox(postfixtest.User), "Subject: "+subject+"\n") {
 			t.Errorf("user's mailbox lacks %q", subject)
 		}
 	}
 	if n := p.MailboxMessages("other"); n != 1 {
-		t.Errorf("other's mailbox holds %d messages, want 1", n)
+		t.Errorf("other's mailbox holds %d messages, want 1 (drop direct)", n)
 	}
 	if box := p.Mailbox(postfixtest.LoopUser); box != "" {
 		t.Errorf("the looping recipient's mailbox got mail:\n%s", box)
@@ -314,15 +315,95 @@ func TestPostfixMilterDropRecipient(t *testing.T) {
 	if box := p.Mailbox(postfixtest.Sender); box != "" {
 		t.Errorf("the sender got mail:\n%s", box)
 	}
-	if logs := m.logs.String(); strings.Count(logs, `msg="recipient dropped"`) != 2 ||
-		!strings.Contains(logs, "queue_id="+res2.QueueID()+" recipient=valias@local.test via=loopuser@local.test rcpt_mailer=local") {
+	logs := m.logs.String()
+	if strings.Count(logs, `msg="recipient dropped"`) != 3 ||
+		!strings.Contains(logs, "queue_id="+res2.QueueID()+" recipient=valias@local.test loop_via=loopuser@local.test rcpt_mailer=local") ||
+		!strings.Contains(logs, "queue_id="+resRouted.QueueID()+" recipient=loopuser@local.test rcpt_mailer=local") {
 		t.Errorf("the milter did not log each drop with the queue id:\n%s", logs)
+	}
+	if !strings.Contains(logs, "drop_refused=partly-looping drop_refused_recipient=team@local.test") {
+		t.Errorf("the milter did not log why team@ was not removed:\n%s", logs)
 	}
 
 	// The oracle: Postfix alone bounces the first message's loop.
 	alone := send(p.AfterFilterAddr(), "alone", "user@local.test", "loopuser@local.test")
 	if !p.LoopBounced(alone.QueueID(), "loopuser@local.test") {
 		t.Errorf("Postfix alone did not bounce the loop; the test proves nothing")
+	}
+}
+
+// pfLateExpander is a milter.Expander for a milter started before its
+// Postfix instance exists: set makes package expand on the instance's
+// configuration (-loops=any, through postmap), as the command hooks it
+// with -postfix-config; it must be called before any mail is sent.
+func pfLateExpander() (hook milter.Expander, set func(*testing.T, *postfixtest.Instance)) {
+	var exp atomic.Pointer[expand.Expander]
+	hook = func(arg string) func(context.Context) loopcheck.Recipient {
+		return exp.Load().Recipients(expand.ModeAny)(arg)
+	}
+	set = func(t *testing.T, p *postfixtest.Instance) {
+		t.Helper()
+		e, err := expand.New(context.Background(), expand.Options{ConfigDir: p.ConfigDir(), Prefer: expand.BackendPostmap})
+		if err != nil {
+			t.Fatalf("expand.New: %v", err)
+		}
+		t.Cleanup(func() { e.Close() })
+		exp.Store(e)
+	}
+	return hook, set
+}
+
+// TestPostfixMilterDropNoOriginalRecipient: with enable_original_recipient
+// = no a removal still matches the recipient as the client spelled it,
+// not what cleanup rewrote it to: cleanup writes the original recipient
+// record either way (cleanup_out_recipient); the setting changes only its
+// duplicate elimination, by the rewritten address alone. So a virtual
+// alias, a recipient in another case and one given twice over two
+// spellings are removed as with the default.
+func TestPostfixMilterDropNoOriginalRecipient(t *testing.T) {
+	t.Parallel()
+	hook, setExpander := pfLateExpander()
+	m := pfStartMilter(t, milter.Config{Policy: milter.Policy{LoopAction: milter.DropRecipient, Expander: hook}})
+	d := postfixtest.Domain
+	p := postfixtest.New(t, postfixtest.Options{
+		MainCF: map[string]string{
+			"virtual_alias_maps":        "hash:{etc}/virtual",
+			"enable_original_recipient": "no",
+		},
+		Files:      map[string]string{"virtual": "valias@" + d + " loopuser@" + d + "\n"},
+		Postmap:    []string{"hash:virtual"},
+		PlainSMTPD: pfMilterSMTPD(m.addr, "tempfail"),
+	})
+	p.Start()
+	setExpander(t, p)
+	for _, rcpts := range [][]string{
+		{"user@local.test", "valias@local.test"},
+		{"user@local.test", "LoopUser@Local.Test"},
+		{"valias@local.test", "user@local.test", "loopuser@local.test"},
+	} {
+		res, err := postfixtest.Send(p.PlainAddr(), "sender@local.test", rcpts,
+			[]byte("Delivered-To: loopuser@local.test\nSubject: x\n\nbody\n"))
+		if err != nil || res.EndOfData.Code != 250 {
+			t.Fatalf("%v: %v, end-of-data %v; want 250", rcpts, err, res.EndOfData)
+		}
+		var got []string
+		for _, d := range p.WaitDone(res.QueueID()) {
+			got = append(got, d.Recipient+":"+d.Status)
+		}
+		if strings.Join(got, " ") != "user@local.test:sent" {
+			t.Errorf("%v: deliveries %v, want user@local.test only", rcpts, got)
+		}
+	}
+	p.WaitQueueEmpty()
+	if n := p.Bounces(); n != 0 {
+		t.Errorf("%d bounce notices; want none", n)
+	}
+	if n := strings.Count(m.logs.String(), `msg="recipient dropped"`); n != 4 {
+		t.Errorf("%d recipients logged as dropped, want 4", n)
+	}
+	// The setting is in force in the instance.
+	if out, err := exec.Command("postconf", "-c", p.ConfigDir(), "-h", "enable_original_recipient").Output(); err != nil || strings.TrimSpace(string(out)) != "no" {
+		t.Errorf("enable_original_recipient in the instance: %q, %v; want no", out, err)
 	}
 }
 

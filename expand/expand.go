@@ -98,6 +98,27 @@ func (r Result) Expansion(m Mode) (addrs []address.Addr, replace bool) {
 	return addrs, m == ModePostfix
 }
 
+// Deliveries returns what loopcheck.Recipient.WithDeliveries takes for
+// this result in mode m: every address Postfix delivers the recipient to
+// (every target: a front-end that removes the recipient removes all of
+// them), when each of them is one the recipient is judged by in m.
+// Otherwise nil, which leaves them unknown: for an incomplete result,
+// and in ModePostfix when a target's delivery does not compare
+// Delivered-To: (no verdict in that mode can say that it loops).
+func (r Result) Deliveries(m Mode) []address.Addr {
+	if !r.Complete {
+		return nil
+	}
+	addrs := make([]address.Addr, 0, len(r.Targets))
+	for _, t := range r.Targets {
+		if m == ModePostfix && !t.ChecksLoops {
+			return nil
+		}
+		addrs = append(addrs, t.Addr)
+	}
+	return addrs
+}
+
 // Defaults of Options.
 const (
 	// DefaultTimeout bounds one expansion, including the part that runs
@@ -508,9 +529,9 @@ func (e *Expander) Close() error {
 // accepted, with its RCPT TO: argument (smtpproxy.Config.Expand,
 // milter.Policy.Expander): it starts the recipient's expansion and returns
 // the wait that, at end of message, gives the recipient to judge: with its
-// expansion in mode m, or as spelled when the expansion is incomplete,
-// ctx ends first, or the path does not parse. The wait never blocks past
-// ctx.
+// expansion in mode m and its deliveries (Result.Deliveries), or as
+// spelled, deliveries unknown, when the expansion is incomplete, ctx ends
+// first, or the path does not parse. The wait never blocks past ctx.
 func (e *Expander) Recipients(m Mode) func(rcptArg string) func(ctx context.Context) loopcheck.Recipient {
 	return func(rcptArg string) func(context.Context) loopcheck.Recipient {
 		r := loopcheck.NewRecipient(rcptArg)
@@ -520,7 +541,8 @@ func (e *Expander) Recipients(m Mode) func(rcptArg string) func(ctx context.Cont
 		}
 		pending := e.Start(p.Addr)
 		return func(ctx context.Context) loopcheck.Recipient {
-			return r.WithExpansion(pending.Wait(ctx).Expansion(m))
+			res := pending.Wait(ctx)
+			return r.WithExpansion(res.Expansion(m)).WithDeliveries(res.Deliveries(m))
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -79,6 +80,62 @@ func TestModes(t *testing.T) {
 	}
 	if _, err := ParseMode("local"); err == nil {
 		t.Errorf("ParseMode accepts an unknown mode")
+	}
+}
+
+// TestDeliveries: every target of a complete result, in mode any; in
+// mode postfix only when every target's delivery compares Delivered-To:;
+// none for an incomplete result. Through the hook, Match.Whole follows.
+func TestDeliveries(t *testing.T) {
+	cfg := testConfig()
+	cfg.TransportMaps = []string{"hash:transport"}
+	m := tables(t, map[string]string{
+		"hash:virtual":   "team@local.test loopuser@local.test, other@local.test\nvalias@local.test loopuser@local.test\nmixed@local.test loopuser@local.test, box@lmtp.test\n",
+		"hash:transport": "lmtp.test lmtp:unix:private/dovecot-lmtp\n",
+	})
+	keys := func(as []address.Addr) []string {
+		var k []string
+		for _, a := range as {
+			k = append(k, a.String())
+		}
+		return k
+	}
+	for _, tc := range []struct {
+		rcpt     string
+		any, pfx []string
+	}{
+		{"loopuser@local.test", []string{"loopuser@local.test"}, []string{"loopuser@local.test"}},
+		{"team@local.test", []string{"loopuser@local.test", "other@local.test"}, []string{"loopuser@local.test", "other@local.test"}},
+		{"mixed@local.test", []string{"loopuser@local.test", "box@lmtp.test"}, nil},
+	} {
+		res := expandWith(t, cfg, m, tc.rcpt)
+		mustComplete(t, res)
+		if got := keys(res.Deliveries(ModeAny)); !slices.Equal(got, tc.any) {
+			t.Errorf("%s, mode any: deliveries %q, want %q", tc.rcpt, got, tc.any)
+		}
+		if got := keys(res.Deliveries(ModePostfix)); !slices.Equal(got, tc.pfx) {
+			t.Errorf("%s, mode postfix: deliveries %q, want %q", tc.rcpt, got, tc.pfx)
+		}
+	}
+	bad := Result{Cause: CauseTimeout, Err: errors.New("x"), Targets: []Target{{Addr: addr("loopuser@local.test"), ChecksLoops: true}}}
+	if d := bad.Deliveries(ModeAny); d != nil {
+		t.Errorf("incomplete result: deliveries %v, want none", d)
+	}
+
+	e, err := New(context.Background(), Options{Config: cfg, Backend: withEmpty(cfg, m)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	hook := e.Recipients(ModeAny)
+	var rs []loopcheck.Recipient
+	for _, arg := range []string{"<team@local.test>", "<valias@local.test>", "<loopuser@local.test>"} {
+		rs = append(rs, hook(arg)(context.Background()))
+	}
+	got := loopcheck.Loops(rs, []byte("Delivered-To: loopuser@local.test\r\n\r\n"))
+	want := []loopcheck.Match{{Index: 0, Via: "loopuser@local.test"}, {Index: 1, Via: "loopuser@local.test", Whole: true}, {Index: 2, Whole: true}}
+	if !slices.Equal(got, want) {
+		t.Errorf("through the hook: %+v, want %+v", got, want)
 	}
 }
 

@@ -19,7 +19,10 @@
 // its aliases. Package loopcheck does no lookups itself; a front-end gets
 // the expansion from package expand and hands it over. A loop found through
 // the expansion names the recipient as the client spelled it and, in
-// Verdict.Via, the expanded address that matched.
+// Verdict.Via, the expanded address that matched. With the addresses
+// Postfix delivers the recipient to (Recipient.WithDeliveries), Loops
+// also says whether every one of them loops (Match.Whole): what a
+// front-end must know before it removes the recipient from a message.
 //
 // Guarantees: Check reads only the header section (up to header.SectionEnd),
 // takes time linear in its length, allocates in proportion to the recipients
@@ -58,6 +61,11 @@ type Match struct {
 	Index int
 	// Via is as in Verdict.
 	Via string
+	// Whole says that every address Postfix delivers the recipient to
+	// (Recipient.WithDeliveries) matched a Delivered-To: address: the
+	// recipient loops in all it stands for. False when those addresses
+	// are not known.
+	Whole bool
 }
 
 // Recipient is an accepted envelope recipient prepared for the check.
@@ -69,6 +77,9 @@ type Recipient struct {
 	// that parses, every plausible address for one that does not, then
 	// those of its expansion.
 	keys []matchKey
+	// deliveries are the keys of every address Postfix delivers the
+	// recipient to (WithDeliveries); nil when they are not known.
+	deliveries []string
 }
 
 // matchKey is one normalised key of a recipient; via is the expanded
@@ -100,7 +111,7 @@ func NewRecipient(rcptArg string) Recipient {
 // judges only what Postfix itself would bounce. An address that has the key
 // of one r already holds adds nothing. r itself is not changed.
 func (r Recipient) WithExpansion(addrs []address.Addr, replace bool) Recipient {
-	out := Recipient{Mailbox: r.Mailbox}
+	out := Recipient{Mailbox: r.Mailbox, deliveries: r.deliveries}
 	if !replace {
 		out.keys = append(out.keys, r.keys...)
 	}
@@ -121,6 +132,30 @@ func (r Recipient) WithExpansion(addrs []address.Addr, replace bool) Recipient {
 	}
 	return out
 }
+
+// WithDeliveries returns r with every address Postfix delivers it to:
+// all the addresses of its complete expansion, whatever transport
+// delivers them, each of which the verdict judges r by. Loops then says
+// whether each of them matched (Match.Whole). This is for a front-end
+// that can remove a recipient from a message: Postfix removes the
+// recipient with all it expanded to, so removing it loses nothing only
+// when every one of those addresses loops. An empty list leaves them
+// unknown. r itself is not changed.
+func (r Recipient) WithDeliveries(addrs []address.Addr) Recipient {
+	out := r
+	out.deliveries = nil
+	if len(addrs) > 0 {
+		out.deliveries = make([]string, len(addrs))
+		for i, a := range addrs {
+			out.deliveries[i] = a.Key()
+		}
+	}
+	return out
+}
+
+// HasDeliveries reports whether r carries the addresses Postfix delivers
+// it to (WithDeliveries).
+func (r Recipient) HasDeliveries() bool { return r.deliveries != nil }
 
 // Check judges a message against the accepted recipients, each given as the
 // client sent its RCPT TO: argument (the text after the colon, parameters
@@ -170,6 +205,27 @@ func scan(rcpts []Recipient, msg []byte, all bool) []Match {
 			refs[k.key] = append(refs[k.key], ref{i, k.via})
 		}
 	}
+	// With all, delivered[i][p] says whether the p-th delivery of
+	// recipient i matched (for Match.Whole); dref maps a key to the
+	// deliveries that have it.
+	type dpos struct{ index, pos int }
+	var dref map[string][]dpos
+	var delivered [][]bool
+	if all {
+		for i, r := range rcpts {
+			if len(r.deliveries) == 0 {
+				continue
+			}
+			if dref == nil {
+				dref = make(map[string][]dpos)
+				delivered = make([][]bool, len(rcpts))
+			}
+			delivered[i] = make([]bool, len(r.deliveries))
+			for p, k := range r.deliveries {
+				dref[k] = append(dref[k], dpos{i, p})
+			}
+		}
+	}
 	// found[i] is the key through which recipient i loops; ok[i] whether
 	// it does. best is the first looping recipient.
 	found := make([]string, len(rcpts))
@@ -191,7 +247,11 @@ func scan(rcpts []Recipient, msg []byte, all bool) []Match {
 			addrs = address.AppendList(addrs, raw[:i])
 		}
 		for _, a := range addrs {
-			for _, r := range refs[a.Key()] {
+			k := a.Key()
+			for _, d := range dref[k] {
+				delivered[d.index][d.pos] = true
+			}
+			for _, r := range refs[k] {
 				if ok[r.index] && (found[r.index] == "" || r.via != "") {
 					continue // a match as spelled beats one through the expansion
 				}
@@ -214,7 +274,8 @@ func scan(rcpts []Recipient, msg []byte, all bool) []Match {
 	var m []Match
 	for i := range rcpts {
 		if ok[i] {
-			m = append(m, Match{Index: i, Via: found[i]})
+			whole := delivered != nil && delivered[i] != nil && !slices.Contains(delivered[i], false)
+			m = append(m, Match{Index: i, Via: found[i], Whole: whole})
 		}
 	}
 	return m

@@ -346,3 +346,46 @@ func TestSpelledMatchBeatsExpansion(t *testing.T) {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
+
+// TestLoopsWhole: Match.Whole says that every address a recipient is
+// delivered to matched, and is false when those are not known.
+func TestLoopsWhole(t *testing.T) {
+	msg := []byte(crlf("Delivered-To: loopuser@local.test", "Delivered-To: b@local.test", "", "x"))
+	exp := func(rcpt string, to ...string) Recipient {
+		return NewRecipient("<"+rcpt+">").WithExpansion(addrs(to...), false).WithDeliveries(addrs(to...))
+	}
+	for _, tc := range []struct {
+		name string
+		r    Recipient
+		want []Match
+	}{
+		{"as spelled, deliveries unknown", NewRecipient("<loopuser@local.test>"), []Match{{Index: 0}}},
+		{"itself only", exp("loopuser@local.test", "loopuser@local.test"), []Match{{Index: 0, Whole: true}}},
+		{"itself, case differs", exp("LoopUser@Local.Test", "LoopUser@Local.Test"), []Match{{Index: 0, Whole: true}}},
+		{"alias to the looping address", exp("valias@local.test", "loopuser@local.test"), []Match{{Index: 0, Via: "loopuser@local.test", Whole: true}}},
+		{"alias to two, both loop", exp("team@local.test", "loopuser@local.test", "b@local.test"), []Match{{Index: 0, Via: "loopuser@local.test", Whole: true}}},
+		{"alias to two, one loops", exp("team@local.test", "loopuser@local.test", "other@local.test"), []Match{{Index: 0, Via: "loopuser@local.test"}}},
+		{"loops as spelled, delivered elsewhere", exp("b@local.test", "other@local.test"), []Match{{Index: 0}}},
+		{"deliveries given empty", NewRecipient("<loopuser@local.test>").WithDeliveries(nil), []Match{{Index: 0}}},
+		{"expansion after deliveries keeps them", NewRecipient("<valias@local.test>").WithDeliveries(addrs("loopuser@local.test")).WithExpansion(addrs("loopuser@local.test"), true),
+			[]Match{{Index: 0, Via: "loopuser@local.test", Whole: true}}},
+		{"no loop", exp("c@local.test", "c@local.test"), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, Loops([]Recipient{tc.r}, msg)); diff != "" {
+				t.Errorf("Loops (-want +got):\n%s", diff)
+			}
+			// CheckRecipients is not changed by deliveries.
+			want := CheckRecipients([]Recipient{{Mailbox: tc.r.Mailbox, keys: tc.r.keys}}, msg)
+			if got := CheckRecipients([]Recipient{tc.r}, msg); got != want {
+				t.Errorf("CheckRecipients %+v, without deliveries %+v", got, want)
+			}
+		})
+	}
+	// Among several recipients, each is judged on its own deliveries.
+	rs := []Recipient{exp("team@local.test", "loopuser@local.test", "other@local.test"), NewRecipient("<x@local.test>"), exp("valias@local.test", "loopuser@local.test")}
+	want := []Match{{Index: 0, Via: "loopuser@local.test"}, {Index: 2, Via: "loopuser@local.test", Whole: true}}
+	if diff := cmp.Diff(want, Loops(rs, msg)); diff != "" {
+		t.Errorf("several: Loops (-want +got):\n%s", diff)
+	}
+}

@@ -33,7 +33,7 @@ var (
 // milterOutcomes lists the outcomes the milter reports, for pre-created
 // series.
 var milterOutcomes = []milter.Outcome{milter.OutcomePass, milter.OutcomeLoop, milter.OutcomeDropped,
-	milter.OutcomeDryRunLoop, milter.OutcomeExempt, milter.OutcomeCheckFailed}
+	milter.OutcomeDryRunLoop, milter.OutcomeExempt, milter.OutcomeCheckFailed, milter.OutcomeDropFailed}
 
 // milterEndReasons lists why a milter session ends.
 var milterEndReasons = []milter.EndReason{milter.EndClosed, milter.EndShutdown, milter.EndTimeout,
@@ -56,7 +56,7 @@ func NewMilter() *Milter {
 	}
 	m.messages = f(prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "transactions_total",
-		Help: "Messages by verdict: pass, loop, dropped (looping recipients removed), dry-run-loop, exempt, check-failed.",
+		Help: "Messages by verdict: pass, loop, dropped (looping recipients removed), dry-run-loop, exempt, check-failed, drop-failed (a removal could not be sent; the MTA's default action applied).",
 	}, []string{"verdict"})).(*prometheus.CounterVec)
 	m.byOutcome = make(map[milter.Outcome]prometheus.Counter)
 	for _, o := range milterOutcomes {

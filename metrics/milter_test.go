@@ -17,7 +17,7 @@ func TestMilterMetrics(t *testing.T) {
 	web := httptest.NewServer(m.Handler(nil))
 	defer web.Close()
 	before := scrape(t, web.URL+"/metrics")
-	for _, o := range []string{"pass", "loop", "dropped", "dry-run-loop", "exempt", "check-failed"} {
+	for _, o := range []string{"pass", "loop", "dropped", "dry-run-loop", "exempt", "check-failed", "drop-failed"} {
 		checkSamples(t, before, map[string]float64{`smtpprox_transactions_total{frontend="milter",verdict="` + o + `"}`: 0})
 	}
 	for _, r := range []string{"closed", "shutdown", "timeout", "protocol-error", "io-error", "panic"} {

@@ -36,12 +36,14 @@ const (
 	// DefaultDrainTimeout bounds graceful shutdown, as the proxy's.
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultExpandWait bounds the wait at end of message for recipient
-	// expansions still running (Expander): long enough for a lookup
-	// through postmap(1) for a few hundred recipients, short against
-	// milter_content_timeout (300 s), within which Postfix must have the
-	// reply, and against the client's wait for the end-of-data reply. A
-	// recipient whose expansion is not done by then is judged as spelled.
-	DefaultExpandWait = 10 * time.Second
+	// expansions still running (Expander); they started at each RCPT
+	// event, so most are done by then. It is the proxy's and the
+	// command's -expansion-wait default (expand.DefaultWait), short
+	// against milter_content_timeout (300 s), within which Postfix must
+	// have the reply, and against the client's wait for the end-of-data
+	// reply. A recipient whose expansion is not done by then is judged as
+	// spelled.
+	DefaultExpandWait = 5 * time.Second
 	// MaxPacketBytes bounds one milter packet, and so what one read may
 	// allocate. Postfix's largest event is a header field, at most
 	// header_size_limit (default 100 KiB) long; 2 MiB leaves room for a
@@ -61,9 +63,12 @@ const (
 	// forwarding loop for <recipient>", the proxy's reply.
 	Reject LoopAction = iota
 	// DropRecipient removes only the looping recipients (SMFIR_DELRCPT)
-	// and lets the message go to the others; when every recipient loops,
-	// it rejects as Reject does. A dropped recipient gets no notice, nor
-	// does the sender.
+	// and lets the message go to the others. Postfix removes a recipient
+	// with everything it expanded to, so a recipient is removed only when
+	// every address of its expansion loops (loopcheck.Match.Whole, which
+	// needs an Expander); when that does not hold for a looping
+	// recipient, or every recipient loops, it rejects as Reject does. A
+	// dropped recipient gets no notice, nor does the sender.
 	DropRecipient
 )
 
@@ -188,6 +193,10 @@ const (
 	OutcomeDryRunLoop                     // a loop, passed under DryRun
 	OutcomeExempt                         // not judged: an exempt client or SASL user
 	OutcomeCheckFailed                    // the check failed; tempfailed
+	// OutcomeDropFailed: a loop for some recipients whose removal could
+	// not be sent (the connection to the MTA failed); the session ended
+	// and the MTA applied its milter_default_action to the message.
+	OutcomeDropFailed
 )
 
 // String is the verdict as logged.
@@ -205,6 +214,8 @@ func (o Outcome) String() string {
 		return "exempt"
 	case OutcomeCheckFailed:
 		return "check-failed"
+	case OutcomeDropFailed:
+		return "drop-failed"
 	}
 	return "unknown"
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -320,25 +321,41 @@ func TestDrainDeadline(t *testing.T) {
 	}
 }
 
+// TestHeaderLimitThroughTheProtocol: Delivered-To: fields past the
+// header limit still count, judged as spelled: a loop placed behind a
+// pile of large fields is refused all the same; one past the limit
+// through a recipient's expansion is not seen.
 func TestHeaderLimitThroughTheProtocol(t *testing.T) {
-	ts := startServer(t, Config{MaxHeaderBytes: MinHeaderBytes}, nil)
+	fe := newFakeExpander(map[string][]string{"<valias@local.test>": {loopRcpt}})
+	ts := startServer(t, Config{MaxHeaderBytes: MinHeaderBytes, Policy: Policy{Expander: fe.expand}}, nil)
 	var hdr [][2]string
 	for range 5 {
 		hdr = append(hdr, dt(strings.Repeat("q", 1000)+"@example.org"))
 	}
-	got := judge(t, ts.addr, message{rcpts: rcpts(loopRcpt), headers: append(hdr, dt(loopRcpt))})
-	if !isAccept(got.act) {
-		t.Errorf("a loop past the header limit: answer %v, want accept (judged on what was kept)", got.act)
+	got := judge(t, ts.addr, message{rcpts: rcpts("user@local.test", loopRcpt), headers: append(hdr, dt(loopRcpt), [2]string{"Subject", " x"})})
+	if !isLoopReply(got.act, loopRcpt) {
+		t.Errorf("a loop past the header limit: answer %v, want the loop reply", got.act)
 	}
-	ts.waitLog(t, "verdict=pass header_bytes=5175 header_truncated=true")
+	ts.waitLog(t, "verdict=loop reply=\"554 5.4.6 mail forwarding loop for loopuser@local.test\" header_bytes=5187 header_truncated=true loop_recipient=loopuser@local.test")
 	got = judge(t, ts.addr, message{rcpts: rcpts(loopRcpt), headers: append([][2]string{dt(loopRcpt)}, hdr...)})
 	if !isLoopReply(got.act, loopRcpt) {
 		t.Errorf("a loop before the header limit: answer %v, want the loop reply", got.act)
 	}
-	ts.stop(t)
-	if n := ts.obs.truncated.Load(); n != 2 {
-		t.Errorf("truncated headers counted %d, want 2", n)
+	// Through an expansion, past the limit: not judged (as spelled only).
+	got = judge(t, ts.addr, message{rcpts: rcpts("valias@local.test"), headers: append(hdr, dt(loopRcpt))})
+	if !isAccept(got.act) {
+		t.Errorf("a loop through an expansion past the header limit: answer %v, want accept", got.act)
 	}
+	// After the section's end nothing counts.
+	got = judge(t, ts.addr, message{rcpts: rcpts(loopRcpt), headers: append(hdr, [2]string{"Subject", " x\n\nbody"}, dt(loopRcpt))})
+	if !isAccept(got.act) {
+		t.Errorf("a Delivered-To: after the section's end, past the header limit: answer %v, want accept", got.act)
+	}
+	ts.stop(t)
+	if n := ts.obs.truncated.Load(); n != 4 {
+		t.Errorf("truncated headers counted %d, want 4", n)
+	}
+	fe.balanced(t)
 }
 
 // TestContextCancelBeforeServe: a Serve whose context is already done
@@ -356,5 +373,106 @@ func TestContextCancelBeforeServe(t *testing.T) {
 	cancel()
 	if err := srv.Serve(ctx, ln); err != nil {
 		t.Errorf("Serve: %v", err)
+	}
+}
+
+// TestNegotiationFailureLogged: an MTA whose protocol version the session
+// refuses gets its session closed, logged with that reason rather than
+// with the library's generic one.
+func TestNegotiationFailureLogged(t *testing.T) {
+	ts := startServer(t, Config{}, nil)
+	c := rawSession(t, ts.addr, false)
+	var d []byte
+	d = binary.BigEndian.AppendUint32(d, 1) // version 1
+	d = binary.BigEndian.AppendUint32(d, 0x1ff)
+	d = binary.BigEndian.AppendUint32(d, 0x1fffff)
+	if _, err := c.Write(packet('O', string(d))); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	expectClosed(t, c)
+	ts.waitLog(t, "reason=protocol-error duration=")
+	ts.waitLog(t, "the MTA speaks milter protocol version 1; 2 or later is needed")
+	ts.stop(t)
+	if n := ts.obs.endedWith(EndProtocol); n != 1 {
+		t.Errorf("%d sessions ended with a protocol error, want 1", n)
+	}
+}
+
+// TestHandlerPanicEndsOnlyItsSession: a panic in a handler (here the
+// Observer, called at end of message) closes that session, logged with
+// its stack and counted as EndPanic; a session open beside it and new
+// sessions are served as before.
+func TestHandlerPanicEndsOnlyItsSession(t *testing.T) {
+	ts := startServer(t, Config{}, nil)
+	loop := message{rcpts: rcpts(loopRcpt), headers: [][2]string{dt(loopRcpt)}}
+	otherMacros := gomilter.NewMacroBag()
+	other := openSession(t, postfixLike(ts.addr), otherMacros, "")
+
+	macros := gomilter.NewMacroBag()
+	s := openSession(t, postfixLike(ts.addr), macros, "")
+	ts.obs.panicJudged.Store(true)
+	if _, err := s.Mail("a@example.org", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Rcpt(loopRcpt, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DataStart(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.HeaderField("Delivered-To", " "+loopRcpt, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.HeaderEnd(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.BodyChunk([]byte("body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, act, err := s.End(); err == nil {
+		t.Errorf("end of message answered %v on the session whose handler panicked; want it closed", act)
+	}
+	ts.waitLog(t, "reason=panic")
+	ts.waitLog(t, `msg="milter handler failed" session=`)
+	if !strings.Contains(ts.logs.String(), "observer bug") {
+		t.Errorf("the panic's value is not logged")
+	}
+
+	// The session beside it, and a new one, are served.
+	if got := sendMessage(t, other, otherMacros, loop); !isLoopReply(got.act, loopRcpt) {
+		t.Errorf("the other session: answer %v, want the loop reply", got.act)
+	}
+	if got := judge(t, ts.addr, loop); !isLoopReply(got.act, loopRcpt) {
+		t.Errorf("a new session: answer %v, want the loop reply", got.act)
+	}
+	other.Close()
+	ts.stop(t)
+	if n := ts.obs.endedWith(EndPanic); n != 1 {
+		t.Errorf("%d sessions ended by a panic, want 1", n)
+	}
+	if n := ts.obs.endedWith(EndClosed) + ts.obs.endedWith(EndShutdown); n != 2 {
+		t.Errorf("%d sessions ended closed or by the shutdown, want the other 2", n)
+	}
+}
+
+// TestHeaderLimitDropRecipient: under drop-recipient a recipient that
+// loops only through a field past the header limit is not removed (its
+// expansion was not judged there): the message is refused. One that
+// loops within the limit is removed as usual.
+func TestHeaderLimitDropRecipient(t *testing.T) {
+	ts := startServer(t, Config{MaxHeaderBytes: MinHeaderBytes, Policy: Policy{LoopAction: DropRecipient, Expander: memExpander(t, nil, nil)}}, nil)
+	var hdr [][2]string
+	for range 5 {
+		hdr = append(hdr, dt(strings.Repeat("q", 1000)+"@example.org"))
+	}
+	got := judge(t, ts.addr, message{rcpts: rcpts("user@local.test", loopRcpt), headers: append(hdr, dt(loopRcpt)), queueID: "AAA1"})
+	if !isLoopReply(got.act, loopRcpt) || len(got.mods) != 0 {
+		t.Errorf("a loop past the header limit: answer %v with %v, want the loop reply and nothing removed", got.act, got.mods)
+	}
+	ts.waitLog(t, "queue_id=AAA1")
+	ts.waitLog(t, "drop_refused=header-truncated drop_refused_recipient=loopuser@local.test")
+	got = judge(t, ts.addr, message{rcpts: rcpts("user@local.test", loopRcpt), headers: append(append([][2]string{dt(loopRcpt)}, hdr...), dt(loopRcpt))})
+	if d := got.deleted(); !isAccept(got.act) || !slices.Equal(d, []string{"<" + loopRcpt + ">"}) {
+		t.Errorf("a loop within the limit, and again past it: answer %v, removed %q; want accept with <%s> removed", got.act, d, loopRcpt)
 	}
 }

@@ -2,6 +2,8 @@ package milter
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -10,9 +12,33 @@ import (
 	gomilter "github.com/d--j/go-milter"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/expand"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/allowlist"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
+
+// memExpander is package expand over in-memory tables, as the command
+// hooks it (-loops=any): local.test is the local domain, virtual holds
+// virtual_alias_maps entries (address -> comma list), aliases aliases(5)
+// entries. A recipient neither table names expands to itself.
+func memExpander(t *testing.T, virtual, aliases map[string]string) Expander {
+	t.Helper()
+	cfg := expand.DefaultConfig("mx.local.test", "local.test", "local.test", "mx.local.test")
+	cfg.VirtualAliasMaps = []string{"hash:/etc/postfix/virtual"}
+	cfg.AliasMaps = []string{"hash:/etc/aliases"}
+	tables := &expand.Memory{}
+	tables.Set("hash:/etc/postfix/virtual", expand.MemTable{Entries: virtual})
+	if aliases == nil {
+		aliases = map[string]string{}
+	}
+	tables.Set("hash:/etc/aliases", expand.MemTable{Entries: aliases})
+	e, err := expand.New(context.Background(), expand.Options{Config: cfg, Backend: tables})
+	if err != nil {
+		t.Fatalf("expand.New: %v", err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e.Recipients(expand.ModeAny)
+}
 
 // fakeExpander expands by a table (RCPT argument -> addresses); one
 // argument may be made to hang until its context ends, another to panic.
@@ -62,7 +88,12 @@ func (f *fakeExpander) expand(arg string) func(context.Context) loopcheck.Recipi
 			}
 			addrs = append(addrs, p.Addr)
 		}
-		return r.WithExpansion(addrs, false)
+		if addrs == nil { // not in the table: delivered to itself
+			if p, err := address.ParsePath(arg); err == nil {
+				addrs = []address.Addr{p.Addr}
+			}
+		}
+		return r.WithExpansion(addrs, false).WithDeliveries(addrs)
 	}
 }
 
@@ -193,4 +224,94 @@ func TestExpansionReleased(t *testing.T) {
 	if strings.Contains(ts.logs.String(), "session failed") {
 		t.Errorf("a session failed")
 	}
+}
+
+// TestDropOnlyWhatLoopsWhole: under drop-recipient a recipient is removed
+// only when every address Postfix delivers it to loops, since Postfix
+// removes it with all it expanded to; otherwise the whole message is
+// refused (554 5.4.6, the sender is told) and the log says why. Package
+// expand over in-memory tables gives the expansions.
+func TestDropOnlyWhatLoopsWhole(t *testing.T) {
+	virtual := map[string]string{
+		"team@local.test":   "loopuser@local.test, other@local.test",
+		"valias@local.test": "loopuser@local.test",
+		"pair@local.test":   "loopuser@local.test, b@local.test",
+	}
+	fe := newFakeExpander(nil)
+	fe.hang = "<late@local.test>"
+	mem := memExpander(t, virtual, nil)
+	exp := func(arg string) func(context.Context) loopcheck.Recipient {
+		if arg == fe.hang {
+			return fe.expand(arg)
+		}
+		return mem(arg)
+	}
+	ts := startServer(t, Config{Policy: Policy{LoopAction: DropRecipient, Expander: exp}, ExpandWait: 50 * time.Millisecond}, nil)
+	for _, tc := range []struct {
+		name    string
+		rcpts   []string
+		dt      []string
+		removed []string // nil: the message is refused
+		refused string   // the refusal logged, for a refused message
+	}{
+		{"a virtual alias to a looping and a clean mailbox", []string{"team@local.test", "user@local.test"}, []string{loopRcpt},
+			nil, "drop_refused=partly-looping drop_refused_recipient=team@local.test"},
+		{"the alias itself named, its mailboxes clean", []string{"team@local.test", "user@local.test"}, []string{"team@local.test"},
+			nil, "drop_refused=partly-looping drop_refused_recipient=team@local.test"},
+		{"a virtual alias to the looping mailbox only", []string{"valias@local.test", "user@local.test"}, []string{loopRcpt},
+			[]string{"<valias@local.test>"}, ""},
+		{"a virtual alias whose every mailbox loops", []string{"user@local.test", "pair@local.test"}, []string{"b@local.test", loopRcpt},
+			[]string{"<pair@local.test>"}, ""},
+		{"a mailbox", []string{"user@local.test", loopRcpt}, []string{loopRcpt}, []string{"<" + loopRcpt + ">"}, ""},
+		{"one removable, one not", []string{"valias@local.test", "team@local.test", "user@local.test"}, []string{loopRcpt},
+			nil, "drop_refused=partly-looping drop_refused_recipient=team@local.test"},
+		{"an expansion not done in time", []string{"late@local.test", "user@local.test"}, []string{"late@local.test"},
+			nil, "drop_refused=expansion-unknown drop_refused_recipient=late@local.test"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hdr [][2]string
+			for _, a := range tc.dt {
+				hdr = append(hdr, dt(a))
+			}
+			qid := fmt.Sprintf("Q%X", len(ts.logs.String()))
+			got := judge(t, ts.addr, message{rcpts: rcpts(tc.rcpts...), headers: hdr, queueID: qid})
+			if tc.removed != nil {
+				if d := got.deleted(); !isAccept(got.act) || !slices.Equal(d, tc.removed) {
+					t.Errorf("answer %v, removed %q; want accept with %q removed", got.act, d, tc.removed)
+				}
+				ts.waitLog(t, "queue_id="+qid)
+				return
+			}
+			first := ""
+			for _, r := range tc.rcpts { // the first looping recipient, in RCPT order
+				if r != "user@local.test" && first == "" {
+					first = r
+				}
+			}
+			if !isLoopReply(got.act, first) || len(got.mods) != 0 {
+				t.Errorf("answer %v with %v; want the loop reply for %s and nothing removed", got.act, got.mods, first)
+			}
+			ts.waitLog(t, "queue_id="+qid)
+			for l := range strings.Lines(ts.logs.String()) {
+				if strings.Contains(l, "queue_id="+qid) && (!strings.Contains(l, "verdict=loop") || !strings.Contains(l, tc.refused)) {
+					t.Errorf("log line lacks verdict=loop and %s:\n%s", tc.refused, l)
+				}
+			}
+		})
+	}
+	ts.stop(t)
+	fe.balanced(t)
+}
+
+// TestDropWithoutExpansion: with no expander, what a recipient expands to
+// is unknown, so drop-recipient refuses a looping message whole; the
+// start-up log says so.
+func TestDropWithoutExpansion(t *testing.T) {
+	ts := startServer(t, Config{Policy: Policy{LoopAction: DropRecipient}}, nil)
+	ts.waitLog(t, "drop-recipient without recipient expansion")
+	got := judge(t, ts.addr, message{rcpts: rcpts("user@local.test", loopRcpt), headers: [][2]string{dt(loopRcpt)}})
+	if !isLoopReply(got.act, loopRcpt) || len(got.mods) != 0 {
+		t.Errorf("answer %v with %v; want the loop reply and nothing removed", got.act, got.mods)
+	}
+	ts.waitLog(t, "verdict=loop reply=\"554 5.4.6 mail forwarding loop for loopuser@local.test\" header_bytes=35 drop_refused=expansion-unknown drop_refused_recipient=loopuser@local.test")
 }

@@ -13,13 +13,18 @@ import (
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
+
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/leakcheck"
 )
 
 func TestMain(m *testing.M) {
 	// go-milter's warnings go to the standard logger; each test reads our
 	// own log instead.
 	gomilter.LogWarning = func(string, ...any) {}
-	os.Exit(m.Run())
+	// Every session, its goroutines and the server's own end with the
+	// tests; go-milter's session goroutine runs our handlers, so it is
+	// found by our package's frames too.
+	os.Exit(leakcheck.Main(m, "github.com/smtpprox-loopprevent/smtpprox-loopprevent/milter.", "github.com/d--j/go-milter."))
 }
 
 // testWait bounds every wait of a test for the server; a hung server
@@ -50,6 +55,9 @@ type countObserver struct {
 	mu                                                                    sync.Mutex
 	ended                                                                 map[EndReason]int
 	outcomes                                                              map[Outcome]int
+	// panicJudged makes the next MessageJudged panic (once): a bug in a
+	// handler, for the tests of what a panic ends.
+	panicJudged atomic.Bool
 }
 
 func newCountObserver() *countObserver {
@@ -65,6 +73,9 @@ func (o *countObserver) SessionEnded(r EndReason) {
 func (o *countObserver) PeerRefused()    { o.refusedPeers.Add(1) }
 func (o *countObserver) SessionRefused() { o.refusedSessions.Add(1) }
 func (o *countObserver) MessageJudged(out Outcome, _ time.Duration) {
+	if o.panicJudged.Swap(false) {
+		panic("observer bug")
+	}
 	o.mu.Lock()
 	o.outcomes[out]++
 	o.mu.Unlock()
@@ -99,6 +110,13 @@ type testServer struct {
 // startServer serves cfg on 127.0.0.1 (or on ln when given).
 func startServer(t *testing.T, cfg Config, ln net.Listener) *testServer {
 	t.Helper()
+	return startServerWith(t, cfg, ln, nil)
+}
+
+// startServerWith is startServer with setup called on the Server before
+// it serves.
+func startServerWith(t *testing.T, cfg Config, ln net.Listener, setup func(*Server)) *testServer {
+	t.Helper()
 	if ln == nil {
 		var err error
 		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
@@ -111,6 +129,9 @@ func startServer(t *testing.T, cfg Config, ln net.Listener) *testServer {
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
+	}
+	if setup != nil {
+		setup(srv)
 	}
 	ts.Server, ts.addr = srv, ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())

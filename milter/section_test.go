@@ -9,6 +9,7 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/header"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
 
@@ -29,14 +30,25 @@ func rawSection(events [][2]string) []byte {
 	return append(b, "\r\n"...)
 }
 
-// build feeds events to a section with the given limit.
-func build(limit int, events [][2]string) *section {
+// build feeds events to a section with the given limit, for recipients
+// with the given RCPT TO: arguments.
+func build(limit int, events [][2]string, rcptArgs ...string) *section {
 	s := &section{}
 	s.reset(limit)
+	rs := recipientsOf(rcptArgs)
 	for _, e := range events {
-		s.add(e[0], e[1])
+		s.add(e[0], e[1], rs)
 	}
 	return s
+}
+
+// recipientsOf are the session's recipients for RCPT TO: arguments.
+func recipientsOf(args []string) []recipient {
+	rs := make([]recipient, len(args))
+	for i, a := range args {
+		rs[i] = recipient{arg: a}
+	}
+	return rs
 }
 
 func TestSectionKeepsOnlyWhatTheVerdictReads(t *testing.T) {
@@ -102,7 +114,16 @@ func TestSectionLimit(t *testing.T) {
 	}
 	rc := []loopcheck.Recipient{loopcheck.NewRecipient("<" + loopRcpt + ">")}
 	if v := loopcheck.CheckRecipients(rc, s.bytes()); v.Loop {
-		t.Errorf("a field past the limit was judged: %+v", v)
+		t.Errorf("a field past the limit was kept: %+v", v)
+	}
+	// It is judged past the limit, as spelled.
+	rs := recipientsOf([]string{"<user@local.test>", "<" + loopRcpt + ">"})
+	s = build(limit, events, "<user@local.test>", "<"+loopRcpt+">")
+	if hit := s.lateHits(rs); !slices.Equal(hit, []bool{false, true}) {
+		t.Errorf("past the limit, recipients matched %v; want the second", hit)
+	}
+	if m, late := mergeLate(nil, s.lateHits(rs), true); !slices.Equal(m, []loopcheck.Match{{Index: 1}}) || !slices.Equal(late, []bool{false, true}) {
+		t.Errorf("merged %+v, %v; want the second recipient, matched past the limit only", m, late)
 	}
 	// What was kept is judged: the same loop within the limit is found.
 	s = build(limit, append([][2]string{dt(loopRcpt)}, events...))
@@ -122,7 +143,7 @@ func TestSectionLimit(t *testing.T) {
 func TestSectionReset(t *testing.T) {
 	s := build(DefaultMaxHeaderBytes, [][2]string{dt(loopRcpt), {"Subject", " x"}})
 	s.reset(DefaultMaxHeaderBytes)
-	s.add("Subject", " y")
+	s.add("Subject", " y", nil)
 	if got := string(s.bytes()); got != placeholder+"\r\n" {
 		t.Errorf("after reset: %q", got)
 	}
@@ -186,7 +207,10 @@ func TestRcptArg(t *testing.T) {
 // the adapter (section, rcptArg), the verdict loopcheck gives on the
 // equivalent raw section and RCPT TO: arguments, for every recipient
 // (Loops) and for the first (CheckRecipients); and with a small limit,
-// the verdict on the events kept before it.
+// the verdict on the events kept before it, and with the events past it
+// the verdict on the whole section with a placeholder field before each
+// of those, which for events of one field each (as Postfix sends) is the
+// verdict on the whole section.
 //
 // rcpts holds RCPT tokens separated by NUL, each with its parameters
 // after SOH bytes; a token is taken as Postfix's smtpd sends one: either
@@ -202,8 +226,13 @@ func FuzzMilterAdapter(f *testing.F) {
 	f.Add("<\"a b\"@c> ORCPT=rfc822;a@b", "delivered-to \x00\n a@b,\n\t\"a b\"@c", 0)
 	f.Add("<x y> a@b", "Delivered-To\x00 a@b", 0)
 	f.Add("<a@b>", "Delivered-To\x00 "+strings.Repeat("q", 5000)+"\x00Delivered-To\x00 a@b", 4096)
+	// Past the limit (the limit argument 0 is MinHeaderBytes): a plain
+	// field, a loop, the section's end inside a value, a loop after it;
+	// an event that starts with a continuation line.
+	f.Add("<a@b>\x00<c@d>", "Delivered-To\x00 "+strings.Repeat("q", 5000)+"\x00Subject\x00 x\x00Delivered-To\x00 c@d\x00X\x00 y\n\nz\x00Delivered-To\x00 a@b", 0)
+	f.Add("<a@b>", "Delivered-To\x00 "+strings.Repeat("q", 5000)+"\x00 cont\x00 a@b\x00Delivered-To\x00\n a@b", 0)
 	f.Fuzz(func(t *testing.T, rcptsIn, eventsIn string, limit int) {
-		var args []string
+		var args, milterArgs []string
 		var rc []loopcheck.Recipient
 		for tok := range strings.SplitSeq(rcptsIn, "\x00") {
 			parts := strings.Split(tok, "\x01")
@@ -213,6 +242,7 @@ func FuzzMilterAdapter(f *testing.F) {
 			}
 			args = append(args, strings.TrimSpace(token+" "+strings.Join(params, " ")))
 			r, a := milterToken(token, params)
+			milterArgs = append(milterArgs, rcptArg(r, a))
 			rc = append(rc, loopcheck.NewRecipient(rcptArg(r, a)))
 		}
 		var events [][2]string
@@ -226,27 +256,32 @@ func FuzzMilterAdapter(f *testing.F) {
 			want[i] = loopcheck.NewRecipient(a)
 		}
 
-		s := build(len(raw)+2, events)
+		s := build(len(raw)+2, events, milterArgs...)
 		if s.truncated {
 			t.Fatalf("truncated with a limit above the raw section's size")
 		}
 		if got, w := s.rawBytes(), len(raw)-2; got != w {
 			t.Errorf("rawBytes %d, raw section %d", got, w)
 		}
-		if got, w := loopcheck.CheckRecipients(rc, s.bytes()), loopcheck.CheckRecipients(want, raw); got != w {
+		if got, w := loopcheck.CheckRecipients(rc, s.bytes()), loopcheck.CheckRecipients(want, raw); !sameFirst(rc, got, want, w) {
 			t.Errorf("first loop: adapter %+v, raw %+v\nkept %q\nraw  %q", got, w, s.bytes(), raw)
 		}
 		if got, w := loopcheck.Loops(rc, s.bytes()), loopcheck.Loops(want, raw); !slices.Equal(got, w) {
 			t.Errorf("loops: adapter %+v, raw %+v\nkept %q\nraw  %q", got, w, s.bytes(), raw)
 		}
 
-		// A small limit: judged on the events before the one that did not fit.
+		// A small limit: the kept bytes are the events before the one that
+		// did not fit.
 		limit = MinHeaderBytes + abs(limit)%(4*MinHeaderBytes)
 		s = &section{}
 		s.reset(limit)
+		rs := make([]recipient, len(rc))
+		for i := range rc {
+			rs[i] = recipient{arg: milterArgs[i]}
+		}
 		kept := len(events)
 		for i, e := range events {
-			s.add(e[0], e[1])
+			s.add(e[0], e[1], rs)
 			if s.truncated && kept == len(events) {
 				kept = i
 			}
@@ -257,7 +292,76 @@ func FuzzMilterAdapter(f *testing.F) {
 		if got, w := loopcheck.Loops(rc, s.bytes()), loopcheck.Loops(want, rawSection(events[:kept])); !slices.Equal(got, w) {
 			t.Errorf("limit %d, %d of %d events kept: adapter %+v, raw of the kept events %+v", limit, kept, len(events), got, w)
 		}
+		// With the events past the limit, judged as spelled: the verdict on
+		// the whole section with a field that is not Delivered-To: before
+		// each of them, for every looping recipient and for the first.
+		marked := slices.Clone(events[:kept])
+		for _, e := range events[kept:] {
+			marked = append(marked, [2]string{"X", ""}, e)
+		}
+		hits := s.lateHits(rs)
+		got, _ := mergeLate(loopcheck.Loops(rc, s.bytes()), hits, true)
+		if w := loopcheck.Loops(want, rawSection(marked)); !slices.Equal(got, w) {
+			t.Errorf("limit %d, %d of %d events kept, with the later ones: %+v, raw %+v", limit, kept, len(events), got, w)
+		}
+		var first []loopcheck.Match
+		if v := loopcheck.CheckRecipients(rc, s.bytes()); v.Loop {
+			first = []loopcheck.Match{{Index: slices.IndexFunc(rc, func(r loopcheck.Recipient) bool { return r.Mailbox == v.Recipient }), Via: v.Via}}
+		}
+		firstGot, _ := mergeLate(first, hits, false)
+		var fv loopcheck.Verdict
+		if len(firstGot) > 0 {
+			fv = loopcheck.Verdict{Loop: true, Recipient: rc[firstGot[0].Index].Mailbox, Via: firstGot[0].Via}
+		}
+		if w := loopcheck.CheckRecipients(want, rawSection(marked)); !sameFirst(rc, fv, want, w) {
+			t.Errorf("limit %d, first loop with the later events: %+v, raw %+v", limit, fv, w)
+		}
+		// Events as Postfix sends them, each one field: the verdict on the
+		// whole section, as if there were no limit.
+		if !slices.ContainsFunc(events, func(e [2]string) bool { return !oneField(e) }) {
+			if w := loopcheck.Loops(want, raw); !slices.Equal(got, w) {
+				t.Errorf("limit %d, events of one field each: %+v, on the whole section %+v", limit, got, w)
+			}
+		}
 	})
+}
+
+// sameFirst reports whether the milter's first loop (got, among its
+// recipients rc) is the proxy's (w, among want): the same recipient (by
+// position), through the same address, named alike. The name may differ
+// by a pair of enclosing brackets, for a path neither can parse: Postfix
+// sends the token without saying whether the client bracketed it, and
+// go-milter removes one pair, so the milter cannot tell RCPT TO:<x> from
+// RCPT TO:x when x is no path.
+func sameFirst(rc []loopcheck.Recipient, got loopcheck.Verdict, want []loopcheck.Recipient, w loopcheck.Verdict) bool {
+	if got.Loop != w.Loop || got.Via != w.Via {
+		return false
+	}
+	if !got.Loop {
+		return true
+	}
+	unbracket := func(m string) string { return strings.TrimSuffix(strings.TrimPrefix(m, "<"), ">") }
+	at := func(rs []loopcheck.Recipient, m string) int {
+		return slices.IndexFunc(rs, func(r loopcheck.Recipient) bool { return r.Mailbox == m })
+	}
+	return at(rc, got.Recipient) == at(want, w.Recipient) && unbracket(got.Recipient) == unbracket(w.Recipient)
+}
+
+// oneField reports whether an event stands for one whole header field, as
+// every event Postfix sends does: a field line, then continuation lines
+// only.
+func oneField(e [2]string) bool {
+	c := rawSection([][2]string{e})
+	c = c[:len(c)-2]
+	if header.SectionEnd(c) != len(c) {
+		return false
+	}
+	n, ok := 0, false
+	for f := range header.Fields(c) {
+		n++
+		ok = len(f.Name) > 0 && len(f.Raw) == len(c)
+	}
+	return n == 1 && ok
 }
 
 // postfixToken reports whether Postfix's smtpd could send tok as a RCPT
@@ -278,4 +382,63 @@ func abs(n int) int {
 		return -n
 	}
 	return n
+}
+
+// TestSessionReleasesLargeBuffers: once a message with a large header
+// (or many recipients) has ended, the session no longer holds what it
+// needed; an ordinary message's buffers are kept for the next one.
+func TestSessionReleasesLargeBuffers(t *testing.T) {
+	obs := newCountObserver()
+	srv, err := New(Config{Observer: obs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{srv: srv, log: srv.log}
+	s.conn = &guardConn{srv: srv, sess: s}
+	m := &failingModifier{failAt: -1}
+	send := func(nrcpt, nfield int) {
+		t.Helper()
+		if _, err := s.MailFrom("a@example.org", "", m); err != nil {
+			t.Fatal(err)
+		}
+		for i := range nrcpt {
+			if _, err := s.RcptTo(fmt.Sprintf("user%d@local.test", i), "", m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range nfield {
+			if _, err := s.Header("Delivered-To", fmt.Sprintf(" %s%d@example.org", strings.Repeat("x", 1000), i), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.EndOfMessage(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(500, 1200) // over 1 MiB of Delivered-To: fields: past the limit too
+	if n := obs.truncated.Load(); n != 1 {
+		t.Fatalf("%d truncated headers counted, want 1: the test must pass the limit", n)
+	}
+	if c, c2, c3, r := cap(s.hdr.buf), cap(s.hdr.chunk), cap(s.hdr.late), cap(s.rcpts); c > keepSectionBuffer || c2 > keepSectionBuffer || c3 > keepSectionBuffer || r > keepRecipients {
+		t.Errorf("after a 1.2 MiB header and 500 recipients the idle session holds buffers of %d, %d and %d bytes and %d recipient slots; want at most %d bytes and %d slots",
+			c, c2, c3, r, keepSectionBuffer, keepRecipients)
+	}
+	if s.hdr.spelled != nil || s.hdr.lateHit != nil {
+		t.Errorf("after a header past the limit the idle session keeps %d recipients as spelled", len(s.hdr.spelled))
+	}
+	send(2, 2)
+	if cap(s.hdr.buf) == 0 || cap(s.rcpts) == 0 {
+		t.Errorf("an ordinary message's buffers were dropped (%d bytes, %d slots); want them kept for the next", cap(s.hdr.buf), cap(s.rcpts))
+	}
+	// Aborted messages release too.
+	if _, err := s.MailFrom("a@example.org", "", m); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		s.Header("Delivered-To", fmt.Sprintf(" %s%d@example.org", strings.Repeat("y", 1000), i), m)
+	}
+	s.Abort(m)
+	if c := cap(s.hdr.buf); c > keepSectionBuffer {
+		t.Errorf("after an aborted message the idle session holds %d bytes", c)
+	}
 }

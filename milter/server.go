@@ -37,6 +37,10 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[*guardConn]struct{}
 	wg       sync.WaitGroup
+
+	// checkHook, when set, is called at the start of every verdict: the
+	// tests make the check fail with it. Set before Serve; nil otherwise.
+	checkHook func()
 }
 
 // New checks cfg, fills in defaults and returns a Server.
@@ -67,7 +71,17 @@ func (s *Server) Reload(p Policy) error {
 		return err
 	}
 	s.policy.Store(&p)
+	s.warnPolicy(&p)
 	return nil
+}
+
+// warnPolicy logs what an operator must know about p: that drop-recipient
+// without recipient expansion removes nobody.
+func (s *Server) warnPolicy(p *Policy) {
+	if p.LoopAction == DropRecipient && p.Expander == nil {
+		s.log.Warn("drop-recipient without recipient expansion (-postfix-config): what a recipient expands to is unknown, " +
+			"so none can be removed without risking mail for addresses that do not loop; a looping message is refused whole (554 5.4.6)")
+	}
 }
 
 // Serve accepts connections on ln until ctx is done, then shuts down
@@ -90,6 +104,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if p.DryRun {
 		s.log.Warn("dry run: loops are logged (verdict=dry-run-loop) and let through; remove -dry-run to refuse them")
 	}
+	s.warnPolicy(p)
 
 	var acceptErr error
 	accepts := accept.New(ln, s.log, s.cfg.Observer.AcceptShortage)
@@ -184,10 +199,15 @@ func (s *Server) ended(g *guardConn) {
 	delete(s.sessions, g)
 	s.mu.Unlock()
 	s.active.Add(-1) // before the log line, which tests take as the end
-	r, err := g.end()
 	sess := g.sess
-	if sess.failure != nil && r == EndClosed {
+	// A failed negotiation is the cause of whatever end go-milter made of
+	// it (it closes without a QUIT, which end reads as errLibrary).
+	var r EndReason
+	var err error
+	if sess.failure != nil {
 		r, err = EndProtocol, sess.failure
+	} else {
+		r, err = g.end()
 	}
 	attrs := []any{"reason", r.String(), "duration", time.Since(sess.started).Round(time.Millisecond)}
 	if err != nil {

@@ -1,7 +1,9 @@
 package milter
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -125,8 +127,10 @@ func TestOldMTA(t *testing.T) {
 	}
 }
 
+// TestDropRecipient: removals under drop-recipient, every recipient
+// expanding to itself (package expand over empty tables).
 func TestDropRecipient(t *testing.T) {
-	ts := startServer(t, Config{Policy: Policy{LoopAction: DropRecipient}}, nil)
+	ts := startServer(t, Config{Policy: Policy{LoopAction: DropRecipient, Expander: memExpander(t, nil, nil)}}, nil)
 	t.Run("one of three", func(t *testing.T) {
 		got := judge(t, ts.addr, message{
 			rcpts:   []rcptIn{{"user@local.test", ""}, {"LoopUser@Local.Test", "NOTIFY=NEVER"}, {"other@local.test", ""}},
@@ -170,6 +174,21 @@ func TestDropRecipient(t *testing.T) {
 			t.Errorf("answer %v, removed %q; want accept and <a@local.test> removed once", got.act, d)
 		}
 	})
+	// Postfix stores a recipient without its source route (smtpd's
+	// extract_addr) and compares a removal exactly: the removal names the
+	// address without the route, spelled as the client spelled it. One
+	// removal covers the routed and the plain spelling.
+	t.Run("source route", func(t *testing.T) {
+		got := judge(t, ts.addr, message{
+			rcpts: rcpts("user@local.test", "@relay.example,@b.example:LoopUser@Local.Test", `@relay.example:"loopuser"@local.test`,
+				"loopuser@local.test", "@relay.example:loopuser@local.test"),
+			headers: [][2]string{dt(loopRcpt)},
+		})
+		want := []string{"<LoopUser@Local.Test>", `<"loopuser"@local.test>`, "<loopuser@local.test>"}
+		if d := got.deleted(); !isAccept(got.act) || !slices.Equal(d, want) {
+			t.Errorf("answer %v, removed %q; want accept and %q removed", got.act, d, want)
+		}
+	})
 	t.Run("no loop", func(t *testing.T) {
 		got := judge(t, ts.addr, message{rcpts: rcpts("a@local.test"), headers: [][2]string{dt("b@local.test")}})
 		if !isAccept(got.act) || len(got.mods) != 0 {
@@ -177,8 +196,8 @@ func TestDropRecipient(t *testing.T) {
 		}
 	})
 	ts.stop(t)
-	if n := ts.obs.dropped.Load(); n != 4 {
-		t.Errorf("the observer counted %d dropped recipients, want 4 (1+2+0+1, a recipient given twice counted once)", n)
+	if n := ts.obs.dropped.Load(); n != 7 {
+		t.Errorf("the observer counted %d dropped recipients, want 7 (1+2+0+1+3, a recipient given twice counted once)", n)
 	}
 }
 
@@ -199,7 +218,7 @@ func TestDropWithoutRemoveAction(t *testing.T) {
 func TestDryRun(t *testing.T) {
 	for _, action := range []LoopAction{Reject, DropRecipient} {
 		t.Run(action.String(), func(t *testing.T) {
-			ts := startServer(t, Config{Policy: Policy{LoopAction: action, DryRun: true}}, nil)
+			ts := startServer(t, Config{Policy: Policy{LoopAction: action, DryRun: true, Expander: memExpander(t, nil, nil)}}, nil)
 			got := judge(t, ts.addr, message{rcpts: rcpts("a@local.test", loopRcpt), headers: [][2]string{dt(loopRcpt)}})
 			if !isAccept(got.act) || len(got.mods) != 0 {
 				t.Errorf("answer %v with %v, want accept and nothing changed", got.act, got.mods)
@@ -341,11 +360,163 @@ func TestParseLoopAction(t *testing.T) {
 
 func TestOutcomeStrings(t *testing.T) {
 	var got []string
-	for o := OutcomePass; o <= OutcomeCheckFailed; o++ {
+	for o := OutcomePass; o <= OutcomeDropFailed; o++ {
 		got = append(got, o.String())
 	}
-	want := []string{"pass", "loop", "dropped", "dry-run-loop", "exempt", "check-failed"}
+	want := []string{"pass", "loop", "dropped", "dry-run-loop", "exempt", "check-failed", "drop-failed"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("outcome names (-want +got):\n%s", diff)
+	}
+}
+
+// TestLogLineManyRecipients: the transaction line lists at most 100
+// recipients, then their number, as the proxy's does.
+func TestLogLineManyRecipients(t *testing.T) {
+	ts := startServer(t, Config{}, nil)
+	var addrs []string
+	for i := range 150 {
+		addrs = append(addrs, fmt.Sprintf("user%d@local.test", i))
+	}
+	judge(t, ts.addr, message{rcpts: rcpts(addrs...), headers: [][2]string{dt(loopRcpt)}, queueID: "5A5A5A"})
+	ts.waitLog(t, "queue_id=5A5A5A")
+	line := ""
+	for l := range strings.Lines(ts.logs.String()) {
+		if strings.Contains(l, "queue_id=5A5A5A") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, `user99@local.test]" recipients_total=150 verdict=pass`) {
+		t.Errorf("transaction line does not end its list at the 100th recipient, followed by recipients_total=150:\n%s", line)
+	}
+	if strings.Contains(line, "user100@") {
+		t.Errorf("transaction line lists a 101st recipient:\n%s", line)
+	}
+	// Under the bound, no count.
+	judge(t, ts.addr, message{rcpts: rcpts(addrs[:100]...), queueID: "6B6B6B"})
+	ts.waitLog(t, "queue_id=6B6B6B")
+	if strings.Contains(ts.logs.String(), "recipients_total=100") {
+		t.Errorf("recipients_total logged for 100 recipients")
+	}
+}
+
+// TestCheckFailure: when the check itself fails (a bug: here a panic
+// made by the test), a judged message gets 451 4.3.0; one that would
+// pass whatever the verdict (dry run, exempt) passes, and the failure is
+// logged either way.
+func TestCheckFailure(t *testing.T) {
+	exempt, err := allowlist.Parse("192.0.2.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop := message{rcpts: rcpts(loopRcpt), headers: [][2]string{dt(loopRcpt)}}
+	for _, tc := range []struct {
+		name     string
+		policy   Policy
+		msg      message
+		tempfail bool
+	}{
+		{"judged", Policy{}, loop, true},
+		{"drop-recipient", Policy{LoopAction: DropRecipient}, loop, true},
+		{"dry run", Policy{DryRun: true}, loop, false},
+		{"exempt client", Policy{ExemptClients: exempt}, message{clientAddr: "192.0.2.9", rcpts: loop.rcpts, headers: loop.headers}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServerWith(t, Config{Policy: tc.policy}, nil, func(s *Server) {
+				s.checkHook = func() { panic("check bug") }
+			})
+			got := judge(t, ts.addr, tc.msg)
+			switch {
+			case tc.tempfail && (got.act == nil || got.act.Type != gomilter.ActionRejectWithCode || got.act.SMTPCode != 451 ||
+				got.act.SMTPReply != "451 "+replyCheckFailed):
+				t.Errorf("answer %v, want 451 %s", got.act, replyCheckFailed)
+			case !tc.tempfail && !isAccept(got.act):
+				t.Errorf("answer %v, want accept (the message would pass whatever the verdict)", got.act)
+			}
+			if len(got.mods) != 0 {
+				t.Errorf("modifications %v, want none", got.mods)
+			}
+			ts.waitLog(t, "verdict=check-failed")
+			ts.waitLog(t, `panic="check bug"`)
+			ts.stop(t)
+			if n := ts.obs.outcome(OutcomeCheckFailed); n != 1 {
+				t.Errorf("check-failed counted %d times, want 1", n)
+			}
+			if strings.Contains(ts.logs.String(), "session failed") {
+				t.Errorf("the session failed; a check failure ends only the message")
+			}
+		})
+	}
+}
+
+// failingModifier is the MTA side of a session whose connection fails
+// while removals are sent: the removal number failAt (from 0) fails.
+type failingModifier struct {
+	gomilter.Modifier // the rest is never called
+	failAt            int
+	sent              []string
+}
+
+func (m *failingModifier) Get(string) string { return "" }
+
+func (m *failingModifier) GetEx(string) (string, bool) { return "", false }
+
+func (m *failingModifier) DeleteRecipient(r string) error {
+	if len(m.sent) == m.failAt {
+		return errors.New("write: broken pipe")
+	}
+	m.sent = append(m.sent, r)
+	return nil
+}
+
+// TestDropFailureReported: when a removal cannot be sent, the message is
+// reported as drop-failed (not dropped), with the removals sent before,
+// and the session ends with the error.
+func TestDropFailureReported(t *testing.T) {
+	logs := &lockedBuffer{}
+	obs := newCountObserver()
+	srv, err := New(Config{Policy: Policy{LoopAction: DropRecipient, Expander: memExpander(t, nil, nil)},
+		Logger: slog.New(slog.NewTextHandler(logs, nil)), Observer: obs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{srv: srv, log: srv.log, actions: gomilter.OptRemoveRcpt}
+	s.conn = &guardConn{srv: srv, sess: s}
+	m := &failingModifier{failAt: 1}
+	if _, err := s.MailFrom("a@example.org", "", m); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{"a@local.test", "b@local.test", "c@local.test"} {
+		if _, err := s.RcptTo(r, "", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range [][2]string{dt("a@local.test"), dt("c@local.test")} {
+		if _, err := s.Header(h[0], h[1], m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.EndOfMessage(m); err == nil {
+		t.Errorf("end of message succeeded though a removal failed")
+	}
+	if r, err := s.conn.end(); r != EndIO || err == nil || !strings.Contains(err.Error(), "removing looping recipient c@local.test: write: broken pipe") {
+		t.Errorf("the session ends with %v, %v; want an I/O error naming the removal", r, err)
+	}
+	line := logs.String()
+	for _, want := range []string{"verdict=drop-failed", "removals_sent=1", "level=WARN msg=transaction"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("log lacks %s:\n%s", want, line)
+		}
+	}
+	if strings.Contains(line, "verdict=dropped") || strings.Contains(line, `msg="recipient dropped"`) {
+		t.Errorf("log reports a drop that failed as done:\n%s", line)
+	}
+	if n := obs.outcome(OutcomeDropFailed); n != 1 {
+		t.Errorf("drop-failed counted %d times, want 1", n)
+	}
+	if n := obs.outcome(OutcomeDropped); n != 0 {
+		t.Errorf("dropped counted %d times, want 0", n)
+	}
+	if n := obs.dropped.Load(); n != 0 {
+		t.Errorf("%d recipients counted as dropped, want 0", n)
 	}
 }

@@ -65,6 +65,12 @@ type session struct {
 	hdrStart  time.Time
 }
 
+// keepRecipients is the most recipient slots a session keeps once a
+// message has ended: enough for most messages to reuse them, while the
+// slots of a message with hundreds of recipients are dropped, so an idle
+// session stays small.
+const keepRecipients = 16
+
 // recipient is one RCPT event.
 type recipient struct {
 	token  string                                        // the address as go-milter gives it (brackets removed)
@@ -183,7 +189,7 @@ func (s *session) Header(name, value string, _ gomilter.Modifier) (resp *gomilte
 	if s.hdrStart.IsZero() {
 		s.hdrStart = time.Now()
 	}
-	s.hdr.add(name, value)
+	s.hdr.add(name, value, s.rcpts)
 	return gomilter.RespContinue, nil
 }
 
@@ -228,6 +234,10 @@ func (s *session) endMessage() {
 	}
 	clear(s.rcpts)
 	s.rcpts = s.rcpts[:0]
+	if cap(s.rcpts) > keepRecipients {
+		s.rcpts = nil
+	}
+	s.hdr.release()
 	s.inMessage = false
 	s.policy = nil
 	s.sender = ""
@@ -265,6 +275,14 @@ type verdict struct {
 	reply   string            // the SMTP reply given, "" when the message goes on
 	loops   []loopcheck.Match // the looping recipients (Loops, or the first one)
 	exempt  string
+	// removalsSent counts the removals the MTA was sent before one
+	// failed (OutcomeDropFailed).
+	removalsSent int
+	// Under DropRecipient, why the looping recipients are not removed
+	// (dropAllowed when they are), and the recipient that stands in the
+	// way.
+	dropRefused    dropRefusal
+	dropRefusedFor string
 }
 
 // judge decides the message, makes the modifications and returns the
@@ -275,32 +293,37 @@ func (s *session) judge(m gomilter.Modifier) (resp *gomilter.Response, err error
 		start = time.Now()
 	}
 	v, rcpts := s.check()
-	defer func() {
+	defer func() { // v as it ended: a failed removal changes it
 		s.logMessage(m, v, rcpts)
 		s.srv.obs.MessageJudged(v.outcome, time.Since(start))
 		if s.hdr.truncated {
 			s.srv.obs.HeaderTruncated()
 		}
 	}()
-	switch v.outcome {
-	case OutcomeCheckFailed:
+	switch {
+	case v.outcome == OutcomeCheckFailed && v.reply != "":
 		return gomilter.RejectWithCodeAndReason(451, replyCheckFailed)
-	case OutcomeLoop:
+	case v.outcome == OutcomeLoop:
 		return gomilter.RejectWithCodeAndReason(554, strings.TrimPrefix(v.reply, "554 "))
-	case OutcomeDropped:
+	case v.outcome == OutcomeDropped:
+		// One removal per address: Postfix removes every recipient
+		// stored under it.
 		seen := make(map[string]bool, len(v.loops))
 		for _, l := range v.loops {
-			r := &s.rcpts[l.Index]
-			if seen[r.token] {
+			addr := removalAddr(s.rcpts[l.Index].token)
+			if seen[addr] {
 				continue
 			}
-			seen[r.token] = true
-			if err := m.DeleteRecipient(r.token); err != nil {
-				err = fmt.Errorf("removing looping recipient %s: %w", r.token, err)
+			if err := m.DeleteRecipient(addr); err != nil {
+				// What the MTA made of the removals sent before is not
+				// known: it applies its default action to the message.
+				err = fmt.Errorf("removing looping recipient %s: %w", addr, err)
 				s.log.Error("a looping recipient could not be removed; the session ends and the MTA applies its milter_default_action to the message", "err", err)
 				s.conn.setEnd(err)
+				v.outcome, v.removalsSent = OutcomeDropFailed, len(seen)
 				return nil, err
 			}
+			seen[addr] = true
 		}
 		s.srv.obs.RecipientsDropped(len(seen))
 	}
@@ -308,13 +331,29 @@ func (s *session) judge(m gomilter.Modifier) (resp *gomilter.Response, err error
 }
 
 // check judges the message: the verdict and the recipients as judged.
+// When the check itself fails (a bug), a message that would pass whatever
+// the verdict (DryRun, or exempt) passes, and any other gets the proxy's
+// 451 4.3.0: a failure never refuses for good, and never lets a message
+// the check was meant to stop through unjudged.
 func (s *session) check() (v verdict, rcpts []loopcheck.Recipient) {
+	exempt := s.exempt()
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("loop check failed", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			v = verdict{outcome: OutcomeCheckFailed, reply: "451 " + replyCheckFailed}
+			failOpen := exempt != "" || s.policy.DryRun
+			what := "the message is tempfailed (451 4.3.0)"
+			if failOpen {
+				what = "the message passes unjudged (dry run or exempt)"
+			}
+			s.log.Error("loop check failed; "+what, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			v = verdict{outcome: OutcomeCheckFailed, exempt: exempt}
+			if !failOpen {
+				v.reply = "451 " + replyCheckFailed
+			}
 		}
 	}()
+	if h := s.srv.checkHook; h != nil {
+		h()
+	}
 	// The expansions have run since their RCPT events; the waits share
 	// one deadline.
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.ExpandWait)
@@ -330,8 +369,10 @@ func (s *session) check() (v verdict, rcpts []loopcheck.Recipient) {
 		rcpts[i] = r.judged
 	}
 	sec := s.hdr.bytes()
-	v.exempt = s.exempt()
-	drop := s.policy.LoopAction == DropRecipient && s.actions&gomilter.OptRemoveRcpt != 0
+	v.exempt = exempt
+	// Under drop-recipient every looping recipient is wanted (also for
+	// the dry run's log); otherwise the first.
+	drop := s.policy.LoopAction == DropRecipient
 	if drop {
 		v.loops = loopcheck.Loops(rcpts, sec)
 	} else if lv := loopcheck.CheckRecipients(rcpts, sec); lv.Loop {
@@ -342,6 +383,14 @@ func (s *session) check() (v verdict, rcpts []loopcheck.Recipient) {
 			}
 		}
 	}
+	// Fields past the header limit count too, as spelled.
+	var late []bool
+	if s.hdr.truncated {
+		v.loops, late = mergeLate(v.loops, s.hdr.lateHits(s.rcpts), drop)
+	}
+	if drop && len(v.loops) > 0 {
+		v.dropRefused, v.dropRefusedFor = s.dropRefusal(v.loops, rcpts, late)
+	}
 	switch {
 	case v.exempt != "":
 		v.outcome = OutcomeExempt
@@ -349,13 +398,90 @@ func (s *session) check() (v verdict, rcpts []loopcheck.Recipient) {
 		v.outcome = OutcomePass
 	case s.policy.DryRun:
 		v.outcome = OutcomeDryRunLoop
-	case drop && len(v.loops) < len(rcpts):
+	case drop && v.dropRefused == dropAllowed:
 		v.outcome = OutcomeDropped
 	default:
 		v.outcome = OutcomeLoop
 		v.reply = loopReply(rcpts[v.loops[0].Index].Mailbox)
 	}
 	return v, rcpts
+}
+
+// dropRefusal is why the looping recipients of a message are not removed
+// under DropRecipient, which then refuses the whole message as Reject
+// does: the client, and so the sender, is told; nothing is lost silently.
+type dropRefusal uint8
+
+const (
+	dropAllowed dropRefusal = iota
+	// dropNotGranted: the MTA did not grant the remove-recipient action.
+	dropNotGranted
+	// dropEveryRecipient: every recipient loops; nothing would be left.
+	dropEveryRecipient
+	// dropExpansionUnknown: what a looping recipient expands to is not
+	// known (no Expander, or its expansion failed or was late). Postfix
+	// removes a recipient with everything it expanded to (a virtual
+	// alias to several mailboxes, say), so removing it could lose mail
+	// for an address that does not loop.
+	dropExpansionUnknown
+	// dropPartly: a looping recipient expands to an address that does
+	// not loop (it loops as spelled, or through one of several addresses
+	// of its expansion): removing it would lose that address's mail.
+	dropPartly
+	// dropHeaderTruncated: a recipient loops only through a field past
+	// the header limit, judged as spelled: its expansion was not judged
+	// by that field, so whether all of it loops is not known.
+	dropHeaderTruncated
+)
+
+// String is the refusal as logged (drop_refused).
+func (d dropRefusal) String() string {
+	switch d {
+	case dropAllowed:
+		return ""
+	case dropNotGranted:
+		return "remove-not-granted"
+	case dropEveryRecipient:
+		return "every-recipient-loops"
+	case dropExpansionUnknown:
+		return "expansion-unknown"
+	case dropPartly:
+		return "partly-looping"
+	case dropHeaderTruncated:
+		return "header-truncated"
+	}
+	return "unknown"
+}
+
+// dropRefusal decides whether the looping recipients can be removed: only
+// when the MTA allows it, some recipient is left, and every looping
+// recipient loops in all it stands for (Match.Whole: every address
+// Postfix delivers it to matched; the recipient as spelled counts only as
+// one of those). Otherwise it names the reason and, but for the first
+// two, the first looping recipient (in RCPT order) that stands in the
+// way. late[i] says recipient i loops only through a field past the
+// header limit.
+func (s *session) dropRefusal(loops []loopcheck.Match, rcpts []loopcheck.Recipient, late []bool) (dropRefusal, string) {
+	switch {
+	case s.actions&gomilter.OptRemoveRcpt == 0:
+		return dropNotGranted, ""
+	case len(loops) == len(rcpts):
+		return dropEveryRecipient, ""
+	}
+	for _, l := range loops {
+		if l.Whole {
+			continue
+		}
+		r := rcpts[l.Index]
+		switch {
+		case l.Index < len(late) && late[l.Index]:
+			return dropHeaderTruncated, r.Mailbox
+		case r.HasDeliveries():
+			return dropPartly, r.Mailbox
+		}
+		return dropExpansionUnknown, r.Mailbox
+	}
+	return dropAllowed, ""
 }
 
 // loopReply is the proxy's reply to a loop (smtpproxy/core), without CRLF.
@@ -376,11 +502,19 @@ func sanitize(t string) string {
 	}, t)
 }
 
+// maxLoggedRecipients bounds the recipients a transaction line lists,
+// as the proxy's line does; recipients_total then gives their number. A
+// message may have any number of recipients (Postfix's
+// smtpd_recipient_limit is 1000 by default and may be raised), while
+// journald cuts lines at 48 KiB by default (LineMax=): a line should
+// stay whole.
+const maxLoggedRecipients = 100
+
 // logMessage writes the message's line, shaped as the proxy's transaction
 // line, and one line per dropped recipient.
 func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.Recipient) {
 	level := slog.LevelInfo
-	if v.outcome == OutcomeCheckFailed {
+	if v.outcome == OutcomeCheckFailed || v.outcome == OutcomeDropFailed {
 		level = slog.LevelWarn
 	}
 	ctx := context.Background()
@@ -388,17 +522,20 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 		return
 	}
 	qid := m.Get(gomilter.MacroQueueId)
-	names := make([]string, len(rcpts))
-	for i, r := range rcpts {
-		names[i] = r.Mailbox
+	names := make([]string, min(len(rcpts), maxLoggedRecipients))
+	for i := range names {
+		names[i] = rcpts[i].Mailbox
 	}
 	attrs := []any{
 		"client", s.client,
 		"queue_id", qid,
 		"sender", mailbox(s.sender),
 		"recipients", names,
-		"verdict", v.outcome.String(),
 	}
+	if len(rcpts) > len(names) {
+		attrs = append(attrs, "recipients_total", len(rcpts))
+	}
+	attrs = append(attrs, "verdict", v.outcome.String())
 	if v.reply != "" {
 		attrs = append(attrs, "reply", v.reply)
 	}
@@ -408,6 +545,15 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 	}
 	if v.exempt != "" {
 		attrs = append(attrs, "exempt", v.exempt)
+	}
+	if v.outcome == OutcomeDropFailed {
+		attrs = append(attrs, "removals_sent", v.removalsSent)
+	}
+	if v.dropRefused != dropAllowed {
+		attrs = append(attrs, "drop_refused", v.dropRefused.String())
+		if v.dropRefusedFor != "" {
+			attrs = append(attrs, "drop_refused_recipient", v.dropRefusedFor)
+		}
 	}
 	if len(v.loops) > 0 {
 		first := v.loops[0]
@@ -420,16 +566,17 @@ func (s *session) logMessage(m gomilter.Modifier, v verdict, rcpts []loopcheck.R
 		attrs = append(attrs, "duration", time.Since(s.hdrStart).Round(time.Millisecond))
 	}
 	s.log.Log(ctx, level, "transaction", attrs...)
-	if v.outcome != OutcomeDropped && !(v.outcome == OutcomeDryRunLoop && s.policy.LoopAction == DropRecipient) {
+	if v.outcome != OutcomeDropped && !(v.outcome == OutcomeDryRunLoop && s.policy.LoopAction == DropRecipient && v.dropRefused == dropAllowed) {
 		return
 	}
 	seen := make(map[string]bool, len(v.loops))
 	for _, l := range v.loops {
 		r := s.rcpts[l.Index]
-		if seen[r.token] {
+		addr := removalAddr(r.token)
+		if seen[addr] {
 			continue
 		}
-		seen[r.token] = true
+		seen[addr] = true
 		msg := "recipient dropped"
 		if v.outcome == OutcomeDryRunLoop {
 			msg = "recipient would be dropped (dry run)"

@@ -66,7 +66,7 @@ func milterFlags(o *milterOptions) (fs *flag.FlagSet, finish func() error) {
 	fs.Var(allow, "allow-client", "a `CIDR` (or address) of the MTA hosts allowed to connect (repeatable, or a comma list; default 127.0.0.0/8 and ::1; required when LISTEN is not a loopback address)")
 	fs.Var(exempt, "exempt-client", "a `CIDR` of SMTP clients whose messages are never judged, from Postfix's connect event (repeatable, or a comma list): re-injection such as fetchmail or an archive restore")
 	fs.BoolVar(&cfg.Policy.ExemptSASL, "exempt-sasl", false, "never judge messages of SASL-authenticated clients (submission)")
-	loopAction := fs.String("loop-action", "reject", "what a looping message gets: `ACTION` reject (554 5.4.6 for the whole message) or drop-recipient (remove only the looping recipients, silently; reject when every recipient loops)")
+	loopAction := fs.String("loop-action", "reject", "what a looping message gets: `ACTION` reject (554 5.4.6 for the whole message) or drop-recipient (remove only the looping recipients, silently, each only when all its -postfix-config expansion loops; else reject)")
 	fs.BoolVar(&cfg.Policy.DryRun, "dry-run", false, "log loops but let the messages pass unchanged")
 	o.exp.define(fs)
 	socketMode := fs.String("socket-mode", "0660", "file `MODE` (octal) of a unix:/path LISTEN socket: who may connect to it (Postfix's smtpd connects as the postfix user: run the milter with the postfix group, or as a user Postfix can reach)")
