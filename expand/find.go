@@ -2,8 +2,6 @@ package expand
 
 import (
 	"strings"
-
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 )
 
 // This file follows cleanup(8)'s table lookups of a recipient:
@@ -198,20 +196,18 @@ func (r *run) mailAddrMap(tables []string, addr string, propagate bool) ([]strin
 	return out, nil
 }
 
-// crunch is mail_addr_crunch_opt(): the addresses of a table value (an
-// RFC 822 address list; "" and "<>" stand for the null address), each
-// rewritten in the local context (canon_addr_external) and given the
+// crunch is mail_addr_crunch_opt(): the addresses of a table value, read
+// as tok822_parse reads an address list ("" and "<>" stand for the null
+// address; words separated by white space only are separate addresses),
+// each rewritten in the local context (canon_addr_external) and given the
 // extension ext (with its delimiter) before its '@'.
 func (r *run) crunch(value, ext string) []string {
-	var addrs []address.Addr
 	if value == "" || value == "<>" {
-		addrs = []address.Addr{{Local: `""`}}
-	} else {
-		addrs = address.ParseList([]byte(value))
+		value = `""`
 	}
-	out := make([]string, 0, len(addrs))
-	for _, a := range addrs {
-		s := r.cfg.rewriteLocal(a)
+	var out []string
+	for _, toks := range tok822Parse(value) {
+		s := r.cfg.rewriteTokens(toks)
 		if ext != "" {
 			if local, domain := splitAt(s); hasAt(s) {
 				s = local + ext + "@" + domain

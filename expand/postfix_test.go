@@ -92,6 +92,7 @@ multi@local.test loopuser@local.test, user@local.test
 rec1@local.test rec2@local.test
 rec2@local.test loopuser@local.test
 @catch.test loopuser@local.test
+vws@local.test user loopuser
 `,
 			"virtual.re": "/^re-.*@local\\.test$/ loopuser@local.test\n",
 			"rcanon":     "canon@local.test valias@local.test\n",
@@ -105,6 +106,8 @@ rec2@local.test loopuser@local.test
 			"owner-list": "postmaster",
 			"plain":      "member",
 			"incl":       ":include:{mail}/../etc/list.inc",
+			"ws":         "user loopuser",
+			"cmdarg":     "|/bin/true loopuser",
 		},
 		Mailboxes: []string{"member"},
 	})
@@ -137,6 +140,9 @@ var liveVariants = []variant{
 	{"alias to a local mailbox: no cleanup", "plain@local.test", "loopuser@local.test", false},
 	{":include: file: forwarded", "incl@local.test", "loopuser@local.test", true},
 	{"rewritten away", "valias@local.test", "valias@local.test", false},
+	{"virtual, addresses separated by white space", "vws@local.test", "loopuser@local.test", true},
+	{"aliases(5), addresses separated by white space", "ws@local.test", "loopuser@local.test", true},
+	{"aliases(5), unquoted |cmd arg", "cmdarg@local.test", "loopuser@local.test", true},
 }
 
 // TestLiveDifferential sends each variant through Postfix alone, with its
