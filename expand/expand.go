@@ -58,8 +58,10 @@ const (
 	// address of its expansion, whatever transport delivers it (-loops=any).
 	ModeAny Mode = iota
 	// ModePostfix judges a recipient by the expanded addresses whose
-	// delivery checks Delivered-To: only (local(8), pipe(8) flag D):
-	// exactly what Postfix itself would bounce (-loops=postfix).
+	// delivery checks Delivered-To: only (local(8), pipe(8) flag D),
+	// each compared with the fields as local(8) compares it (exactly,
+	// loopcheck's package comment): exactly what Postfix itself would
+	// bounce (-loops=postfix).
 	ModePostfix
 )
 
@@ -83,10 +85,11 @@ func (m Mode) String() string {
 
 // Expansion returns what loopcheck.Recipient.WithExpansion takes for this
 // result in mode m: with ModeAny every target, added to the literal
-// recipient; with ModePostfix the targets that check loops, replacing it
-// (replace). An incomplete result gives nothing and replace false: the
-// literal recipient alone, in both modes.
-func (r Result) Expansion(m Mode) (addrs []address.Addr, replace bool) {
+// recipient and compared leniently like it; with ModePostfix the targets
+// that check loops, replacing it and compared exactly as local(8) compares
+// (postfix true). An incomplete result gives nothing and postfix false:
+// the literal recipient alone, judged leniently, in both modes.
+func (r Result) Expansion(m Mode) (addrs []address.Addr, postfix bool) {
 	if !r.Complete {
 		return nil, false
 	}
