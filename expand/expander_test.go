@@ -438,3 +438,21 @@ func TestRecipientsHook(t *testing.T) {
 		t.Errorf("a path that does not parse is judged as spelled: %+v", v)
 	}
 }
+
+// Targets are told apart as local(8) compares them
+// (global/delivered_hdr.c delivered_hdr_find: quote_822_local, then
+// fold_addr), not by loopcheck's looser key: a composed and a decomposed
+// spelling are two targets, and -loops=postfix finds a loop through
+// either.
+func TestTargetsExactSpellings(t *testing.T) {
+	cfg := testConfig()
+	m := tables(t, map[string]string{"hash:virtual": "two@local.test \u00fcser@local.test, u\u0308ser@local.test\n"})
+	res := expandWith(t, cfg, m, "two@local.test")
+	equalTargets(t, "two spellings", res, "\u00fcser@local.test local !", "u\u0308ser@local.test local !")
+	for _, dt := range []string{"\u00fcser@local.test", "u\u0308ser@local.test"} {
+		r := loopcheck.NewRecipient("<two@local.test>").WithExpansion(res.Expansion(ModePostfix))
+		if v := loopcheck.CheckRecipients([]loopcheck.Recipient{r}, []byte("Delivered-To: "+dt+"\r\n\r\n")); !v.Loop {
+			t.Errorf("-loops=postfix, Delivered-To: %q: %+v, want a loop", dt, v)
+		}
+	}
+}

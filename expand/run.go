@@ -52,7 +52,7 @@ type run struct {
 	fixed   map[string]bool
 
 	targets []Target
-	index   map[string]int // Addr.Key -> targets index
+	index   map[string]int // exact key (see addTarget) -> targets index
 
 	submitted map[string]int // queue recipient -> lowest hop count seen
 	local     map[string]int // local(8) recipient -> lowest level seen
@@ -146,10 +146,14 @@ func (r *run) mapsFind(tables []string, key string, partial bool) (string, bool,
 }
 
 // addTarget records an address Postfix delivers to: checks says whether
-// the delivery compares it with Delivered-To:.
+// the delivery compares it with Delivered-To:. Targets are told apart as
+// local(8) tells them apart (its external form, case-folded), not by the
+// looser Addr.Key: two spellings Key merges (composed and decomposed
+// Unicode, an A-label and its U-label) are compared each on its own in
+// -loops=postfix.
 func (r *run) addTarget(addr, transport string, checks bool) error {
 	a := internalAddr(addr)
-	k := a.Key()
+	k := address.FoldPostfix(a.String())
 	if i, ok := r.index[k]; ok {
 		r.targets[i].ChecksLoops = r.targets[i].ChecksLoops || checks
 		return nil
