@@ -169,7 +169,8 @@ type Options struct {
 // Each holds a goroutine while it waits for the backend, whose own
 // concurrency is far smaller; a flood of recipients (1000 sessions with a
 // thousand recipients each) must not turn into a million goroutines.
-// Beyond it a recipient is judged as spelled (CauseBusy).
+// Beyond it a recipient whose expansion is not cached is judged as spelled
+// (CauseBusy).
 const DefaultMaxInflight = 1000
 
 // Expander computes expansions for a Postfix instance. It is safe for
@@ -401,6 +402,18 @@ func (e *Expander) Start(rcpt address.Addr) *Pending {
 	if p, ok := e.inflight[key]; ok {
 		e.mu.Unlock()
 		return p
+	}
+	// A cached expansion costs no goroutine and no lookup: it is served
+	// whatever the in-flight budget, which bounds only the expansions
+	// that run.
+	if rcpt != (address.Addr{}) {
+		if res, ok := e.gen.cache.get(key, time.Now()); ok {
+			e.mu.Unlock()
+			e.obs.CacheHit()
+			p := &Pending{done: make(chan struct{}), res: res}
+			close(p.done)
+			return p
+		}
 	}
 	if len(e.inflight) >= e.maxInflight {
 		e.mu.Unlock()

@@ -456,3 +456,50 @@ func TestTargetsExactSpellings(t *testing.T) {
 		}
 	}
 }
+
+// slowKeys is a Backend whose lookups of keys holding "slow" wait until
+// released; the others answer at once.
+type slowKeys struct {
+	*Memory
+	release, started chan struct{}
+	once             sync.Once
+}
+
+func (b *slowKeys) Lookup(ctx context.Context, table, key string) (string, bool, error) {
+	if strings.Contains(key, "slow") {
+		b.once.Do(func() { close(b.started) })
+		select {
+		case <-b.release:
+		case <-ctx.Done():
+			return "", false, ctx.Err()
+		}
+	}
+	return b.Memory.Lookup(ctx, table, key)
+}
+
+// A full in-flight budget bounds the expansions that run, not the cache:
+// Start serves a cached expansion whatever the budget.
+func TestStartCacheBeforeBudget(t *testing.T) {
+	cfg := testConfig()
+	mem := withEmpty(cfg, tables(t, map[string]string{"hash:virtual": "valias@local.test loopuser@local.test\n"}))
+	be := &slowKeys{Memory: mem, release: make(chan struct{}), started: make(chan struct{})}
+	obs := &counting{}
+	e, err := New(context.Background(), Options{Config: cfg, Backend: be, Observer: obs, MaxInflight: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	defer close(be.release)
+	if _, err := e.Expand(context.Background(), addr("valias@local.test")); err != nil {
+		t.Fatal(err)
+	}
+	e.Start(addr("slow@local.test"))
+	<-be.started
+	equalTargets(t, "cached while the budget is full", e.Start(addr("valias@local.test")).Wait(context.Background()), "loopuser@local.test local !")
+	if r := e.Start(addr("other@local.test")).Wait(context.Background()); r.Cause != CauseBusy {
+		t.Errorf("an uncached recipient while the budget is full: %+v, want cause busy", r)
+	}
+	if obs.hits.Load() != 1 {
+		t.Errorf("cache hits %d, want 1", obs.hits.Load())
+	}
+}
