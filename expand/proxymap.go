@@ -269,15 +269,22 @@ func validAttrString(s string) error {
 	return nil
 }
 
-// roundTrip sends one request and reads its reply list. A connection the
-// server closed after earlier requests (it exits when a table changes,
-// after max_idle or max_use) is replaced once.
+// roundTrip sends one request and reads its reply list. A pooled
+// connection the server closed after earlier requests (proxymap exits
+// when a table changes, on postfix reload, after max_idle or max_use)
+// means the server that every idle connection was made to is gone: they
+// are all dropped, and the request is sent again once, on a connection
+// dialled for it (as clnt_stream_recover does).
 func (p *Proxymap) roundTrip(ctx context.Context, table, key string, req []byte) ([]attr, error) {
 	fail := func(err error) ([]attr, error) {
 		return nil, &LookupError{Backend: "proxymap", Table: table, Key: key, Cause: netCause(ctx, err), Err: err}
 	}
 	for attempt := 0; ; attempt++ {
-		c, err := p.get(ctx)
+		get := p.get
+		if attempt > 0 {
+			get = p.dial
+		}
+		c, err := get(ctx)
 		if err != nil {
 			return fail(err)
 		}
@@ -290,9 +297,21 @@ func (p *Proxymap) roundTrip(ctx context.Context, table, key string, req []byte)
 		c.c.Close()
 		p.release()
 		if attempt == 0 && reused && ctx.Err() == nil && isPeerGone(err) {
+			p.dropIdle()
 			continue
 		}
 		return fail(err)
+	}
+}
+
+// dropIdle closes every idle connection.
+func (p *Proxymap) dropIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, c := range idle {
+		c.c.Close()
 	}
 }
 
@@ -407,7 +426,8 @@ func (p *Proxymap) get(ctx context.Context) (*pmConn, error) {
 	return c, nil
 }
 
-// dial is get for Ping: a new connection, outside the idle list.
+// dial is get without the idle list: a new connection (Ping, and the
+// retry after the server went away).
 func (p *Proxymap) dial(ctx context.Context) (*pmConn, error) {
 	select {
 	case p.sem <- struct{}{}:

@@ -87,6 +87,18 @@ type fakeProxymap struct {
 	mu       sync.Mutex
 	accepted int
 	requests [][]attr
+	conns    []net.Conn
+}
+
+// dropAll closes every connection the server has accepted, as proxymap's
+// exit does.
+func (f *fakeProxymap) dropAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
 }
 
 func startFake(t *testing.T, f *fakeProxymap) *fakeProxymap {
@@ -109,6 +121,7 @@ func startFake(t *testing.T, f *fakeProxymap) *fakeProxymap {
 			}
 			f.mu.Lock()
 			f.accepted++
+			f.conns = append(f.conns, c)
 			f.mu.Unlock()
 			wg.Go(func() { f.serve(c) })
 		}
@@ -244,6 +257,40 @@ func TestProxymapReconnect(t *testing.T) {
 	defer f.mu.Unlock()
 	if f.accepted < 4 {
 		t.Errorf("%d connections for 4 requests each on a connection closed after it", f.accepted)
+	}
+}
+
+// TestProxymapServerGone: every pooled connection is dead after proxymap
+// exits (postfix reload, a table rebuilt); the next lookup drops them all
+// and succeeds on a new connection, as global/clnt_stream.c
+// clnt_stream_recover reconnects, instead of failing on the second dead
+// one.
+func TestProxymapServerGone(t *testing.T) {
+	f := startFake(t, &fakeProxymap{reply: answer(false, 28, map[string]string{"a": "x"}, proxyStatNoKey)})
+	p := NewProxymap(f.path, false, DefaultProxymapConns)
+	defer p.Close()
+	ctx := context.Background()
+	var conns []*pmConn
+	for range DefaultProxymapConns {
+		c, err := p.get(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		p.put(c)
+	}
+	f.dropAll()
+	for i := range 3 {
+		if _, found, err := p.Lookup(ctx, "hash:/v", "a"); err != nil || !found {
+			t.Fatalf("lookup %d after the server went away: found=%v err=%v", i, found, err)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) != 1 {
+		t.Errorf("%d idle connections, want the one new connection", len(p.idle))
 	}
 }
 
