@@ -49,6 +49,8 @@
 // spelled (Result.Expansion), as the proxy did without expansion. An
 // expansion is bounded: Postfix's own limits, MaxLookups, MaxTargets and a
 // timeout. Expand, Start and Wait are safe for concurrent use; Wait never
-// blocks past its context; Close ends every expansion and leaves no
-// goroutine behind.
+// blocks past its context; Close ends every expansion and waits for none
+// that is stuck: it leaves no goroutine behind but the reads of :include:
+// files blocked in the kernel (a hung NFS mount; at most eight), which end
+// when the kernel returns.
 package expand

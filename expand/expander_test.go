@@ -6,10 +6,13 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -501,5 +504,87 @@ func TestStartCacheBeforeBudget(t *testing.T) {
 	}
 	if obs.hits.Load() != 1 {
 		t.Errorf("cache hits %d, want 1", obs.hits.Load())
+	}
+}
+
+// TestIncludeFiles follows local/include.c deliver_include with the
+// default reader: a regular file is read; a FIFO and a world-writable file
+// are refused (local(8) bounces the recipient: nothing in them is
+// compared), and reading a FIFO never waits for a writer; a file over the
+// size bound makes the expansion incomplete.
+func TestIncludeFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string, mode os.FileMode) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(text), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	regular := write("list", "member1\n", 0o644)
+	open := write("open", "member1\n", 0o666)
+	large := write("large", strings.Repeat("member1\n", maxIncludeFile/8+1), 0o644)
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(regular, link); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	m := tables(t, map[string]string{"hash:aliases": "regular :include:" + regular + "\nopen :include:" + open +
+		"\nlarge :include:" + large + "\nfifo :include:" + fifo + "\nlink :include:" + link + "\n"})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		equalTargets(t, "regular", expandWith(t, cfg, m, "regular@local.test"), "regular@local.test local !", "member1@local.test local !")
+		equalTargets(t, "symbolic link", expandWith(t, cfg, m, "link@local.test"), "link@local.test local !", "member1@local.test local !")
+		equalTargets(t, "world-writable", expandWith(t, cfg, m, "open@local.test"), "open@local.test local !")
+		equalTargets(t, "FIFO", expandWith(t, cfg, m, "fifo@local.test"), "fifo@local.test local !")
+		if r := expandWith(t, cfg, m, "large@local.test"); r.Complete || r.Cause != CauseLookup {
+			t.Errorf("a file over %d bytes: %+v, want incomplete (lookup-error)", maxIncludeFile, r)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		// Not a timing assertion: a read that never ends (the FIFO) is
+		// the failure.
+		t.Fatal("reading the :include: files hangs")
+	}
+}
+
+// A read of an :include: file that never returns (a hung NFS mount) does
+// not hold the expansion nor Close: the expansion ends incomplete
+// (closed), and Close returns while the read still blocks.
+func TestIncludeHungRead(t *testing.T) {
+	cfg := testConfig()
+	m := withEmpty(cfg, tables(t, map[string]string{"hash:aliases": "hung :include:/nfs/list\n"}))
+	started, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	read := func(string) ([]byte, error) {
+		close(started)
+		<-release
+		return []byte("member1\n"), nil
+	}
+	e, err := New(context.Background(), Options{Config: cfg, Backend: m, ReadFile: read, CacheSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := e.Start(addr("hung@local.test"))
+	<-started
+	closed := make(chan struct{})
+	go func() { e.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(time.Minute):
+		t.Fatal("Close waits for a read that does not return")
+	}
+	if r := p.Wait(context.Background()); r.Complete || r.Cause != CauseClosed {
+		t.Errorf("the expansion of a hung read after Close: %+v, want incomplete (closed)", r)
 	}
 }

@@ -263,20 +263,25 @@ func (r *run) deliverToken(st localState, tok aliasToken) error {
 // deliverInclude is deliver_include(): the file's lines (but comment
 // lines) are alias values. Its targets are forwarded, and keep the
 // unmatched extension only with "include" in
-// propagate_unmatched_extensions. A file that does not exist makes
-// local(8) bounce the recipient; one that exists but cannot be read here
-// makes the expansion incomplete.
+// propagate_unmatched_extensions. A file that does not exist, is not a
+// regular file or is world-writable makes local(8) bounce the recipient
+// (nothing in it is compared); one that exists but cannot be read here,
+// or not before the expansion ends, makes the expansion incomplete.
 func (r *run) deliverInclude(st localState, path string) error {
 	st.level++
 	if st.level > localNestingLimit || !strings.HasPrefix(path, "/") {
 		return nil // bounced: nesting limit, or a relative path
 	}
-	b, err := r.read(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	b, err := r.read(r.ctx, path)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errIncludeRefused) {
 		return nil
 	}
 	if err != nil {
-		return &LookupError{Backend: "file", Table: path, Cause: CauseLookup, Err: err}
+		cause := CauseLookup
+		if r.ctx.Err() != nil {
+			cause = causeOf(r.ctx.Err())
+		}
+		return &LookupError{Backend: "file", Table: path, Cause: cause, Err: err}
 	}
 	st.include, st.owner = true, true
 	if !r.cfg.PropagateInclude {

@@ -44,7 +44,7 @@ type run struct {
 	ctx  context.Context
 	cfg  *Config
 	be   Backend
-	read func(path string) ([]byte, error)
+	read func(ctx context.Context, path string) ([]byte, error)
 
 	lookups int // lookups sent to the backend
 	calls   int // lookups asked for, the memo's answers included
@@ -63,7 +63,7 @@ type memoValue struct {
 	found bool
 }
 
-func newRun(ctx context.Context, cfg *Config, be Backend, read func(string) ([]byte, error)) *run {
+func newRun(ctx context.Context, cfg *Config, be Backend, read func(context.Context, string) ([]byte, error)) *run {
 	return &run{
 		ctx: ctx, cfg: cfg, be: be, read: read,
 		memo:      map[[2]string]memoValue{},
