@@ -146,11 +146,13 @@ type Options struct {
 	Prefer BackendKind
 	// Timeout bounds one expansion (DefaultTimeout when 0).
 	Timeout time.Duration
-	// CacheSize and CacheTTL bound the cache of complete expansions
-	// (DefaultCacheSize, DefaultCacheTTL when 0; a negative value turns
-	// the cache off).
-	CacheSize int
-	CacheTTL  time.Duration
+	// CacheSize, CacheTargets and CacheTTL bound the cache of complete
+	// expansions: entries, their targets in all, and the time an entry
+	// is served (DefaultCacheSize, DefaultCacheTargets, DefaultCacheTTL
+	// when 0; a negative CacheSize turns the cache off).
+	CacheSize    int
+	CacheTargets int
+	CacheTTL     time.Duration
 	// Observer is told about lookups, cache hits and incomplete
 	// expansions (for metrics).
 	Observer Observer
@@ -261,9 +263,12 @@ func (e *Expander) load(ctx context.Context) (*generation, error) {
 			return nil, err
 		}
 	}
-	size, ttl := e.opts.CacheSize, e.opts.CacheTTL
+	size, targets, ttl := e.opts.CacheSize, e.opts.CacheTargets, e.opts.CacheTTL
 	if size == 0 {
 		size = DefaultCacheSize
+	}
+	if targets <= 0 {
+		targets = DefaultCacheTargets
 	}
 	if ttl == 0 {
 		ttl = DefaultCacheTTL
@@ -272,7 +277,7 @@ func (e *Expander) load(ctx context.Context) (*generation, error) {
 		cfg:   cfg,
 		be:    builtin{next: observed{Backend: be, obs: e.obs}},
 		info:  info,
-		cache: newCache(size, ttl),
+		cache: newCache(size, targets, ttl),
 		owned: owned,
 	}, nil
 }

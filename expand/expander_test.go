@@ -228,9 +228,9 @@ func TestReload(t *testing.T) {
 	}
 }
 
-// TestCacheBounds: size and TTL.
+// TestCacheBounds: entries, targets in all, and TTL.
 func TestCacheBounds(t *testing.T) {
-	c := newCache(2, time.Minute)
+	c := newCache(2, 100, time.Minute)
 	t0 := time.Unix(1000, 0)
 	c.put("a", Result{Complete: true}, t0)
 	c.put("b", Result{Complete: true}, t0)
@@ -244,6 +244,31 @@ func TestCacheBounds(t *testing.T) {
 	}
 	if _, ok := c.get("a", t0.Add(time.Minute)); ok {
 		t.Errorf("entry served at its TTL")
+	}
+	// The targets of all entries are bounded too: one list alias under
+	// many extensions must not fill memory (a test that fails without
+	// the bound: three entries of 20 stay with the entry count alone).
+	c = newCache(100, 50, time.Minute)
+	twenty := Result{Complete: true, Targets: make([]Target, 20)}
+	for _, k := range []string{"all+1", "all+2", "all+3"} {
+		c.put(k, twenty, t0)
+	}
+	if _, ok := c.get("all+1", t0); ok {
+		t.Errorf("60 targets held under a bound of 50")
+	}
+	if c.held != 40 || c.lru.Len() != 2 {
+		t.Errorf("held %d targets in %d entries, want 40 in 2", c.held, c.lru.Len())
+	}
+	c.put("huge", Result{Complete: true, Targets: make([]Target, 51)}, t0)
+	if _, ok := c.get("huge", t0); ok || c.lru.Len() != 2 {
+		t.Errorf("a result over the whole bound was cached, or evicted others")
+	}
+	c.put("all+2", Result{Complete: true}, t0) // replaced: its targets leave the count
+	if c.held != 20 {
+		t.Errorf("held %d targets after a replacement, want 20", c.held)
+	}
+	if _, ok := c.get("all+3", t0.Add(time.Minute)); ok || c.held != 0 {
+		t.Errorf("expired entry served, or its targets still counted (%d)", c.held)
 	}
 	var off *cache
 	off.put("a", Result{}, t0)
