@@ -17,8 +17,8 @@ import (
 // and already rewritten in the local context: the recipient of the SMTP
 // transaction (hops 0), or one local(8) forwards as a new message
 // (deliver_indirect, local/forward.c; hops counts those forwardings).
-// Canonical maps, then virtual aliases, then each resulting queue
-// recipient is delivered.
+// Canonical maps, then masquerading, then virtual aliases, then each
+// resulting queue recipient is delivered.
 func (r *run) submit(addr string, hops int) error {
 	if hops >= r.cfg.HopcountLimit {
 		// Each forwarding adds a Received: header; cleanup refuses the
@@ -39,6 +39,11 @@ func (r *run) submit(addr string, hops int) error {
 	}
 	if c.CanonicalEnvelope && len(c.CanonicalMaps) > 0 {
 		if addr, err = r.map11(c.CanonicalMaps, addr, c.PropagateCanonical); err != nil {
+			return err
+		}
+	}
+	if c.masquerades() {
+		if addr, err = r.masquerade(addr); err != nil {
 			return err
 		}
 	}

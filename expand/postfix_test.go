@@ -55,8 +55,8 @@ const (
 
 // livePostfix starts a private Postfix with tables for every kind of
 // expansion: virtual one-to-one, one-to-many, recursive, catch-all and
-// regexp, recipient canonical, aliases(5), and a pipe(8) transport with
-// flag D.
+// regexp, recipient canonical, aliases(5), a pipe(8) transport with flag
+// D, and masquerading of envelope recipients (subdomains of local.test).
 func livePostfix(t testing.TB, setup liveSetup) *postfixtest.Instance {
 	t.Helper()
 	tables := "hash:{etc}/virtual regexp:{etc}/virtual.re hash:{etc}/rcanon hash:{etc}/transport hash:{etc}/aliases"
@@ -65,6 +65,8 @@ func livePostfix(t testing.TB, setup liveSetup) *postfixtest.Instance {
 		"recipient_canonical_maps":             "hash:{etc}/rcanon",
 		"transport_maps":                       "hash:{etc}/transport",
 		"pipeloop_destination_recipient_limit": "1",
+		"masquerade_domains":                   "local.test",
+		"masquerade_classes":                   "envelope_recipient",
 	}
 	master := "pipeloop unix - n n - - pipe flags=DRq user=nobody argv=/bin/sh -c cat>>{mail}/pipebox"
 	switch setup {
@@ -179,6 +181,7 @@ var liveVariants = []variant{
 	{"virtual, addresses separated by white space", "vws@local.test", "loopuser@local.test", true, ""},
 	{"aliases(5), addresses separated by white space", "ws@local.test", "loopuser@local.test", true, ""},
 	{"aliases(5), unquoted |cmd arg", "cmdarg@local.test", "loopuser@local.test", true, ""},
+	{"masquerade_domains (envelope_recipient)", "loopuser@sub.local.test", "loopuser@local.test", true, ""},
 }
 
 // TestLiveDifferential sends each variant through Postfix alone, with its
