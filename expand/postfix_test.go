@@ -349,7 +349,7 @@ func TestLiveBackendChoice(t *testing.T) {
 // Postfix 3.7's proxymap(8): keys of a fixed table are folded
 // (DICT_FLAG_FOLD_FIX), open reports DICT_FLAG_FIXED for hash and not for
 // regexp, an unapproved table is denied, the 3.11 request form gets
-// status BAD, and a table rebuilt under a running proxymap is seen after
+// status BAD (and the client falls back to the other form), and a table rebuilt under a running proxymap is seen after
 // the client reconnects.
 func TestLiveProxymapProtocol(t *testing.T) {
 	p := livePostfix(t, setupApproved)
@@ -375,8 +375,13 @@ func TestLiveProxymapProtocol(t *testing.T) {
 	}
 	newForm := NewProxymap(sock, true, 1)
 	defer newForm.Close()
-	if _, _, err := newForm.Lookup(ctx, virtual, "valias@local.test"); causeOf(err) != CauseProtocol {
-		t.Errorf("3.11 request form against 3.7: %v, want status BAD (cause protocol)", err)
+	attrs, err := newForm.roundTrip(ctx, virtual, "", openRequest(virtual, true))
+	if v, serr := scanAttrs(attrs, "status", "flags"); err != nil || serr != nil || v[0] != strconv.Itoa(proxyStatBad) {
+		t.Errorf("3.11 open request against 3.7: %v %v %v, want status BAD", attrs, err, serr)
+	}
+	// The client then tries the other form, and keeps it.
+	if v, found, err := newForm.Lookup(ctx, virtual, "valias@local.test"); err != nil || !found || v != "loopuser@local.test" || newForm.newForm.Load() {
+		t.Errorf("3.11 request form against 3.7, then the other: %q %v %v, new form kept: %v", v, found, err, newForm.newForm.Load())
 	}
 
 	// Rebuild the table: proxymap notices the change when it next
