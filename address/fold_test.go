@@ -42,3 +42,26 @@ func TestFoldFixedPoint(t *testing.T) {
 		}
 	}
 }
+
+// TestFoldPostfix follows util/casefold.c casefoldx as fold_addr calls it
+// with smtputf8_enable = yes: ASCII to lower case, UTF-8 with full default
+// case folding and no normalisation, bytes that are not UTF-8 kept.
+func TestFoldPostfix(t *testing.T) {
+	for in, want := range map[string]string{
+		"LoopUser@Local.TEST":     "loopuser@local.test",
+		"Straße@X":                "strasse@x",
+		"ÜSER@local.test":         "üser@local.test",
+		"U\u0308SER@local.test":   "u\u0308ser@local.test", // decomposed stays decomposed
+		"AB\xff@local.test":       "ab\xff@local.test",
+		"\u13a0\uab70@local.test": "\u13a0\u13a0@local.test", // Cherokee folds to capitals
+		`"Loop User"@Local.Test`:  `"loop user"@local.test`,
+		"already@lower.case.test": "already@lower.case.test",
+	} {
+		if got := FoldPostfix(in); got != want {
+			t.Errorf("FoldPostfix(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if FoldPostfix("\u00fcser") == FoldPostfix("u\u0308ser") {
+		t.Errorf("composed and decomposed spellings fold alike; Postfix tells them apart")
+	}
+}

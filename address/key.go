@@ -155,6 +155,24 @@ func fold(s string) string {
 	return norm.NFC.String(fixCherokee(cases.Fold().String(norm.NFD.String(s))))
 }
 
+// FoldPostfix case-folds s as Postfix's fold_addr(FOLD_ADDR_ALL) does with
+// smtputf8_enable = yes (util/casefold.c casefoldx): ASCII letters to lower
+// case, anything else with ICU's full default case folding, with no
+// normalisation; bytes that are not UTF-8 are kept as they are. local(8)
+// folds both sides of its exact Delivered-To: comparison so
+// (global/delivered_hdr.c), which, unlike Key, tells composed and
+// decomposed spellings apart. With smtputf8_enable = no Postfix folds ASCII
+// only; a spelling that differs from another in the case of non-ASCII
+// letters alone then differs to Postfix but not here.
+func FoldPostfix(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return fixCherokee(cases.Fold().String(s))
+		}
+	}
+	return asciiLower(s)
+}
+
 // Cherokee is the one script whose case folding goes to upper case
 // (Unicode 8.0 added the lower case letters; folding stability kept the
 // old upper case ones as the folded form). x/text/cases folds it to lower

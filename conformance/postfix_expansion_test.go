@@ -54,13 +54,22 @@ type pxVariant struct {
 	// anyRefuses: not a loop for Postfix, yet -loops=any refuses it by
 	// SPEC section 8: forged is the recipient as spelled, or an address
 	// of its expansion whose delivery does not compare Delivered-To:
-	// (smtp, pipe(8) without flag D).
+	// (smtp, pipe(8) without flag D), or the message spells forged in a
+	// way local(8) does not compare as forged (dt) and -loops=any does.
 	anyRefuses bool
+	// dt, when set, is the message's Delivered-To: lines instead of
+	// "Delivered-To: <forged>": another spelling of forged (local(8)
+	// compares the first physical line exactly).
+	dt string
 }
 
 // message is the variant's message.
 func (v pxVariant) message() []byte {
-	return []byte("Delivered-To: " + v.forged + "\nSubject: expansion " + v.name + "\nFrom: sender@local.test\n\nbody of " + v.name + "\n")
+	dt := v.dt
+	if dt == "" {
+		dt = "Delivered-To: " + v.forged
+	}
+	return []byte(dt + "\nSubject: expansion " + v.name + "\nFrom: sender@local.test\n\nbody of " + v.name + "\n")
 }
 
 // rcptArgs are the RCPT TO: arguments, in order.
@@ -130,6 +139,16 @@ var pxVariants = []pxVariant{
 	{name: ":include:, forwarded", rcpt: "incl@local.test", forged: "loopuser@local.test", loop: true},
 	{name: "alias to a mailbox, no cleanup", rcpt: "plain@local.test", forged: "loopuser@local.test"},
 	{name: "rewritten away", rcpt: "valias@local.test", forged: "valias@local.test", anyRefuses: true},
+	// Spellings of the forged address that local(8) does or does not
+	// compare as it (delivered_hdr_init: the first physical line, leading
+	// white space skipped, case-folded, no address parsing).
+	{name: "header <addr>", rcpt: "valias@local.test", forged: "loopuser@local.test", dt: "Delivered-To: <loopuser@local.test>", anyRefuses: true},
+	{name: "header list", rcpt: "valias@local.test", forged: "loopuser@local.test", dt: "Delivered-To: x@y, loopuser@local.test", anyRefuses: true},
+	{name: "header quoted local part", rcpt: "valias@local.test", forged: "loopuser@local.test", dt: `Delivered-To: "loopuser"@local.test`, anyRefuses: true},
+	{name: "header trailing dot", rcpt: "valias@local.test", forged: "loopuser@local.test", dt: "Delivered-To: loopuser@LOCAL.TEST.", anyRefuses: true},
+	{name: "header <addr>, as spelled", rcpt: "loopuser@local.test", forged: "loopuser@local.test", dt: "Delivered-To: <loopuser@local.test>", anyRefuses: true},
+	{name: "header case, leading white space", rcpt: "valias@local.test", forged: "loopuser@local.test", dt: "Delivered-To:\t LoopUser@Local.TEST", loop: true},
+	{name: "header after 1000 other fields", rcpt: "valias@local.test", forged: "loopuser@local.test", dt: strings.Repeat("Delivered-To: other@local.test\n", 1000) + "Delivered-To: loopuser@local.test", anyRefuses: true},
 }
 
 // Bounds of the expansion runs, longer than the command's defaults

@@ -73,8 +73,16 @@ type Config struct {
 	CanonicalMaps              []string
 	CanonicalEnvelope          bool
 	VirtualAliasMaps           []string
-	AliasMaps                  []string // local(8)'s aliases(5) tables
-	TransportMaps              []string
+	// Address masquerading (cleanup/cleanup_masquerade.c), applied to
+	// envelope recipients only when envelope_recipient is in
+	// masquerade_classes (MasqueradeEnvelope; not by default):
+	// masquerade_domains in order ("!name" excludes), and
+	// masquerade_exceptions, a string list of local parts left alone.
+	MasqueradeDomains    []string
+	MasqueradeExceptions List
+	MasqueradeEnvelope   bool
+	AliasMaps            []string // local(8)'s aliases(5) tables
+	TransportMaps        []string
 	// TransportParent: transport_maps is in
 	// parent_domain_matches_subdomains, so "example.com" matches its
 	// subdomains (else ".example.com" does).
@@ -213,6 +221,7 @@ var params = []string{
 	"propagate_unmatched_extensions",
 	"recipient_canonical_maps", "recipient_canonical_classes", "canonical_maps", "canonical_classes",
 	"virtual_alias_maps", "alias_maps", "transport_maps",
+	"masquerade_domains", "masquerade_exceptions", "masquerade_classes",
 	"local_transport", "virtual_transport", "relay_transport", "default_transport",
 	"sender_dependent_default_transport_maps",
 	"append_at_myorigin", "append_dot_mydomain", "swap_bangpath", "allow_percent_hack",
@@ -327,6 +336,9 @@ func parseConfig(mainOut, masterOut []byte, readFile func(string) ([]byte, error
 		CanonicalMaps:                   tableList(p["canonical_maps"]),
 		CanonicalEnvelope:               names("canonical_classes")["envelope_recipient"],
 		VirtualAliasMaps:                tableList(p["virtual_alias_maps"]),
+		MasqueradeDomains:               splitList(p["masquerade_domains"]),
+		MasqueradeExceptions:            parseListFiles(p["masquerade_exceptions"], false, false, readFile),
+		MasqueradeEnvelope:              names("masquerade_classes")["envelope_recipient"],
 		AliasMaps:                       tableList(p["alias_maps"]),
 		TransportMaps:                   tableList(p["transport_maps"]),
 		TransportParent:                 parent["transport_maps"],
@@ -549,6 +561,13 @@ func (c *Config) tables() []string {
 		add(c.CanonicalMaps...)
 	}
 	add(c.VirtualAliasMaps...)
+	if c.masquerades() {
+		for _, e := range c.MasqueradeExceptions.Entries {
+			if e.Table != "" {
+				add(e.Table)
+			}
+		}
+	}
 	for _, l := range []List{c.MyDestination, c.VirtualAliasDomains, c.VirtualMailboxDomains, c.RelayDomains} {
 		for _, e := range l.Entries {
 			if e.Table != "" {

@@ -14,7 +14,8 @@
 //     bang paths and the percent hack, append_dot_mydomain, the trailing
 //     dot (rewrite.go);
 //   - recipient_canonical_maps then canonical_maps, when envelope_recipient
-//     is in their *_classes, one-to-one; then virtual_alias_maps, one to
+//     is in their *_classes, one-to-one; masquerade_domains when
+//     envelope_recipient is in masquerade_classes; then virtual_alias_maps, one to
 //     many, recursively, within virtual_alias_recursion_limit,
 //     virtual_alias_expansion_limit and virtual_alias_address_length_limit;
 //     keys tried in mail_addr_find's order (user+ext@domain, user@domain,
@@ -32,9 +33,13 @@
 //     (local.go).
 //
 // What no filter can see is out of its reach: ~/.forward files live in home
-// directories, and luser_relay and mailbox_transport act after local(8)'s
-// check. sender_dependent_default_transport_maps depends on the sender: such
-// targets are judged as checking loops.
+// directories; luser_relay applies to users local(8) does not find in the
+// passwd database (getpwnam through the name service switch, as local(8)
+// sees it), which a filter cannot tell faithfully, so its address, which
+// local(8) compares too (local/unknown.c deliver_unknown), is not
+// followed. mailbox_transport and fallback_transport hand the recipient on
+// unchanged. sender_dependent_default_transport_maps depends on the
+// sender: such targets are judged as checking loops.
 //
 // Table lookups go through a Backend: Proxymap speaks Postfix's proxymap(8)
 // protocol over its socket (both request forms: before and from Postfix
@@ -49,6 +54,8 @@
 // spelled (Result.Expansion), as the proxy did without expansion. An
 // expansion is bounded: Postfix's own limits, MaxLookups, MaxTargets and a
 // timeout. Expand, Start and Wait are safe for concurrent use; Wait never
-// blocks past its context; Close ends every expansion and leaves no
-// goroutine behind.
+// blocks past its context; Close ends every expansion and waits for none
+// that is stuck: it leaves no goroutine behind but the reads of :include:
+// files blocked in the kernel (a hung NFS mount; at most eight), which end
+// when the kernel returns.
 package expand

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
@@ -58,8 +60,10 @@ const (
 	// address of its expansion, whatever transport delivers it (-loops=any).
 	ModeAny Mode = iota
 	// ModePostfix judges a recipient by the expanded addresses whose
-	// delivery checks Delivered-To: only (local(8), pipe(8) flag D):
-	// exactly what Postfix itself would bounce (-loops=postfix).
+	// delivery checks Delivered-To: only (local(8), pipe(8) flag D),
+	// each compared with the fields as local(8) compares it (exactly,
+	// loopcheck's package comment): exactly what Postfix itself would
+	// bounce (-loops=postfix).
 	ModePostfix
 )
 
@@ -83,10 +87,11 @@ func (m Mode) String() string {
 
 // Expansion returns what loopcheck.Recipient.WithExpansion takes for this
 // result in mode m: with ModeAny every target, added to the literal
-// recipient; with ModePostfix the targets that check loops, replacing it
-// (replace). An incomplete result gives nothing and replace false: the
-// literal recipient alone, in both modes.
-func (r Result) Expansion(m Mode) (addrs []address.Addr, replace bool) {
+// recipient and compared leniently like it; with ModePostfix the targets
+// that check loops, replacing it and compared exactly as local(8) compares
+// (postfix true). An incomplete result gives nothing and postfix false:
+// the literal recipient alone, judged leniently, in both modes.
+func (r Result) Expansion(m Mode) (addrs []address.Addr, postfix bool) {
 	if !r.Complete {
 		return nil, false
 	}
@@ -162,18 +167,22 @@ type Options struct {
 	Prefer BackendKind
 	// Timeout bounds one expansion (DefaultTimeout when 0).
 	Timeout time.Duration
-	// CacheSize and CacheTTL bound the cache of complete expansions
-	// (DefaultCacheSize, DefaultCacheTTL when 0; a negative value turns
-	// the cache off).
-	CacheSize int
-	CacheTTL  time.Duration
+	// CacheSize, CacheTargets and CacheTTL bound the cache of complete
+	// expansions: entries, their targets in all, and the time an entry
+	// is served (DefaultCacheSize, DefaultCacheTargets, DefaultCacheTTL
+	// when 0; a negative CacheSize turns the cache off).
+	CacheSize    int
+	CacheTargets int
+	CacheTTL     time.Duration
 	// Observer is told about lookups, cache hits and incomplete
 	// expansions (for metrics).
 	Observer Observer
 	// Logger gets the warnings, at most one per cause per
 	// DefaultWarnEvery (nil: discarded).
 	Logger *slog.Logger
-	// ReadFile reads :include: files (default: os.ReadFile, bounded).
+	// ReadFile reads :include: files (default: readIncludeFile: a regular
+	// file, not world-writable, at most 1 MiB). It runs on a goroutine of
+	// its own; an expansion that ends first leaves it running.
 	ReadFile func(path string) ([]byte, error)
 	// ProxymapConns and PostmapProcs bound the backend's concurrency
 	// (DefaultProxymapConns, DefaultPostmapProcs when 0).
@@ -187,7 +196,8 @@ type Options struct {
 // Each holds a goroutine while it waits for the backend, whose own
 // concurrency is far smaller; a flood of recipients (1000 sessions with a
 // thousand recipients each) must not turn into a million goroutines.
-// Beyond it a recipient is judged as spelled (CauseBusy).
+// Beyond it a recipient whose expansion is not cached is judged as spelled
+// (CauseBusy).
 const DefaultMaxInflight = 1000
 
 // Expander computes expansions for a Postfix instance. It is safe for
@@ -208,6 +218,10 @@ type Expander struct {
 	gen      *generation
 	closed   bool
 	inflight map[string]*Pending
+
+	// fileReads holds a token per :include: read running
+	// (maxIncludeReads).
+	fileReads chan struct{}
 }
 
 // generation is one reading of the configuration: Reload replaces it
@@ -229,7 +243,8 @@ func New(ctx context.Context, opts Options) (*Expander, error) {
 	if opts.Config == nil && opts.ConfigDir == "" {
 		return nil, errors.New("expand: no Postfix configuration (ConfigDir or Config)")
 	}
-	e := &Expander{opts: opts, obs: opts.Observer, timeout: opts.Timeout, inflight: map[string]*Pending{}, maxInflight: opts.MaxInflight}
+	e := &Expander{opts: opts, obs: opts.Observer, timeout: opts.Timeout, inflight: map[string]*Pending{}, maxInflight: opts.MaxInflight,
+		fileReads: make(chan struct{}, maxIncludeReads)}
 	if e.maxInflight <= 0 {
 		e.maxInflight = DefaultMaxInflight
 	}
@@ -269,9 +284,12 @@ func (e *Expander) load(ctx context.Context) (*generation, error) {
 			return nil, err
 		}
 	}
-	size, ttl := e.opts.CacheSize, e.opts.CacheTTL
+	size, targets, ttl := e.opts.CacheSize, e.opts.CacheTargets, e.opts.CacheTTL
 	if size == 0 {
 		size = DefaultCacheSize
+	}
+	if targets <= 0 {
+		targets = DefaultCacheTargets
 	}
 	if ttl == 0 {
 		ttl = DefaultCacheTTL
@@ -280,7 +298,7 @@ func (e *Expander) load(ctx context.Context) (*generation, error) {
 		cfg:   cfg,
 		be:    builtin{next: observed{Backend: be, obs: e.obs}},
 		info:  info,
-		cache: newCache(size, ttl),
+		cache: newCache(size, targets, ttl),
 		owned: owned,
 	}, nil
 }
@@ -374,25 +392,100 @@ func (e *Expander) incomplete(rcpt address.Addr, err error) Result {
 	return Result{Cause: cause, Err: err}
 }
 
-// maxIncludeFile bounds an :include: file read for expansion: a list of
-// ten thousand addresses fits.
-const maxIncludeFile = 1 << 20
+// Bounds of reading :include: files.
+const (
+	// maxIncludeFile bounds an :include: file read for expansion: a list
+	// of ten thousand addresses fits. A larger file makes the expansion
+	// incomplete.
+	maxIncludeFile = 1 << 20
+	// maxIncludeReads bounds the :include: reads running at once. A read
+	// runs on a goroutine of its own so that the expansion can give up on
+	// it (a file on a hung NFS mount blocks in the kernel, where nothing
+	// interrupts it); such a goroutine lives until the kernel returns.
+	// While this many are stuck, an expansion that needs one more waits
+	// for its own end and is incomplete.
+	maxIncludeReads = 8
+)
 
-// readFile reads an :include: file.
-func (e *Expander) readFile(path string) ([]byte, error) {
-	if e.opts.ReadFile != nil {
-		return e.opts.ReadFile(path)
+// errIncludeRefused marks an :include: file local(8) refuses to read and
+// bounces the recipient for (local/include.c deliver_include): not a
+// regular file, or world-writable. Nothing in it is compared.
+var errIncludeRefused = errors.New("refused by local(8)")
+
+// readFile reads an :include: file within ctx: with Options.ReadFile, or
+// readIncludeFile. The read runs on a goroutine of its own, at most
+// maxIncludeReads at once; when ctx ends first (the expansion's timeout,
+// Close) readFile returns ctx's error and leaves the read to finish by
+// itself, so neither the expansion nor Close waits for a read that hangs.
+func (e *Expander) readFile(ctx context.Context, path string) ([]byte, error) {
+	read := e.opts.ReadFile
+	if read == nil {
+		read = readIncludeFile
 	}
-	f, err := os.Open(path)
-	if err != nil {
+	select {
+	case e.fileReads <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	type result struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		defer func() { <-e.fileReads }()
+		b, err := read(path)
+		ch <- result{b, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.b, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// readIncludeFile reads an :include: file as deliver_include would: it
+// stats the path (symbolic links followed) and refuses (errIncludeRefused)
+// what is not a regular file or is world-writable. It opens the file
+// without blocking (O_NONBLOCK: a FIFO swapped in after the stat does not
+// wait for a writer), checks the open file again, and reads at most
+// maxIncludeFile bytes.
+func readIncludeFile(path string) ([]byte, error) {
+	if err := includeMode(path)(os.Stat(path)); err != nil {
 		return nil, err
 	}
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
+	if err := includeMode(path)(f.Stat()); err != nil {
+		return nil, err
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxIncludeFile+1))
 	if err == nil && len(b) > maxIncludeFile {
-		err = fmt.Errorf("larger than %d bytes", maxIncludeFile)
+		err = fmt.Errorf("%s: larger than %d bytes", path, maxIncludeFile)
 	}
 	return b, err
+}
+
+// includeMode refuses a file deliver_include refuses, given its stat.
+func includeMode(path string) func(fs.FileInfo, error) error {
+	return func(fi fs.FileInfo, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case !fi.Mode().IsRegular():
+			return fmt.Errorf("%s: not a regular file: %w", path, errIncludeRefused)
+		case fi.Mode().Perm()&0o002 != 0:
+			return fmt.Errorf("%s: world-writable: %w", path, errIncludeRefused)
+		case fi.Size() > maxIncludeFile:
+			return fmt.Errorf("%s: larger than %d bytes", path, maxIncludeFile)
+		}
+		return nil
+	}
 }
 
 // Pending is an expansion started by Start.
@@ -419,6 +512,18 @@ func (e *Expander) Start(rcpt address.Addr) *Pending {
 	if p, ok := e.inflight[key]; ok {
 		e.mu.Unlock()
 		return p
+	}
+	// A cached expansion costs no goroutine and no lookup: it is served
+	// whatever the in-flight budget, which bounds only the expansions
+	// that run.
+	if rcpt != (address.Addr{}) {
+		if res, ok := e.gen.cache.get(key, time.Now()); ok {
+			e.mu.Unlock()
+			e.obs.CacheHit()
+			p := &Pending{done: make(chan struct{}), res: res}
+			close(p.done)
+			return p
+		}
 	}
 	if len(e.inflight) >= e.maxInflight {
 		e.mu.Unlock()

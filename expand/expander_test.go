@@ -6,11 +6,14 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -282,9 +285,9 @@ func TestReload(t *testing.T) {
 	}
 }
 
-// TestCacheBounds: size and TTL.
+// TestCacheBounds: entries, targets in all, and TTL.
 func TestCacheBounds(t *testing.T) {
-	c := newCache(2, time.Minute)
+	c := newCache(2, 100, time.Minute)
 	t0 := time.Unix(1000, 0)
 	c.put("a", Result{Complete: true}, t0)
 	c.put("b", Result{Complete: true}, t0)
@@ -298,6 +301,31 @@ func TestCacheBounds(t *testing.T) {
 	}
 	if _, ok := c.get("a", t0.Add(time.Minute)); ok {
 		t.Errorf("entry served at its TTL")
+	}
+	// The targets of all entries are bounded too: one list alias under
+	// many extensions must not fill memory (a test that fails without
+	// the bound: three entries of 20 stay with the entry count alone).
+	c = newCache(100, 50, time.Minute)
+	twenty := Result{Complete: true, Targets: make([]Target, 20)}
+	for _, k := range []string{"all+1", "all+2", "all+3"} {
+		c.put(k, twenty, t0)
+	}
+	if _, ok := c.get("all+1", t0); ok {
+		t.Errorf("60 targets held under a bound of 50")
+	}
+	if c.held != 40 || c.lru.Len() != 2 {
+		t.Errorf("held %d targets in %d entries, want 40 in 2", c.held, c.lru.Len())
+	}
+	c.put("huge", Result{Complete: true, Targets: make([]Target, 51)}, t0)
+	if _, ok := c.get("huge", t0); ok || c.lru.Len() != 2 {
+		t.Errorf("a result over the whole bound was cached, or evicted others")
+	}
+	c.put("all+2", Result{Complete: true}, t0) // replaced: its targets leave the count
+	if c.held != 20 {
+		t.Errorf("held %d targets after a replacement, want 20", c.held)
+	}
+	if _, ok := c.get("all+3", t0.Add(time.Minute)); ok || c.held != 0 {
+		t.Errorf("expired entry served, or its targets still counted (%d)", c.held)
 	}
 	var off *cache
 	off.put("a", Result{}, t0)
@@ -493,5 +521,152 @@ func TestRecipientsHook(t *testing.T) {
 	}
 	if v := loopcheck.CheckRecipients([]loopcheck.Recipient{hook("<unterminated@local.test")(context.Background())}, []byte("Delivered-To: unterminated@local.test\r\n\r\n")); !v.Loop {
 		t.Errorf("a path that does not parse is judged as spelled: %+v", v)
+	}
+}
+
+// Targets are told apart as local(8) compares them
+// (global/delivered_hdr.c delivered_hdr_find: quote_822_local, then
+// fold_addr), not by loopcheck's looser key: a composed and a decomposed
+// spelling are two targets, and -loops=postfix finds a loop through
+// either.
+func TestTargetsExactSpellings(t *testing.T) {
+	cfg := testConfig()
+	m := tables(t, map[string]string{"hash:virtual": "two@local.test \u00fcser@local.test, u\u0308ser@local.test\n"})
+	res := expandWith(t, cfg, m, "two@local.test")
+	equalTargets(t, "two spellings", res, "\u00fcser@local.test local !", "u\u0308ser@local.test local !")
+	for _, dt := range []string{"\u00fcser@local.test", "u\u0308ser@local.test"} {
+		r := loopcheck.NewRecipient("<two@local.test>").WithExpansion(res.Expansion(ModePostfix))
+		if v := loopcheck.CheckRecipients([]loopcheck.Recipient{r}, []byte("Delivered-To: "+dt+"\r\n\r\n")); !v.Loop {
+			t.Errorf("-loops=postfix, Delivered-To: %q: %+v, want a loop", dt, v)
+		}
+	}
+}
+
+// slowKeys is a Backend whose lookups of keys holding "slow" wait until
+// released; the others answer at once.
+type slowKeys struct {
+	*Memory
+	release, started chan struct{}
+	once             sync.Once
+}
+
+func (b *slowKeys) Lookup(ctx context.Context, table, key string) (string, bool, error) {
+	if strings.Contains(key, "slow") {
+		b.once.Do(func() { close(b.started) })
+		select {
+		case <-b.release:
+		case <-ctx.Done():
+			return "", false, ctx.Err()
+		}
+	}
+	return b.Memory.Lookup(ctx, table, key)
+}
+
+// A full in-flight budget bounds the expansions that run, not the cache:
+// Start serves a cached expansion whatever the budget.
+func TestStartCacheBeforeBudget(t *testing.T) {
+	cfg := testConfig()
+	mem := withEmpty(cfg, tables(t, map[string]string{"hash:virtual": "valias@local.test loopuser@local.test\n"}))
+	be := &slowKeys{Memory: mem, release: make(chan struct{}), started: make(chan struct{})}
+	obs := &counting{}
+	e, err := New(context.Background(), Options{Config: cfg, Backend: be, Observer: obs, MaxInflight: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	defer close(be.release)
+	if _, err := e.Expand(context.Background(), addr("valias@local.test")); err != nil {
+		t.Fatal(err)
+	}
+	e.Start(addr("slow@local.test"))
+	<-be.started
+	equalTargets(t, "cached while the budget is full", e.Start(addr("valias@local.test")).Wait(context.Background()), "loopuser@local.test local !")
+	if r := e.Start(addr("other@local.test")).Wait(context.Background()); r.Cause != CauseBusy {
+		t.Errorf("an uncached recipient while the budget is full: %+v, want cause busy", r)
+	}
+	if obs.hits.Load() != 1 {
+		t.Errorf("cache hits %d, want 1", obs.hits.Load())
+	}
+}
+
+// TestIncludeFiles follows local/include.c deliver_include with the
+// default reader: a regular file is read; a FIFO and a world-writable file
+// are refused (local(8) bounces the recipient: nothing in them is
+// compared), and reading a FIFO never waits for a writer; a file over the
+// size bound makes the expansion incomplete.
+func TestIncludeFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string, mode os.FileMode) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(text), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	regular := write("list", "member1\n", 0o644)
+	open := write("open", "member1\n", 0o666)
+	large := write("large", strings.Repeat("member1\n", maxIncludeFile/8+1), 0o644)
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(regular, link); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	m := tables(t, map[string]string{"hash:aliases": "regular :include:" + regular + "\nopen :include:" + open +
+		"\nlarge :include:" + large + "\nfifo :include:" + fifo + "\nlink :include:" + link + "\n"})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		equalTargets(t, "regular", expandWith(t, cfg, m, "regular@local.test"), "regular@local.test local !", "member1@local.test local !")
+		equalTargets(t, "symbolic link", expandWith(t, cfg, m, "link@local.test"), "link@local.test local !", "member1@local.test local !")
+		equalTargets(t, "world-writable", expandWith(t, cfg, m, "open@local.test"), "open@local.test local !")
+		equalTargets(t, "FIFO", expandWith(t, cfg, m, "fifo@local.test"), "fifo@local.test local !")
+		if r := expandWith(t, cfg, m, "large@local.test"); r.Complete || r.Cause != CauseLookup {
+			t.Errorf("a file over %d bytes: %+v, want incomplete (lookup-error)", maxIncludeFile, r)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		// Not a timing assertion: a read that never ends (the FIFO) is
+		// the failure.
+		t.Fatal("reading the :include: files hangs")
+	}
+}
+
+// A read of an :include: file that never returns (a hung NFS mount) does
+// not hold the expansion nor Close: the expansion ends incomplete
+// (closed), and Close returns while the read still blocks.
+func TestIncludeHungRead(t *testing.T) {
+	cfg := testConfig()
+	m := withEmpty(cfg, tables(t, map[string]string{"hash:aliases": "hung :include:/nfs/list\n"}))
+	started, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	read := func(string) ([]byte, error) {
+		close(started)
+		<-release
+		return []byte("member1\n"), nil
+	}
+	e, err := New(context.Background(), Options{Config: cfg, Backend: m, ReadFile: read, CacheSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := e.Start(addr("hung@local.test"))
+	<-started
+	closed := make(chan struct{})
+	go func() { e.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(time.Minute):
+		t.Fatal("Close waits for a read that does not return")
+	}
+	if r := p.Wait(context.Background()); r.Complete || r.Cause != CauseClosed {
+		t.Errorf("the expansion of a hung read after Close: %+v, want incomplete (closed)", r)
 	}
 }

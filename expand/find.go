@@ -2,8 +2,6 @@ package expand
 
 import (
 	"strings"
-
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 )
 
 // This file follows cleanup(8)'s table lookups of a recipient:
@@ -198,20 +196,18 @@ func (r *run) mailAddrMap(tables []string, addr string, propagate bool) ([]strin
 	return out, nil
 }
 
-// crunch is mail_addr_crunch_opt(): the addresses of a table value (an
-// RFC 822 address list; "" and "<>" stand for the null address), each
-// rewritten in the local context (canon_addr_external) and given the
+// crunch is mail_addr_crunch_opt(): the addresses of a table value, read
+// as tok822_parse reads an address list ("" and "<>" stand for the null
+// address; words separated by white space only are separate addresses),
+// each rewritten in the local context (canon_addr_external) and given the
 // extension ext (with its delimiter) before its '@'.
 func (r *run) crunch(value, ext string) []string {
-	var addrs []address.Addr
 	if value == "" || value == "<>" {
-		addrs = []address.Addr{{Local: `""`}}
-	} else {
-		addrs = address.ParseList([]byte(value))
+		value = `""`
 	}
-	out := make([]string, 0, len(addrs))
-	for _, a := range addrs {
-		s := r.cfg.rewriteLocal(a)
+	var out []string
+	for _, toks := range tok822Parse(value) {
+		s := r.cfg.rewriteTokens(toks)
 		if ext != "" {
 			if local, domain := splitAt(s); hasAt(s) {
 				s = local + ext + "@" + domain
@@ -294,4 +290,52 @@ func (r *run) map1n(tables []string, addr string, propagate bool) ([]string, err
 		}
 	}
 	return argv, nil
+}
+
+// masquerades reports whether cleanup(8) masquerades envelope recipients
+// (cleanup_addr.c cleanup_addr_recipient: masquerade_domains set and
+// envelope_recipient in masquerade_classes).
+func (c *Config) masquerades() bool {
+	return c.MasqueradeEnvelope && len(c.MasqueradeDomains) > 0
+}
+
+// masquerade is cleanup/cleanup_masquerade.c cleanup_masquerade_internal
+// on an internal-form address: unless its local part (in external form)
+// is in masquerade_exceptions, the first entry of masquerade_domains that
+// is the domain or a parent of it decides: a parent replaces the domain
+// (user@host.example.com becomes user@example.com), the domain itself or
+// a "!"-entry leaves the address alone. Names compare case-folded; the
+// result carries the entry's folded spelling. A lookup error of the
+// exceptions makes cleanup defer the message.
+func (r *run) masquerade(addr string) (string, error) {
+	if !hasAt(addr) {
+		return addr, nil
+	}
+	local, domain := splitAt(addr)
+	if len(r.cfg.MasqueradeExceptions.Entries) > 0 {
+		excluded, err := r.listMatch(r.cfg.MasqueradeExceptions, foldKey(quote822(local, true)))
+		if err != nil || excluded {
+			return addr, err
+		}
+	}
+	d := foldKey(domain)
+	for _, m := range r.cfg.MasqueradeDomains {
+		truncate := true
+		for strings.HasPrefix(m, "!") {
+			m, truncate = m[1:], !truncate
+		}
+		m = foldKey(m)
+		switch {
+		case m == "":
+			continue
+		case m == d:
+			return addr, nil
+		case len(m) < len(d) && d[len(d)-len(m)-1] == '.' && strings.HasSuffix(d, m):
+			if truncate {
+				return local + "@" + m, nil
+			}
+			return addr, nil
+		}
+	}
+	return addr, nil
 }

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"io/fs"
 	"strings"
-
-	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 )
 
 // This file follows one recipient from cleanup(8) to its delivery, and
@@ -19,8 +17,8 @@ import (
 // and already rewritten in the local context: the recipient of the SMTP
 // transaction (hops 0), or one local(8) forwards as a new message
 // (deliver_indirect, local/forward.c; hops counts those forwardings).
-// Canonical maps, then virtual aliases, then each resulting queue
-// recipient is delivered.
+// Canonical maps, then masquerading, then virtual aliases, then each
+// resulting queue recipient is delivered.
 func (r *run) submit(addr string, hops int) error {
 	if hops >= r.cfg.HopcountLimit {
 		// Each forwarding adds a Received: header; cleanup refuses the
@@ -41,6 +39,11 @@ func (r *run) submit(addr string, hops int) error {
 	}
 	if c.CanonicalEnvelope && len(c.CanonicalMaps) > 0 {
 		if addr, err = r.map11(c.CanonicalMaps, addr, c.PropagateCanonical); err != nil {
+			return err
+		}
+	}
+	if c.masquerades() {
+		if addr, err = r.masquerade(addr); err != nil {
 			return err
 		}
 	}
@@ -222,80 +225,39 @@ func (r *run) deliverAlias(st localState, name string) (bool, error) {
 	return false, nil
 }
 
-// aliasToken is one element of an aliases(5) value or :include: line.
+// aliasToken is one element of an aliases(5) value or :include: line:
+// one address node of tok822_parse.
 type aliasToken struct {
-	text string        // internal form (quotes removed) of a non-address
-	addr *address.Addr // an address
+	text string // internal form (tok822_internalize)
+	toks []tok  // the address's tokens, when it is an address
 }
 
-// aliasTokens splits an alias value into its elements as tok822_parse
-// does (an RFC 822 address list): commas outside quotes, comments, angle
-// brackets and literals separate them. An element whose text begins with
-// '/', '~', '|' or ":include:" is a file, command or include, written
-// quoted or not; any other yields the addresses address.ParseList reads
-// in it.
+// aliasTokens splits an alias value into its elements as
+// deliver_token_string does (local/token.c): every address node of
+// tok822_parse, in order. An element whose internal form begins with '/',
+// '~', '|' or ":include:" is a file, command or include, written quoted
+// or not; any other is an address. tok822_parse adds the commas a value
+// lacks, so "user loopuser" is two addresses, and "|cmd arg" the command
+// "cmd" and the address "arg".
 func aliasTokens(value string) []aliasToken {
 	var out []aliasToken
-	for _, piece := range splitAddressList(value) {
-		text := strings.TrimSpace(piece)
-		if len(text) >= 2 && text[0] == '"' && text[len(text)-1] == '"' {
-			text = address.Addr{Local: text}.LocalText()
-		}
-		if text == "" {
-			continue
-		}
-		if strings.ContainsAny(text[:1], "/~|") || len(text) >= 9 && strings.EqualFold(text[:9], ":include:") {
+	for _, toks := range tok822Parse(value) {
+		text := tokText(toks)
+		if strings.ContainsAny(text[:min(len(text), 1)], "/~|") || len(text) >= 9 && strings.EqualFold(text[:9], ":include:") {
 			out = append(out, aliasToken{text: text})
 			continue
 		}
-		for _, a := range address.ParseList([]byte(piece)) {
-			out = append(out, aliasToken{addr: &a})
-		}
+		out = append(out, aliasToken{text: text, toks: toks})
 	}
 	return out
-}
-
-// splitAddressList splits at commas that are outside quoted strings,
-// comments, angle brackets and domain literals.
-func splitAddressList(s string) []string {
-	var out []string
-	depth, angle, start := 0, 0, 0
-	quoted, literal := false, false
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '\\':
-			i++
-		case quoted:
-			quoted = c != '"'
-		case literal:
-			literal = c != ']'
-		case c == '"':
-			quoted = true
-		case c == '[':
-			literal = true
-		case c == '(':
-			depth++
-		case c == ')' && depth > 0:
-			depth--
-		case depth > 0:
-		case c == '<':
-			angle++
-		case c == '>' && angle > 0:
-			angle--
-		case c == ',' && angle == 0:
-			out = append(out, s[start:i])
-			start = i + 1
-		}
-	}
-	return append(out, s[start:])
 }
 
 // deliverToken is deliver_token(): files and commands are deliveries
 // without an address; :include: reads a file of targets; an address is
 // resolved.
 func (r *run) deliverToken(st localState, tok aliasToken) error {
-	if tok.addr != nil {
-		return r.deliverResolveTree(st, *tok.addr)
+	if tok.toks != nil {
+		return r.deliverResolveTree(st, tok.toks)
 	}
 	if path, ok := cutPrefixFold(tok.text, ":include:"); ok {
 		return r.deliverInclude(st, path)
@@ -306,20 +268,25 @@ func (r *run) deliverToken(st localState, tok aliasToken) error {
 // deliverInclude is deliver_include(): the file's lines (but comment
 // lines) are alias values. Its targets are forwarded, and keep the
 // unmatched extension only with "include" in
-// propagate_unmatched_extensions. A file that does not exist makes
-// local(8) bounce the recipient; one that exists but cannot be read here
-// makes the expansion incomplete.
+// propagate_unmatched_extensions. A file that does not exist, is not a
+// regular file or is world-writable makes local(8) bounce the recipient
+// (nothing in it is compared); one that exists but cannot be read here,
+// or not before the expansion ends, makes the expansion incomplete.
 func (r *run) deliverInclude(st localState, path string) error {
 	st.level++
 	if st.level > localNestingLimit || !strings.HasPrefix(path, "/") {
 		return nil // bounced: nesting limit, or a relative path
 	}
-	b, err := r.read(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	b, err := r.read(r.ctx, path)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errIncludeRefused) {
 		return nil
 	}
 	if err != nil {
-		return &LookupError{Backend: "file", Table: path, Cause: CauseLookup, Err: err}
+		cause := CauseLookup
+		if r.ctx.Err() != nil {
+			cause = causeOf(r.ctx.Err())
+		}
+		return &LookupError{Backend: "file", Table: path, Cause: cause, Err: err}
 	}
 	st.include, st.owner = true, true
 	if !r.cfg.PropagateInclude {
@@ -343,9 +310,9 @@ func (r *run) deliverInclude(st localState, path string) error {
 // and is delivered by this local(8) when it resolves to the same
 // transport (deliver_recipient: compared at the next level), else
 // forwarded as a new message (deliver_indirect).
-func (r *run) deliverResolveTree(st localState, a address.Addr) error {
+func (r *run) deliverResolveTree(st localState, toks []tok) error {
 	st.level++
-	res, err := r.resolve(r.cfg.rewriteLocal(a))
+	res, err := r.resolve(r.cfg.rewriteTokens(toks))
 	if err != nil {
 		return err
 	}

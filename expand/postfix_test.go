@@ -16,6 +16,7 @@ import (
 
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/internal/postfixtest"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
 
 // The documented lines of docs/expansion.md, as a test instance carries
@@ -54,8 +55,8 @@ const (
 
 // livePostfix starts a private Postfix with tables for every kind of
 // expansion: virtual one-to-one, one-to-many, recursive, catch-all and
-// regexp, recipient canonical, aliases(5), and a pipe(8) transport with
-// flag D.
+// regexp, recipient canonical, aliases(5), a pipe(8) transport with flag
+// D, and masquerading of envelope recipients (subdomains of local.test).
 func livePostfix(t testing.TB, setup liveSetup) *postfixtest.Instance {
 	t.Helper()
 	tables := "hash:{etc}/virtual regexp:{etc}/virtual.re hash:{etc}/rcanon hash:{etc}/transport hash:{etc}/aliases"
@@ -64,6 +65,8 @@ func livePostfix(t testing.TB, setup liveSetup) *postfixtest.Instance {
 		"recipient_canonical_maps":             "hash:{etc}/rcanon",
 		"transport_maps":                       "hash:{etc}/transport",
 		"pipeloop_destination_recipient_limit": "1",
+		"masquerade_domains":                   "local.test",
+		"masquerade_classes":                   "envelope_recipient",
 	}
 	master := "pipeloop unix - n n - - pipe flags=DRq user=nobody argv=/bin/sh -c cat>>{mail}/pipebox"
 	switch setup {
@@ -92,6 +95,7 @@ multi@local.test loopuser@local.test, user@local.test
 rec1@local.test rec2@local.test
 rec2@local.test loopuser@local.test
 @catch.test loopuser@local.test
+vws@local.test user loopuser
 `,
 			"virtual.re": "/^re-.*@local\\.test$/ loopuser@local.test\n",
 			"rcanon":     "canon@local.test valias@local.test\n",
@@ -105,45 +109,89 @@ rec2@local.test loopuser@local.test
 			"owner-list": "postmaster",
 			"plain":      "member",
 			"incl":       ":include:{mail}/../etc/list.inc",
+			"ws":         "user loopuser",
+			"cmdarg":     "|/bin/true loopuser",
 		},
 		Mailboxes: []string{"member"},
 	})
 }
 
 // variant is a recipient and the forged Delivered-To: address sent with
-// it; loop says whether Postfix bounces it as a loop.
+// it; loop says whether Postfix bounces it as a loop for forged. dt, when
+// set, is the message's Delivered-To: lines instead of "Delivered-To:
+// <forged>": another spelling of forged, which local(8) compares exactly.
 type variant struct {
 	name, rcpt, forged string
 	loop               bool
+	dt                 string
+}
+
+// header is the variant's Delivered-To: lines.
+func (v variant) header() string {
+	if v.dt != "" {
+		return v.dt
+	}
+	return "Delivered-To: " + v.forged
+}
+
+// headerSpellings are the Delivered-To: spellings of loopuser@local.test
+// that local(8) compares (delivered_hdr_init: the first physical line,
+// leading white space skipped, case-folded, no address parsing), sent for
+// valias@local.test: a loop only when that line is exactly the address.
+var headerSpellings = []variant{
+	{name: "header: angle brackets", dt: "Delivered-To: <loopuser@local.test>"},
+	{name: "header: list", dt: "Delivered-To: x@y, loopuser@local.test"},
+	{name: "header: quoted local part", dt: `Delivered-To: "loopuser"@local.test`},
+	{name: "header: trailing dot", dt: "Delivered-To: loopuser@LOCAL.TEST."},
+	{name: "header: trailing space", dt: "Delivered-To: loopuser@local.test "},
+	{name: "header: value on the continuation line", dt: "Delivered-To:\n loopuser@local.test"},
+	{name: "header: case and leading white space", dt: "Delivered-To:\t LoopUser@Local.TEST", loop: true},
+	{name: "header: continuation after the value", dt: "Delivered-To: loopuser@local.test\n (junk)", loop: true},
+	{name: "header: after 1000 other fields", dt: strings.Repeat("Delivered-To: other@local.test\n", 1000) + "Delivered-To: loopuser@local.test"},
+	{name: "header: after 999 other fields", dt: strings.Repeat("Delivered-To: other@local.test\n", 999) + "Delivered-To: loopuser@local.test", loop: true},
+}
+
+func init() {
+	for _, v := range headerSpellings {
+		v.rcpt, v.forged = "valias@local.test", "loopuser@local.test"
+		liveVariants = append(liveVariants, v)
+	}
 }
 
 var liveVariants = []variant{
-	{"virtual one-to-one", "valias@local.test", "loopuser@local.test", true},
-	{"virtual one-to-many", "multi@local.test", "loopuser@local.test", true},
-	{"virtual recursive", "rec1@local.test", "loopuser@local.test", true},
-	{"virtual catch-all", "anyone@catch.test", "loopuser@local.test", true},
-	{"virtual regexp", "re-x@local.test", "loopuser@local.test", true},
-	{"recipient canonical", "canon@local.test", "loopuser@local.test", true},
-	{"aliases(5)", "lp@local.test", "loopuser@local.test", true},
-	{"aliases(5), first level", "lp@local.test", "lp@local.test", true},
-	{"aliases(5), extension", "lp+x@local.test", "loopuser@local.test", true},
-	{"@domain to @other", "loopuser+x@move.test", "loopuser+x@local.test", true},
-	{"@domain keeps the extension", "loopuser+x@move.test", "loopuser@local.test", false},
-	{"extension propagated", "valias+ext@local.test", "loopuser@local.test", false},
-	{"extension, its own loop", "valias+ext@local.test", "loopuser+ext@local.test", true},
-	{"pipe flag D", "u@pipe.test", "u@pipe.test", true},
-	{"owner- alias: forwarded through cleanup", "list@local.test", "loopuser@local.test", true},
-	{"owner- alias: compared before forwarding", "list@local.test", "member2@local.test", true},
-	{"alias to a local mailbox: no cleanup", "plain@local.test", "loopuser@local.test", false},
-	{":include: file: forwarded", "incl@local.test", "loopuser@local.test", true},
-	{"rewritten away", "valias@local.test", "valias@local.test", false},
+	{"virtual one-to-one", "valias@local.test", "loopuser@local.test", true, ""},
+	{"virtual one-to-many", "multi@local.test", "loopuser@local.test", true, ""},
+	{"virtual recursive", "rec1@local.test", "loopuser@local.test", true, ""},
+	{"virtual catch-all", "anyone@catch.test", "loopuser@local.test", true, ""},
+	{"virtual regexp", "re-x@local.test", "loopuser@local.test", true, ""},
+	{"recipient canonical", "canon@local.test", "loopuser@local.test", true, ""},
+	{"aliases(5)", "lp@local.test", "loopuser@local.test", true, ""},
+	{"aliases(5), first level", "lp@local.test", "lp@local.test", true, ""},
+	{"aliases(5), extension", "lp+x@local.test", "loopuser@local.test", true, ""},
+	{"@domain to @other", "loopuser+x@move.test", "loopuser+x@local.test", true, ""},
+	{"@domain keeps the extension", "loopuser+x@move.test", "loopuser@local.test", false, ""},
+	{"extension propagated", "valias+ext@local.test", "loopuser@local.test", false, ""},
+	{"extension, its own loop", "valias+ext@local.test", "loopuser+ext@local.test", true, ""},
+	{"pipe flag D", "u@pipe.test", "u@pipe.test", true, ""},
+	{"owner- alias: forwarded through cleanup", "list@local.test", "loopuser@local.test", true, ""},
+	{"owner- alias: compared before forwarding", "list@local.test", "member2@local.test", true, ""},
+	{"alias to a local mailbox: no cleanup", "plain@local.test", "loopuser@local.test", false, ""},
+	{":include: file: forwarded", "incl@local.test", "loopuser@local.test", true, ""},
+	{"rewritten away", "valias@local.test", "valias@local.test", false, ""},
+	{"virtual, addresses separated by white space", "vws@local.test", "loopuser@local.test", true, ""},
+	{"aliases(5), addresses separated by white space", "ws@local.test", "loopuser@local.test", true, ""},
+	{"aliases(5), unquoted |cmd arg", "cmdarg@local.test", "loopuser@local.test", true, ""},
+	{"masquerade_domains (envelope_recipient)", "loopuser@sub.local.test", "loopuser@local.test", true, ""},
 }
 
 // TestLiveDifferential sends each variant through Postfix alone, with its
 // forged header, and checks the expansion against what Postfix did: the
 // forged address is among the targets that check loops exactly when
-// Postfix bounced the message as a loop, and every address Postfix
-// delivered to is a target. It runs with both backends.
+// Postfix bounced the message as a loop (for the variants that forge it as
+// written), every address Postfix delivered to is a target, and the loop
+// check on the message, with the expansion as each front-end hands it
+// over, finds a loop in -loops=postfix exactly when Postfix bounced it and
+// in -loops=any at least then. It runs with both backends.
 func TestLiveDifferential(t *testing.T) {
 	p := livePostfix(t, setupApproved)
 	type sent struct {
@@ -152,7 +200,7 @@ func TestLiveDifferential(t *testing.T) {
 	}
 	var all []sent
 	for _, v := range liveVariants {
-		msg := "Delivered-To: " + v.forged + "\nSubject: " + v.name + "\n\nbody\n"
+		msg := v.header() + "\nSubject: " + v.name + "\n\nbody\n"
 		res, err := postfixtest.Send(p.PlainAddr(), "sender@local.test", []string{v.rcpt}, []byte(msg))
 		if err != nil {
 			t.Fatalf("%s: send: %v", v.name, err)
@@ -195,8 +243,16 @@ func TestLiveDifferential(t *testing.T) {
 					checked = append(checked, tg.Addr.Key())
 				}
 			}
+			msg := []byte(s.v.header() + "\r\nSubject: x\r\n\r\nbody\r\n")
+			for _, mode := range []Mode{ModeAny, ModePostfix} {
+				r := loopcheck.NewRecipient("<" + s.v.rcpt + ">").WithExpansion(res.Expansion(mode))
+				v := loopcheck.CheckRecipients([]loopcheck.Recipient{r}, msg)
+				if mode == ModePostfix && v.Loop != bounced || mode == ModeAny && bounced && !v.Loop {
+					t.Errorf("%s (%s): -loops=%v: loop %v; Postfix bounced: %v", s.v.name, e.BackendInfo()[:8], mode, v.Loop, bounced)
+				}
+			}
 			forged := address.Addr{Local: strings.Split(s.v.forged, "@")[0], Domain: strings.Split(s.v.forged, "@")[1]}.Key()
-			if got := slices.Contains(checked, forged); got != bounced {
+			if got := slices.Contains(checked, forged); s.v.dt == "" && got != bounced {
 				t.Errorf("%s (%s): forged %s among the targets that check loops: %v; Postfix bounced: %v; targets %q",
 					s.v.name, e.BackendInfo()[:8], s.v.forged, got, bounced, targets(res))
 			}
@@ -293,7 +349,7 @@ func TestLiveBackendChoice(t *testing.T) {
 // Postfix 3.7's proxymap(8): keys of a fixed table are folded
 // (DICT_FLAG_FOLD_FIX), open reports DICT_FLAG_FIXED for hash and not for
 // regexp, an unapproved table is denied, the 3.11 request form gets
-// status BAD, and a table rebuilt under a running proxymap is seen after
+// status BAD (and the client falls back to the other form), and a table rebuilt under a running proxymap is seen after
 // the client reconnects.
 func TestLiveProxymapProtocol(t *testing.T) {
 	p := livePostfix(t, setupApproved)
@@ -319,8 +375,13 @@ func TestLiveProxymapProtocol(t *testing.T) {
 	}
 	newForm := NewProxymap(sock, true, 1)
 	defer newForm.Close()
-	if _, _, err := newForm.Lookup(ctx, virtual, "valias@local.test"); causeOf(err) != CauseProtocol {
-		t.Errorf("3.11 request form against 3.7: %v, want status BAD (cause protocol)", err)
+	attrs, err := newForm.roundTrip(ctx, virtual, "", openRequest(virtual, true))
+	if v, serr := scanAttrs(attrs, "status", "flags"); err != nil || serr != nil || v[0] != strconv.Itoa(proxyStatBad) {
+		t.Errorf("3.11 open request against 3.7: %v %v %v, want status BAD", attrs, err, serr)
+	}
+	// The client then tries the other form, and keeps it.
+	if v, found, err := newForm.Lookup(ctx, virtual, "valias@local.test"); err != nil || !found || v != "loopuser@local.test" || newForm.newForm.Load() {
+		t.Errorf("3.11 request form against 3.7, then the other: %q %v %v, new form kept: %v", v, found, err, newForm.newForm.Load())
 	}
 
 	// Rebuild the table: proxymap notices the change when it next

@@ -27,11 +27,15 @@ import (
 //
 // The request attributes changed in Postfix 3.11 (snapshot 20250713): the
 // client's flags travel as instance_flags, and replies carry the server's
-// flags. NewProxymap takes the form from mail_version; a 3.7 server
-// answers the newer form with status BAD.
+// flags. NewProxymap takes the form from mail_version. Each server answers
+// the other form's requests with status BAD (attr_scan with
+// ATTR_FLAG_STRICT), so a BAD makes the client send the request again once
+// in the other form, and keep that form when the server takes it: a
+// mail_version that does not tell (a patched or mislabelled build) costs
+// one request, not every lookup.
 type Proxymap struct {
 	socket  string
-	newForm bool
+	newForm atomic.Bool // send the 3.11 form
 
 	sem   chan struct{} // one token per connection in use or idle
 	dials atomic.Int64  // connections made, for tests and diagnostics
@@ -95,12 +99,13 @@ func NewProxymap(path string, newForm bool, maxConns int) *Proxymap {
 	if maxConns < 1 {
 		maxConns = DefaultProxymapConns
 	}
-	return &Proxymap{
-		socket:  path,
-		newForm: newForm,
-		sem:     make(chan struct{}, maxConns),
-		flags:   map[string]uint32{},
+	p := &Proxymap{
+		socket: path,
+		sem:    make(chan struct{}, maxConns),
+		flags:  map[string]uint32{},
 	}
+	p.newForm.Store(newForm)
+	return p
 }
 
 // pmConn is one connection to proxymap(8).
@@ -198,28 +203,53 @@ func (p *Proxymap) open(ctx context.Context, table string) (uint32, error) {
 	if ok {
 		return f, nil
 	}
-	attrs, err := p.roundTrip(ctx, table, "", openRequest(table, p.newForm))
+	var status uint32
+	err := p.inForm(func(form bool) (uint32, error) {
+		attrs, err := p.roundTrip(ctx, table, "", openRequest(table, form))
+		if err != nil {
+			return 0, err
+		}
+		v, err := scanAttrs(attrs, "status", "flags")
+		if err == nil {
+			if status, err = attrUint("status", v[0]); err == nil && status == proxyStatOK {
+				f, err = attrUint("flags", v[1])
+			}
+		}
+		if err != nil {
+			return 0, &LookupError{Backend: "proxymap", Table: table, Cause: CauseProtocol, Err: err}
+		}
+		return status, nil
+	})
 	if err != nil {
 		return 0, err
 	}
-	v, err := scanAttrs(attrs, "status", "flags")
-	if err == nil {
-		var status uint32
-		if status, err = attrUint("status", v[0]); err == nil {
-			if status != proxyStatOK {
-				cause, serr := statusError(status)
-				return 0, &LookupError{Backend: "proxymap", Table: table, Cause: cause, Err: serr}
-			}
-			f, err = attrUint("flags", v[1])
-		}
-	}
-	if err != nil {
-		return 0, &LookupError{Backend: "proxymap", Table: table, Cause: CauseProtocol, Err: err}
+	if status != proxyStatOK {
+		cause, serr := statusError(status)
+		return 0, &LookupError{Backend: "proxymap", Table: table, Cause: cause, Err: serr}
 	}
 	p.mu.Lock()
 	p.flags[table] = f
 	p.mu.Unlock()
 	return f, nil
+}
+
+// inForm runs one request in the current form; on status BAD it drops the
+// idle connections (the server may have stopped reading mid-request) and
+// runs it once more in the other form, which it keeps when that one is not
+// answered BAD too.
+func (p *Proxymap) inForm(do func(newForm bool) (status uint32, err error)) error {
+	form := p.newForm.Load()
+	status, err := do(form)
+	if err != nil || status != proxyStatBad {
+		return err
+	}
+	p.dropIdle()
+	p.newForm.CompareAndSwap(form, !form)
+	if status, err = do(!form); err != nil || status == proxyStatBad {
+		p.dropIdle()
+		p.newForm.CompareAndSwap(!form, form)
+	}
+	return err
 }
 
 // Lookup implements Backend.
@@ -234,18 +264,32 @@ func (p *Proxymap) Lookup(ctx context.Context, table, key string) (string, bool,
 	if err != nil {
 		return "", false, err
 	}
-	attrs, err := p.roundTrip(ctx, table, key, lookupRequest(table, key, p.newForm, flags))
+	var status uint32
+	var value string
+	err = p.inForm(func(form bool) (uint32, error) {
+		attrs, err := p.roundTrip(ctx, table, key, lookupRequest(table, key, form, flags))
+		if err != nil {
+			return 0, err
+		}
+		var newFlags uint32
+		if status, newFlags, value, err = lookupReply(attrs, form); err != nil {
+			// A BAD in the other form has no flags: read it as such.
+			if st, _, _, err2 := lookupReply(attrs, !form); err2 == nil && st == proxyStatBad {
+				status = proxyStatBad
+				return status, nil
+			}
+			_, _, err = fail(CauseProtocol, err)
+			return 0, err
+		}
+		if form {
+			p.mu.Lock()
+			p.flags[table] = newFlags
+			p.mu.Unlock()
+		}
+		return status, nil
+	})
 	if err != nil {
 		return "", false, err
-	}
-	status, newFlags, value, err := lookupReply(attrs, p.newForm)
-	if err != nil {
-		return fail(CauseProtocol, err)
-	}
-	if p.newForm {
-		p.mu.Lock()
-		p.flags[table] = newFlags
-		p.mu.Unlock()
 	}
 	switch status {
 	case proxyStatOK:
@@ -269,15 +313,22 @@ func validAttrString(s string) error {
 	return nil
 }
 
-// roundTrip sends one request and reads its reply list. A connection the
-// server closed after earlier requests (it exits when a table changes,
-// after max_idle or max_use) is replaced once.
+// roundTrip sends one request and reads its reply list. A pooled
+// connection the server closed after earlier requests (proxymap exits
+// when a table changes, on postfix reload, after max_idle or max_use)
+// means the server that every idle connection was made to is gone: they
+// are all dropped, and the request is sent again once, on a connection
+// dialled for it (as clnt_stream_recover does).
 func (p *Proxymap) roundTrip(ctx context.Context, table, key string, req []byte) ([]attr, error) {
 	fail := func(err error) ([]attr, error) {
 		return nil, &LookupError{Backend: "proxymap", Table: table, Key: key, Cause: netCause(ctx, err), Err: err}
 	}
 	for attempt := 0; ; attempt++ {
-		c, err := p.get(ctx)
+		get := p.get
+		if attempt > 0 {
+			get = p.dial
+		}
+		c, err := get(ctx)
 		if err != nil {
 			return fail(err)
 		}
@@ -290,9 +341,21 @@ func (p *Proxymap) roundTrip(ctx context.Context, table, key string, req []byte)
 		c.c.Close()
 		p.release()
 		if attempt == 0 && reused && ctx.Err() == nil && isPeerGone(err) {
+			p.dropIdle()
 			continue
 		}
 		return fail(err)
+	}
+}
+
+// dropIdle closes every idle connection.
+func (p *Proxymap) dropIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, c := range idle {
+		c.c.Close()
 	}
 }
 
@@ -407,7 +470,8 @@ func (p *Proxymap) get(ctx context.Context) (*pmConn, error) {
 	return c, nil
 }
 
-// dial is get for Ping: a new connection, outside the idle list.
+// dial is get without the idle list: a new connection (Ping, and the
+// retry after the server went away).
 func (p *Proxymap) dial(ctx context.Context) (*pmConn, error) {
 	select {
 	case p.sem <- struct{}{}:

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,6 +88,18 @@ type fakeProxymap struct {
 	mu       sync.Mutex
 	accepted int
 	requests [][]attr
+	conns    []net.Conn
+}
+
+// dropAll closes every connection the server has accepted, as proxymap's
+// exit does.
+func (f *fakeProxymap) dropAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
 }
 
 func startFake(t *testing.T, f *fakeProxymap) *fakeProxymap {
@@ -109,6 +122,7 @@ func startFake(t *testing.T, f *fakeProxymap) *fakeProxymap {
 			}
 			f.mu.Lock()
 			f.accepted++
+			f.conns = append(f.conns, c)
 			f.mu.Unlock()
 			wg.Go(func() { f.serve(c) })
 		}
@@ -244,6 +258,96 @@ func TestProxymapReconnect(t *testing.T) {
 	defer f.mu.Unlock()
 	if f.accepted < 4 {
 		t.Errorf("%d connections for 4 requests each on a connection closed after it", f.accepted)
+	}
+}
+
+// formStrict is a fake's reply function that, like proxymap(8) with
+// attr_scan's ATTR_FLAG_STRICT, answers status BAD to requests in the
+// other form: the 3.11 form carries instance_flags, the older one not
+// (global/dict_proxy.c; proxymap.c proxymap_open_service and
+// proxymap_lookup_service). BAD replies have the fields of the server's
+// own form.
+func formStrict(newForm bool, values map[string]string) func([]attr) []attr {
+	ok := answer(newForm, 28, values, proxyStatNoKey)
+	return func(req []attr) []attr {
+		if slices.ContainsFunc(req, func(a attr) bool { return a.name == "instance_flags" }) == newForm {
+			return ok(req)
+		}
+		switch {
+		case req[0].value == "open":
+			return []attr{{"status", "3"}, {"flags", "0"}}
+		case newForm:
+			return []attr{{"status", "3"}, {"flags", "0"}, {"value", ""}}
+		}
+		return []attr{{"status", "3"}, {"value", ""}}
+	}
+}
+
+// TestProxymapFormFallback: a server of the other request form than
+// mail_version said answers BAD; the client sends the request again in the
+// other form and keeps it. A server that answers BAD in both forms leaves
+// the form as it was.
+func TestProxymapFormFallback(t *testing.T) {
+	for _, server := range []bool{false, true} {
+		f := startFake(t, &fakeProxymap{reply: formStrict(server, map[string]string{"a": "x"})})
+		p := NewProxymap(f.path, !server, 2)
+		for range 2 {
+			if v, found, err := p.Lookup(context.Background(), "hash:/v", "a"); err != nil || !found || v != "x" {
+				t.Errorf("server form %v, client %v: lookup %q %v %v", server, !server, v, found, err)
+			}
+		}
+		if got := p.newForm.Load(); got != server {
+			t.Errorf("server form %v: the client kept form %v", server, got)
+		}
+		f.mu.Lock()
+		if len(f.requests) != 4 { // open BAD, open, lookup, lookup
+			t.Errorf("server form %v: %d requests, want 4", server, len(f.requests))
+		}
+		f.mu.Unlock()
+		p.Close()
+	}
+	f := startFake(t, &fakeProxymap{reply: answer(false, 28, nil, proxyStatBad)})
+	p := NewProxymap(f.path, false, 1)
+	defer p.Close()
+	if _, _, err := p.Lookup(context.Background(), "hash:/v", "a"); causeOf(err) != CauseProtocol {
+		t.Errorf("BAD in both forms: %v, want cause protocol", err)
+	}
+	if p.newForm.Load() {
+		t.Errorf("BAD in both forms changed the form")
+	}
+}
+
+// TestProxymapServerGone: every pooled connection is dead after proxymap
+// exits (postfix reload, a table rebuilt); the next lookup drops them all
+// and succeeds on a new connection, as global/clnt_stream.c
+// clnt_stream_recover reconnects, instead of failing on the second dead
+// one.
+func TestProxymapServerGone(t *testing.T) {
+	f := startFake(t, &fakeProxymap{reply: answer(false, 28, map[string]string{"a": "x"}, proxyStatNoKey)})
+	p := NewProxymap(f.path, false, DefaultProxymapConns)
+	defer p.Close()
+	ctx := context.Background()
+	var conns []*pmConn
+	for range DefaultProxymapConns {
+		c, err := p.get(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		p.put(c)
+	}
+	f.dropAll()
+	for i := range 3 {
+		if _, found, err := p.Lookup(ctx, "hash:/v", "a"); err != nil || !found {
+			t.Fatalf("lookup %d after the server went away: found=%v err=%v", i, found, err)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) != 1 {
+		t.Errorf("%d idle connections, want the one new connection", len(p.idle))
 	}
 }
 

@@ -303,3 +303,30 @@ nodel.test nodel
 	cfg.LocalTransport = "dovecot"
 	equalTargets(t, "local_transport = dovecot", expandWith(t, cfg, m, "u@local.test"), "u@local.test dovecot !")
 }
+
+// TestMasquerade follows cleanup/cleanup_masquerade.c
+// cleanup_masquerade_external as cleanup_addr_recipient applies it: only
+// with envelope_recipient in masquerade_classes; the first entry of
+// masquerade_domains that is the domain or a parent of it decides ("!"
+// keeps the address); masquerade_exceptions keeps a local part; it runs
+// after canonical maps and before virtual aliases.
+func TestMasquerade(t *testing.T) {
+	cfg := testConfig()
+	cfg.MasqueradeDomains = []string{"!Sub.Local.Test", "Local.Test"}
+	cfg.MasqueradeExceptions = parseList("root", false, false)
+	m := tables(t, map[string]string{"hash:virtual": "valias@local.test loopuser@local.test\n"})
+	equalTargets(t, "classes without envelope_recipient", expandWith(t, cfg, m, "u@host.local.test"), "u@host.local.test smtp")
+	cfg.MasqueradeEnvelope = true
+	for rcpt, want := range map[string]string{
+		"u@host.local.test":      "u@local.test local !",
+		"u@a.b.local.test":       "u@local.test local !",
+		"u@sub.local.test":       "u@sub.local.test smtp",
+		"u@x.sub.local.test":     "u@x.sub.local.test smtp",
+		"u@local.test":           "u@local.test local !",
+		"u@notlocal.test":        "u@notlocal.test smtp",
+		"root@host.local.test":   "root@host.local.test smtp",
+		"valias@host.local.test": "loopuser@local.test local !",
+	} {
+		equalTargets(t, rcpt, expandWith(t, cfg, m, rcpt), want)
+	}
+}

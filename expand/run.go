@@ -44,7 +44,7 @@ type run struct {
 	ctx  context.Context
 	cfg  *Config
 	be   Backend
-	read func(path string) ([]byte, error)
+	read func(ctx context.Context, path string) ([]byte, error)
 
 	lookups int // lookups sent to the backend
 	calls   int // lookups asked for, the memo's answers included
@@ -52,7 +52,7 @@ type run struct {
 	fixed   map[string]bool
 
 	targets []Target
-	index   map[string]int // Addr.Key -> targets index
+	index   map[string]int // exact key (see addTarget) -> targets index
 
 	submitted map[string]int // queue recipient -> lowest hop count seen
 	local     map[string]int // local(8) recipient -> lowest level seen
@@ -63,7 +63,7 @@ type memoValue struct {
 	found bool
 }
 
-func newRun(ctx context.Context, cfg *Config, be Backend, read func(string) ([]byte, error)) *run {
+func newRun(ctx context.Context, cfg *Config, be Backend, read func(context.Context, string) ([]byte, error)) *run {
 	return &run{
 		ctx: ctx, cfg: cfg, be: be, read: read,
 		memo:      map[[2]string]memoValue{},
@@ -146,10 +146,14 @@ func (r *run) mapsFind(tables []string, key string, partial bool) (string, bool,
 }
 
 // addTarget records an address Postfix delivers to: checks says whether
-// the delivery compares it with Delivered-To:.
+// the delivery compares it with Delivered-To:. Targets are told apart as
+// local(8) tells them apart (its external form, case-folded), not by the
+// looser Addr.Key: two spellings Key merges (composed and decomposed
+// Unicode, an A-label and its U-label) are compared each on its own in
+// -loops=postfix.
 func (r *run) addTarget(addr, transport string, checks bool) error {
 	a := internalAddr(addr)
-	k := a.Key()
+	k := address.FoldPostfix(a.String())
 	if i, ok := r.index[k]; ok {
 		r.targets[i].ChecksLoops = r.targets[i].ChecksLoops || checks
 		return nil

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/header"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
@@ -17,7 +18,11 @@ import (
 //   - a matching Delivered-To field put first always makes a loop;
 //   - the verdict names one of the recipients, as spelled;
 //   - line ends do not matter: bare LF and CRLF give the same verdict;
-//   - bytes after the header section do not matter.
+//   - bytes after the header section do not matter;
+//   - the recipient judged as Postfix judges it (its expansion given with
+//     postfix, as -loops=postfix does) loops whenever the model bounces,
+//     and only when the lenient verdict loops too (-loops=any catches
+//     more).
 func FuzzVerdict(f *testing.F) {
 	seeds := []struct{ local, domain, msg string }{
 		{"user", "local.test", "Delivered-To: user@local.test\r\n\r\nbody\r\n"},
@@ -61,6 +66,18 @@ func FuzzVerdict(f *testing.F) {
 		}
 		if v := loopcheck.Check(rcpts, msg[:header.SectionEnd(msg)]); v != got {
 			t.Fatalf("header section alone gives %+v, whole message %+v:\n%q", v, got, msg)
+		}
+		p, err := address.ParsePath(rcpts[0])
+		if err != nil {
+			t.Fatalf("the generated recipient %q does not parse: %v", rcpts[0], err)
+		}
+		exact := loopcheck.NewRecipient(rcpts[0]).WithExpansion([]address.Addr{p.Addr}, true)
+		pv := loopcheck.CheckRecipients([]loopcheck.Recipient{exact}, msg)
+		if postfixBounces(mailbox, msg) && !pv.Loop {
+			t.Fatalf("Postfix's local(8) would bounce this as a loop for %s, the postfix-mode check passed it:\n%q", mailbox, msg)
+		}
+		if pv.Loop && !got.Loop {
+			t.Fatalf("the postfix-mode check finds a loop the lenient one does not:\n%q", msg)
 		}
 	})
 }
@@ -123,18 +140,22 @@ func bareLFToCRLF(msg []byte) []byte {
 // Delivered-To field the value is the first physical line after leading
 // whitespace, not trimmed at the end, and it is compared with the recipient
 // case-folded and exactly. The recipient is a dot-atom, so quote_822_local
-// leaves it as it is.
+// leaves it as it is. Only the first 1000 Delivered-To fields are compared
+// (DELIVERED_HDR_LIMIT), and a field by the first 2048 bytes of its line
+// as cleanup stores it, name and colon included (a queue file record).
 func postfixBounces(rcpt string, msg []byte) bool {
 	want := asciiLower([]byte(rcpt))
 	inHeader := false
+	fields := 0
 	for len(msg) > 0 {
 		line := msg
 		if i := bytes.IndexByte(msg, '\n'); i >= 0 {
-			line, msg = msg[:i], msg[i+1:]
+			// A CR before the LF belongs to the line end; any other CR
+			// is content.
+			line, msg = bytes.TrimSuffix(msg[:i], []byte("\r")), msg[i+1:]
 		} else {
 			msg = nil
 		}
-		line = bytes.TrimSuffix(line, []byte("\r"))
 		if len(line) == 0 {
 			return false
 		}
@@ -153,7 +174,14 @@ func postfixBounces(rcpt string, msg []byte) bool {
 		if !bytes.EqualFold(line[:n], []byte("delivered-to")) {
 			continue
 		}
-		value := bytes.TrimLeft(line[colon+1:], " \t")
+		if fields++; fields > 1000 {
+			return false
+		}
+		value := line[colon+1:]
+		if n := 2048 - len("Delivered-To:"); len(value) > n {
+			value = value[:n]
+		}
+		value = bytes.TrimLeft(value, " \t")
 		if bytes.Equal(asciiLower(value), want) {
 			return true
 		}

@@ -389,3 +389,105 @@ func TestLoopsWhole(t *testing.T) {
 		t.Errorf("several: Loops (-want +got):\n%s", diff)
 	}
 }
+
+// TestLoopsWholePostfix: under -loops=postfix the deliveries are compared
+// as the recipient's keys are, exactly: a bracketed field that local(8)
+// does not match leaves that copy delivered, so the recipient is not
+// whole, and removing it would lose that copy.
+func TestLoopsWholePostfix(t *testing.T) {
+	msg := []byte(crlf("Delivered-To: a@local.test", "Delivered-To: <b@local.test>", "", "x"))
+	to := addrs("a@local.test", "b@local.test")
+	for _, tc := range []struct {
+		postfix bool
+		want    []Match
+	}{
+		{true, []Match{{Index: 0, Via: "a@local.test"}}},
+		{false, []Match{{Index: 0, Via: "a@local.test", Whole: true}}},
+	} {
+		for _, order := range []string{"expansion first", "deliveries first"} {
+			r := NewRecipient("<team@local.test>")
+			if order == "expansion first" {
+				r = r.WithExpansion(to, tc.postfix).WithDeliveries(to)
+			} else {
+				r = r.WithDeliveries(to).WithExpansion(to, tc.postfix)
+			}
+			if diff := cmp.Diff(tc.want, Loops([]Recipient{r}, msg)); diff != "" {
+				t.Errorf("postfix=%v, %s: Loops (-want +got):\n%s", tc.postfix, order, diff)
+			}
+		}
+	}
+}
+
+// TestPostfixComparison follows global/delivered_hdr.c delivered_hdr_init
+// and delivered_hdr_find, as local(8) and pipe(8) flag D call them: an
+// expansion given as Postfix's judgement (WithExpansion with postfix) is
+// compared with the first physical line of each Delivered-To: value,
+// leading white space skipped, case-folded, exactly; the same expansion
+// added leniently (any mode) matches every address a value holds. Each row
+// gives both verdicts; the spellings Postfix delivers were checked live
+// (expand's and conformance's Postfix tests).
+func TestPostfixComparison(t *testing.T) {
+	long := strings.Repeat("a", postfixLineLimit-len(FieldName)-1-len("@local.test")) + "@local.test"
+	for _, tc := range []struct {
+		name     string
+		target   string // the expansion: one address delivered by local(8)
+		fields   string // the Delivered-To: lines of the section
+		postfix  bool   // a loop in postfix mode (Postfix bounces)
+		lenient  bool   // a loop in any mode
+		viaFirst bool
+	}{
+		{"exact", "loopuser@local.test", "Delivered-To: loopuser@local.test", true, true, true},
+		{"case folded", "loopuser@local.test", "Delivered-To: LoopUser@LOCAL.Test", true, true, true},
+		{"target case folded", "LoopUser@Local.Test", "Delivered-To: loopuser@local.test", true, true, true},
+		{"leading white space skipped", "loopuser@local.test", "Delivered-To:\t  loopuser@local.test", true, true, true},
+		{"name case, space before the colon", "loopuser@local.test", "DELIVERED-TO : loopuser@local.test", true, true, true},
+		{"angle brackets", "loopuser@local.test", "Delivered-To: <loopuser@local.test>", false, true, false},
+		{"a list", "loopuser@local.test", "Delivered-To: x@y, loopuser@local.test", false, true, false},
+		{"quoted local part that needs none", "loopuser@local.test", `Delivered-To: "loopuser"@local.test`, false, true, false},
+		{"trailing dot", "loopuser@local.test", "Delivered-To: loopuser@LOCAL.TEST.", false, true, false},
+		{"trailing space", "loopuser@local.test", "Delivered-To: loopuser@local.test ", false, true, false},
+		{"comment", "loopuser@local.test", "Delivered-To: loopuser@local.test (c)", false, true, false},
+		{"value on the continuation line", "loopuser@local.test", "Delivered-To:\r\n loopuser@local.test", false, true, false},
+		{"continuation after the value", "loopuser@local.test", "Delivered-To: loopuser@local.test\r\n junk", true, true, true},
+		{"NUL ends the C string", "loopuser@local.test", "Delivered-To: loopuser@local.test\x00junk", true, true, true},
+		{"stray CR is a space", "loopuser@local.test", "Delivered-To: loopuser@local.test\rjunk", false, true, false},
+		{"quoted target, quote_822_local form", "loop user@local.test", `Delivered-To: "Loop User"@local.test`, true, true, true},
+		{"quoted target, unquoted value", "loop user@local.test", "Delivered-To: loop user@local.test", false, false, false},
+		{"extension differs", "loopuser+a@local.test", "Delivered-To: loopuser@local.test", false, false, false},
+		{"first record only", long, "Delivered-To:" + long + "junk", true, true, true},
+		{"first record only, one byte short", long, "Delivered-To: " + long + "junk", false, false, false},
+		{"the 1000th field counts", "loopuser@local.test",
+			strings.Repeat("Delivered-To: other@local.test\r\n", postfixFieldLimit-1) + "Delivered-To: loopuser@local.test", true, true, true},
+		{"the 1001st field does not", "loopuser@local.test",
+			strings.Repeat("Delivered-To: loopuser@local.test \r\n", postfixFieldLimit) + "Delivered-To: loopuser@local.test", false, true, false},
+	} {
+		msg := []byte(crlf(received, tc.fields, "Subject: s", "", "body"))
+		local, domain, _ := strings.Cut(tc.target, "@")
+		exp := []address.Addr{address.FromText(local, domain)}
+		spelled := NewRecipient("<valias@local.test>")
+		for _, mode := range []struct {
+			postfix bool
+			want    bool
+		}{{true, tc.postfix}, {false, tc.lenient}} {
+			v := CheckRecipients([]Recipient{spelled.WithExpansion(exp, mode.postfix)}, msg)
+			if v.Loop != mode.want {
+				t.Errorf("%s, postfix=%v: %+v, want loop=%v", tc.name, mode.postfix, v, mode.want)
+			}
+			if v.Loop && v.Via != exp[0].String() {
+				t.Errorf("%s, postfix=%v: via %q, want %q", tc.name, mode.postfix, v.Via, exp[0].String())
+			}
+		}
+	}
+}
+
+// A recipient as spelled that is among its own expansion in postfix mode
+// is compared exactly too, and names no detour.
+func TestPostfixComparisonSpelled(t *testing.T) {
+	r := NewRecipient("<LoopUser@Local.Test>").WithExpansion(addrs("loopuser@local.test"), true)
+	if v := CheckRecipients([]Recipient{r}, []byte(crlf("Delivered-To: <loopuser@local.test>", "", "x"))); v.Loop {
+		t.Errorf("bracketed value in postfix mode: %+v", v)
+	}
+	if diff := cmp.Diff(loop("LoopUser@Local.Test"), CheckRecipients([]Recipient{r}, []byte(crlf("Delivered-To: LOOPUSER@local.test", "", "x")))); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}

@@ -23,8 +23,16 @@ type expansionFlags struct {
 func (x *expansionFlags) define(fs *flag.FlagSet) {
 	fs.StringVar(&x.configDir, "postfix-config", "", "judge each recipient also by the addresses this Postfix instance rewrites it to (canonical and virtual alias maps, aliases): its config `DIR`, e.g. /etc/postfix (off when empty; docs/expansion.md)")
 	fs.StringVar(&x.loops, "loops", "any", "with -postfix-config, which matches refuse a message: `MODE` any (the recipient as spelled or any address it expands to) or postfix (only what Postfix itself would bounce as a loop: addresses delivered by local(8) or pipe(8) with flag D)")
-	fs.DurationVar(&x.wait, "expansion-wait", expand.DefaultWait, "with -postfix-config, how long to wait at end of message for expansions still running before judging those recipients as spelled")
+	fs.DurationVar(&x.wait, "expansion-wait", expand.DefaultWait, "with -postfix-config, how long to wait at end of message for expansions still running before judging those recipients as spelled (at most 1m0s)")
 }
+
+// maxExpansionWait bounds -expansion-wait. The front smtpd waits for the
+// proxy's reply to the end of DATA at most smtpd_proxy_timeout (100 s by
+// default), and the proxy's own wait for the after-filter comes after the
+// expansion wait; a wait near that limit would turn a slow lookup into
+// Postfix's "queue file write error" instead of a message judged as
+// spelled.
+const maxExpansionWait = 60 * time.Second
 
 // check validates the flags' values; it returns the mode.
 func (x *expansionFlags) check() (expand.Mode, error) {
@@ -34,6 +42,9 @@ func (x *expansionFlags) check() (expand.Mode, error) {
 	}
 	if x.wait <= 0 {
 		return 0, fmt.Errorf("-expansion-wait must be positive, got %v", x.wait)
+	}
+	if x.wait > maxExpansionWait {
+		return 0, fmt.Errorf("-expansion-wait must be at most %v (well below Postfix's smtpd_proxy_timeout, 100 s), got %v", maxExpansionWait, x.wait)
 	}
 	if x.configDir == "" && x.loops != "any" {
 		return 0, fmt.Errorf("-loops=%s needs -postfix-config: without it nothing tells which recipients Postfix delivers where", x.loops)

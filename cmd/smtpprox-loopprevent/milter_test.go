@@ -71,6 +71,7 @@ func TestParseMilterArgsErrors(t *testing.T) {
 		{[]string{"-log-format=xml", "127.0.0.1:1"}, "-log-format"},
 		{[]string{"-log-level=loud", "127.0.0.1:1"}, "-log-level"},
 		{[]string{"-metrics-listen=9125", "127.0.0.1:1"}, "-metrics-listen"},
+		{[]string{"-postfix-config=/etc/postfix", "-expansion-wait=2m", "127.0.0.1:1"}, "-expansion-wait must be at most 1m0s"},
 	} {
 		_, err := parseMilterArgs(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -68,6 +68,8 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"-max-header-bytes=10", "a:1", "b:2"}, "-max-header-bytes must be at least"},
 		{[]string{"-max-header-memory=1000000", "a:1", "b:2"}, "-max-header-memory must hold one maximal header section: at least 1056770"},
 		{[]string{"-drain-timeout=-1s", "a:1", "b:2"}, "-drain-timeout must be positive"},
+		{[]string{"-postfix-config=/etc/postfix", "-expansion-wait=100s", "a:1", "b:2"}, "-expansion-wait must be at most 1m0s"},
+		{[]string{"-postfix-config=/etc/postfix", "-expansion-wait=0s", "a:1", "b:2"}, "-expansion-wait must be positive"},
 		{[]string{"-no-such-flag", "a:1", "b:2"}, "flag provided but not defined"},
 		{[]string{"-metrics-listen=9125", "a:1", "b:2"}, "-metrics-listen: "},
 		{[]string{"-client-command-timeout=soon", "a:1", "b:2"}, "invalid value"},
