@@ -9,6 +9,7 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/header"
 	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/loopcheck"
 )
@@ -366,9 +367,16 @@ func oneField(e [2]string) bool {
 
 // postfixToken reports whether Postfix's smtpd could send tok as a RCPT
 // address token: <...> around anything but NUL, or a word with no white
-// space and no bracket at its ends.
+// space and no bracket at its ends; and a path that parses. A path that
+// does not (two addresses, "0,0"; words with a space between) gets 501
+// 5.1.3 from smtpd (extract_addr), and no milter sees it; for such a
+// token the proxy, which reads the client's text, and the milter, which
+// reads it bracketed, may differ.
 func postfixToken(tok string) bool {
 	if strings.ContainsRune(tok, 0) || tok == "" {
+		return false
+	}
+	if _, err := address.ParsePath(tok); err != nil {
 		return false
 	}
 	if len(tok) >= 2 && tok[0] == '<' && tok[len(tok)-1] == '>' {
