@@ -100,6 +100,19 @@ func (b *bubble) open() *smtptest.Client {
 	return c
 }
 
+// servedWithin waits for Serve to return after a shutdown that began at
+// start, and checks that it returned within a second of the drain
+// deadline, drain after start (SPEC section 6).
+func (b *bubble) servedWithin(start time.Time, drain time.Duration) {
+	b.t.Helper()
+	if err := <-b.served; err != nil {
+		b.t.Fatalf("Serve: %v", err)
+	}
+	if took := time.Since(start); took > drain+time.Second {
+		b.t.Errorf("Serve returned %v after the shutdown began, want within a second of the %v drain deadline", took, drain)
+	}
+}
+
 // stop shuts the server down and waits for Serve to return.
 func (b *bubble) stop() {
 	b.cancel()
@@ -465,12 +478,7 @@ func TestDrainDeadlineEndsStalledUpstreamWrite(t *testing.T) {
 		b.cancel()
 		c.ExpectReply("421 4.3.2 shutting down\r\n")
 		c.ExpectEOF()
-		if err := <-b.served; err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-		if took := time.Since(start); took > drain+time.Second {
-			t.Errorf("Serve returned %v after the shutdown began, want within a second of the %v drain deadline", took, drain)
-		}
+		b.servedWithin(start, drain)
 		if n := len(b.u.Messages()); n != 0 {
 			t.Errorf("the upstream took %d messages", n)
 		}
@@ -489,12 +497,7 @@ func TestDrainDeadlineEndsClientThatNeverReads(t *testing.T) {
 		synctest.Wait() // the proxy is blocked writing a reply to the client
 		start := time.Now()
 		b.cancel()
-		if err := <-b.served; err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-		if took := time.Since(start); took > drain+time.Second {
-			t.Errorf("Serve returned %v after the shutdown began, want within a second of the %v drain deadline", took, drain)
-		}
+		b.servedWithin(start, drain)
 		// The session is closed: the client's read ends (the pipe holds
 		// no bytes, so the replies it never read are gone).
 		if _, err := io.ReadAll(c.Conn); err != nil {
@@ -521,12 +524,7 @@ func TestDrainDeadlineBoundsTheFinalReply(t *testing.T) {
 		synctest.Wait() // the session waits for data, holding no lock; the client reads no more
 		start := time.Now()
 		b.cancel()
-		if err := <-b.served; err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-		if took := time.Since(start); took > drain+time.Second {
-			t.Errorf("Serve returned %v after the shutdown began, want within a second of the %v drain deadline", took, drain)
-		}
+		b.servedWithin(start, drain)
 		if n := len(b.u.Messages()); n != 0 {
 			t.Errorf("the upstream took %d messages", n)
 		}
@@ -558,12 +556,7 @@ func TestDrainDeadlineBoundsWritesAfterAnInterruptedOne(t *testing.T) {
 		synctest.Wait() // the proxy is blocked writing to the upstream
 		start := time.Now()
 		b.cancel()
-		if err := <-b.served; err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-		if took := time.Since(start); took > drain+time.Second {
-			t.Errorf("Serve returned %v after the shutdown began, want within a second of the %v drain deadline", took, drain)
-		}
+		b.servedWithin(start, drain)
 		if n := len(b.u.Messages()); n != 0 {
 			t.Errorf("the upstream took %d messages", n)
 		}
