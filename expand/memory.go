@@ -4,9 +4,8 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"unicode/utf8"
 
-	"golang.org/x/text/cases"
+	"github.com/smtpprox-loopprevent/smtpprox-loopprevent/address"
 )
 
 // Memory is an in-memory Backend for tests and for the fuzz and property
@@ -111,33 +110,6 @@ func (m *Memory) Fixed(ctx context.Context, table string) (bool, error) {
 func (m *Memory) Close() error { return nil }
 
 // foldKey folds a key as Postfix's casefold() does for a table opened with
-// DICT_FLAG_FOLD_FIX: ASCII letters to lower case; valid UTF-8 with Unicode
-// case folding (util/casefold.c, with smtputf8_enable); other bytes kept.
-func foldKey(s string) string {
-	ascii := true
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
-			ascii = false
-			break
-		}
-	}
-	if ascii || !utf8.ValidString(s) {
-		return asciiLower(s)
-	}
-	return cases.Fold().String(s)
-}
-
-func asciiLower(s string) string {
-	for i := 0; i < len(s); i++ {
-		if 'A' <= s[i] && s[i] <= 'Z' {
-			b := []byte(s)
-			for j := i; j < len(b); j++ {
-				if 'A' <= b[j] && b[j] <= 'Z' {
-					b[j] += 'a' - 'A'
-				}
-			}
-			return string(b)
-		}
-	}
-	return s
-}
+// DICT_FLAG_FOLD_FIX (util/casefold.c, with smtputf8_enable): that is
+// address.FoldPostfix, which local(8)'s comparison uses too.
+func foldKey(s string) string { return address.FoldPostfix(s) }

@@ -330,3 +330,19 @@ func TestMasquerade(t *testing.T) {
 		equalTargets(t, rcpt, expandWith(t, cfg, m, rcpt), want)
 	}
 }
+
+// TestFoldKeyAsCasefold follows util/casefold.c casefoldx, which folds a
+// fixed-string table's key: ASCII to lower case, the rest with Unicode
+// case folding, bytes that are not UTF-8 copied as they are, even beside
+// letters that fold.
+func TestFoldKeyAsCasefold(t *testing.T) {
+	for in, want := range map[string]string{
+		"VAlias@Local.Test": "valias@local.test",
+		"ÉLISE@x":           "élise@x",
+		"AB\xffÉ@x":         "ab\xffé@x",
+	} {
+		if got := foldKey(in); got != want {
+			t.Errorf("foldKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
