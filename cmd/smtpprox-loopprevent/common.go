@@ -73,6 +73,26 @@ type metricsHandler interface {
 	Handler(live func() error) http.Handler
 }
 
+// serveFront runs a front-end's serve on ln until ctx is done (a signal),
+// with its metrics served beside it on metricsListen and reload run on
+// every SIGHUP; name says which front-end stopped in the log. It returns
+// the exit status.
+func serveFront(ctx context.Context, ln net.Listener, serve func(context.Context, net.Listener) error, name string,
+	m metricsHandler, metricsListen string, log *slog.Logger, reload func()) int {
+	stopMetrics, ok := startMetrics(ctx, m, metricsListen, log)
+	if !ok {
+		ln.Close()
+		return exitError
+	}
+	defer stopMetrics()
+	defer onReload(reload)()
+	if err := serve(ctx, ln); err != nil {
+		log.Error(name+" stopped", "err", err)
+		return exitError
+	}
+	return exitOK
+}
+
 // startMetrics serves m on addr when addr is set (m is then too); stop
 // ends it (a no-op without). Scrapes go on while the sessions drain: the
 // caller stops it only once the front-end has stopped.

@@ -201,14 +201,7 @@ func runMilter(ctx context.Context, args []string, stderr io.Writer) int {
 	if ln == nil {
 		return code
 	}
-	stopMetrics, ok := startMetrics(ctx, mm, o.metricsListen, log)
-	if !ok {
-		ln.Close()
-		return exitError
-	}
-	defer stopMetrics()
-
-	stopReload := onReload(func() {
+	return serveFront(ctx, ln, srv.Serve, "milter", mm, o.metricsListen, log, func() {
 		log.Info("SIGHUP received; sessions go on")
 		if exp != nil {
 			exp.reload(ctx)
@@ -219,11 +212,4 @@ func runMilter(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 		log.Info("SIGHUP: settings re-applied; they take effect from the next message")
 	})
-	defer stopReload()
-
-	if err := srv.Serve(ctx, ln); err != nil {
-		log.Error("milter stopped", "err", err)
-		return exitError
-	}
-	return exitOK
 }

@@ -296,13 +296,7 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 	if ln == nil {
 		return code
 	}
-	stopMetrics, ok := startMetrics(ctx, m, o.metricsListen, log)
-	if !ok {
-		ln.Close()
-		return exitError
-	}
-	defer stopMetrics()
-	stopReload := onReload(func() {
+	return serveFront(ctx, ln, srv.Serve, "proxy", m, o.metricsListen, log, func() {
 		if exp == nil {
 			log.Info("SIGHUP received: nothing to re-read (the proxy's settings are its command line; restart to change them); sessions go on")
 			return
@@ -310,12 +304,6 @@ func runProxy(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Info("SIGHUP received: reading the Postfix configuration again; sessions go on")
 		exp.reload(ctx)
 	})
-	defer stopReload()
-	if err := srv.Serve(ctx, ln); err != nil {
-		log.Error("proxy stopped", "err", err)
-		return exitError
-	}
-	return exitOK
 }
 
 // onReload runs reload on every SIGHUP until stop is called. Without it
